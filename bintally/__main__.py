@@ -1,0 +1,3 @@
+from bintally.cli import main
+
+main()
