@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bintally.data.errors import DataError
+from bintally.errors import DataError
 
 app = typer.Typer(help="Count items in warehouse bin photos.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Fetch, index, split, check and report on bin photos.", no_args_is_help=True)

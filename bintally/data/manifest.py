@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bintally.data.errors import DataError
+from bintally.errors import DataError
 
 MANIFEST_VERSION = 1
 OK = "ok"

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bintally.data.errors import DataError
+from bintally.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicate_groups
-from bintally.data.errors import DataError
+from bintally.errors import DataError
 from bintally.data.manifest import usable
 
 SPLITS = ("train", "val", "test")

@@ -1,4 +1,4 @@
-"""Errors raised by the data layer: each one is a single line naming the file and the problem."""
+"""Errors for bad input: each one is a single line naming the file and the problem."""
 
 
 class DataError(Exception):

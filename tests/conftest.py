@@ -1,0 +1,44 @@
+"""Shared fixtures: real ABID photos from the local mirror beside the checkout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = REPO.parent / "shared" / "abid"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Keep the sample manifest cache out of the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BINTALLY_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    if not (MIRROR / "bin-images").is_dir():
+        pytest.fail(f"the ABID mirror is missing at {MIRROR}")
+    return MIRROR
+
+
+def copy_bucket(mirror: Path, dest: Path, ids: list[str]) -> Path:
+    """A bucket-layout folder holding the given real photos and their metadata."""
+    (dest / "bin-images").mkdir(parents=True)
+    (dest / "metadata").mkdir(parents=True)
+    for i in ids:
+        shutil.copy(mirror / "bin-images" / f"{i}.jpg", dest / "bin-images")
+        shutil.copy(mirror / "metadata" / f"{i}.json", dest / "metadata")
+    return dest
+
+
+@pytest.fixture
+def small_bucket(mirror, tmp_path) -> Path:
+    """30 real photos, including "00100" and "100", which are different images."""
+    ids = [f"{i:05d}" for i in range(100, 120)] + ["1", "10", "100"] + [str(i) for i in range(121, 128)]
+    return copy_bucket(mirror, tmp_path / "bucket", ids)
