@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bintally.errors import DataError
+from bintally.errors import ConfigError, DataError
 
 app = typer.Typer(help="Count items in warehouse bin photos.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Fetch, index, split, check and report on bin photos.", no_args_is_help=True)
@@ -151,10 +151,83 @@ def fetch_cmd(
         raise typer.Exit(1)
 
 
+Opt = typer.Option
+
+
+@app.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+def train_cmd(
+    data: Annotated[Optional[str], Opt(help="Split manifest, bucket folder, class folders or CSV. Default: the bundled sample.")] = None,
+    preset: Annotated[Optional[str], Opt(help="Named recipe: fast (frozen features), finetune, best.")] = None,
+    out: Annotated[Optional[str], Opt(help="Run directory. Default: runs/train.")] = None,
+    resume: Annotated[Optional[Path], Opt(help="Continue the run in this directory from its last checkpoint.")] = None,
+    backbone: Annotated[Optional[str], Opt(help="efficientnet_lite0/1/2, resnet18/34/50/101 or any timm model name.")] = None,
+    head: Annotated[Optional[str], Opt(help="linear, mlp or ordinal.")] = None,
+    weights: Annotated[Optional[str], Opt(help="Backbone weights file (.pt/.pth state dict).")] = None,
+    pretrained: Annotated[Optional[bool], Opt("--pretrained/--random-init", help="Start from shipped ImageNet weights.")] = None,
+    max_count: Annotated[Optional[int], Opt(help="Largest count with its own class; more is one overflow class.")] = None,
+    mode: Annotated[Optional[str], Opt(help="frozen (head on cached features), partial or full fine-tuning.")] = None,
+    unfreeze: Annotated[Optional[int], Opt(help="partial: how many top backbone stages to train.")] = None,
+    image_size: Annotated[Optional[int], Opt(help="Input size in pixels.")] = None,
+    epochs: Annotated[Optional[int], Opt()] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Per process.")] = None,
+    optimizer: Annotated[Optional[str], Opt(help="adam, adamw or sgd.")] = None,
+    lr: Annotated[Optional[float], Opt(help="Head learning rate.")] = None,
+    backbone_lr_scale: Annotated[Optional[float], Opt(help="Backbone lr = lr x this.")] = None,
+    weight_decay: Annotated[Optional[float], Opt()] = None,
+    schedule: Annotated[Optional[str], Opt(help="cosine, sgdr (warm restarts) or step; all with warm-up.")] = None,
+    warmup_epochs: Annotated[Optional[float], Opt()] = None,
+    label_smoothing: Annotated[Optional[float], Opt()] = None,
+    balance: Annotated[Optional[str], Opt(help="none, sampler (class-balanced sampling) or weights (loss weights).")] = None,
+    ema: Annotated[Optional[float], Opt(help="EMA decay of the weights, e.g. 0.999; 0 = off.")] = None,
+    amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: on for GPUs only).")] = None,
+    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
+    workers: Annotated[Optional[int], Opt(help="Data-loader processes.")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    seed: Annotated[Optional[int], Opt()] = None,
+    max_steps: Annotated[Optional[int], Opt(help="Stop after this many steps (smoke runs).")] = None,
+    profile: Annotated[Optional[bool], Opt("--profile", help="Write a PyTorch profiler trace to RUN/profile.")] = None,
+    progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Progress bars.")] = None,
+):
+    """Train a counting model (run under torchrun for DistributedDataParallel)."""
+    from bintally.training import Interrupted, resolve_config, train
+
+    explicit = {k: v for k, v in locals().items() if k not in ("resume", "preset", "Interrupted", "resolve_config", "train")}
+    config = resolve_config(preset, **explicit)
+    try:
+        result = train(config, resume=str(resume) if resume else None, explicit=explicit)
+    except Interrupted as e:
+        echo_err(str(e))
+        raise typer.Exit(130) from None
+    final = result.final
+    n = config.max_count
+    typer.echo(f"run: {result.run}  ({result.wall_time_s} s)")
+    typer.echo(f"validation (last epoch): accuracy {final['val_accuracy']:.3f}, RMSE {final['val_rmse']:.3f} on all {final['val_n']} photos; "
+               f"accuracy {final[f'val_accuracy_0_{n}']:.3f}, RMSE {final[f'val_rmse_0_{n}']:.3f} on counts 0-{n}")
+    for check, message in result.health["findings"].items():
+        typer.echo(f"health: {check}: {message}")
+
+
+@app.command("predict")
+def predict_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Photos to count.")],
+    model: Annotated[Path, Opt("--model", "-m", help="Run directory or best.pt.")] = Path("runs/train"),
+    as_json: Annotated[bool, Opt("--json", help="Full output: probabilities of every count.")] = False,
+):
+    """Count the items in each photo."""
+    from bintally.predict import Predictor
+
+    results = Predictor.load(model).predict_paths(images)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        typer.echo(f"{r['image']}\t{r['count']}\t(p={r['probability']:.2f}, expected {r['expected_count']:.2f})")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         app(prog_name="bintally")
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         echo_err(f"error: {e}")
         sys.exit(2)

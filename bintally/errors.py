@@ -8,3 +8,7 @@ class DataError(Exception):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(Exception):
+    """A setting that cannot work (unknown backbone, weights that do not fit, ...), found before any work starts."""

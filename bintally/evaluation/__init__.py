@@ -1,0 +1,5 @@
+"""Evaluation: metrics over counts, computed the same way everywhere."""
+
+from bintally.evaluation.metrics import count_metrics
+
+__all__ = ["count_metrics"]

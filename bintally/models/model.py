@@ -1,0 +1,57 @@
+"""The counting model: backbone + head over the label space counts 0..N plus "more than N"."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from bintally.models.backbones import build_backbone
+from bintally.models.heads import build_head
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    head: str = "ordinal"
+    max_count: int = 5
+    pretrained: bool = True
+    weights: str | None = None  # a user's backbone weights file
+    dropout: float = 0.2
+
+    @property
+    def n_classes(self) -> int:
+        return self.max_count + 2
+
+
+class CountingModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone, self.feature_dim, self.normalization = build_backbone(config.backbone, config.pretrained, config.weights)
+        self.head = build_head(config.head, self.feature_dim, config.n_classes, config.dropout)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def probs(self, out: torch.Tensor) -> torch.Tensor:
+        return self.head.probs(out)
+
+    def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
+        return self.head.loss(out, target, label_smoothing, class_weights)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Probability of each count, the most likely count and the expected count (overflow counted as N+1)."""
+        return describe_probs(self.probs(self(images)))
+
+    def export_config(self) -> dict:
+        return asdict(self.config)
+
+
+def describe_probs(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    values = torch.arange(probs.shape[-1], dtype=probs.dtype, device=probs.device)
+    count = probs.argmax(-1)
+    return {"probs": probs, "count": count, "confidence": probs.gather(-1, count[:, None])[:, 0],
+            "expected_count": (probs * values).sum(-1)}

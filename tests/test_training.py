@@ -1,0 +1,184 @@
+"""The training engine on real photos: smoke run, modes, resume (in-process and after SIGTERM), bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from bintally.data import build_manifest, split_manifest, write_manifest
+from bintally.errors import ConfigError, DataError
+from bintally.models import CountingModel
+from bintally.paths import SAMPLE_DIR, cache_dir
+from bintally.predict import Predictor
+from bintally.training import TrainConfig, resolve_config, train
+from bintally.training.engine import lr_factor
+from bintally.training.health import HealthMonitor
+
+TINY = dict(backbone="test_efficientnet_gn", pretrained=False, image_size=64, batch_size=16, workers=0,
+            progress=False, lr=3e-3, warmup_epochs=0.2, channels_last=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory):
+    """175 train / 56 val real photos from the bundled sample, every class in both."""
+    df = split_manifest(build_manifest(SAMPLE_DIR, progress=False))
+    picks = [g.head(25 if split == "train" else 8) for (split, _), g in df[df["split"] != "test"].groupby(["split", "label"])]
+    small = pd.concat(picks)
+    small.attrs = df.attrs
+    path = tmp_path_factory.mktemp("data") / "tiny.parquet"
+    write_manifest(small, path, info=df.attrs["info"])
+    return path
+
+
+def tiny_config(manifest, out, **changes) -> TrainConfig:
+    return TrainConfig(data=str(manifest), out=str(out), **(TINY | changes))
+
+
+def state_of(run_dir) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_one_step_smoke_run(tiny_manifest, tmp_path):
+    result = train(tiny_config(tiny_manifest, tmp_path / "run", max_steps=1, epochs=1))
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "best.pt", "model_card.md", "health.json", "checkpoints/last.pt"):
+        assert (run / name).exists(), name
+    assert result.final["val_n"] == 56 and 0 <= result.final["val_accuracy"] <= 1
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(ckpt)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (0, 1, 1)
+    photos = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))[:3]
+    preds = Predictor.load(run).predict_paths(photos)
+    assert len(preds) == 3
+    for p in preds:
+        assert abs(sum(p["probs"].values()) - 1) < 1e-3
+        assert p["count"] in p["probs"] and p["probability"] == max(p["probs"].values())
+    cli = subprocess.run([sys.executable, "-m", "bintally", "predict", "--model", run, "--json", photos[0]],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)[0]["probs"] == preds[0]["probs"]
+
+
+def test_resume_mid_epoch_gives_identical_weights(tiny_manifest, tmp_path):
+    train(tiny_config(tiny_manifest, tmp_path / "whole", epochs=2))
+    train(tiny_config(tiny_manifest, tmp_path / "split", epochs=2, max_steps=5))
+    assert torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)["step"] == 5
+    train(tiny_config(tiny_manifest, tmp_path / "split", epochs=2), resume=str(tmp_path / "split"))
+    assert_same_weights(state_of(tmp_path / "whole"), state_of(tmp_path / "split"))
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 1, 2]
+
+
+def test_sigterm_checkpoints_and_resume_matches(tiny_manifest, tmp_path):
+    args = ["--data", tiny_manifest, "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64",
+            "--batch-size", "16", "--workers", "0", "--lr", "3e-3", "--warmup-epochs", "0.2", "--epochs", "3", "--no-progress"]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "bintally", "train", "--out", run, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopped by signal" in err and f"--resume {run}" in err
+    assert (run / "checkpoints" / "last.pt").exists()
+    resumed = subprocess.run([sys.executable, "-m", "bintally", "train", "--resume", run, "--no-progress"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    train(tiny_config(tiny_manifest, tmp_path / "whole", epochs=3, channels_last=True))
+    assert_same_weights(state_of(tmp_path / "whole"), state_of(run))
+
+
+def test_resume_with_a_different_config_is_refused(tiny_manifest, tmp_path):
+    train(tiny_config(tiny_manifest, tmp_path / "run", max_steps=1))
+    with pytest.raises(ConfigError, match=r"lr: run has 0.003, you asked for 0.1"):
+        train(tiny_config(tiny_manifest, tmp_path / "run"), resume=str(tmp_path / "run"), explicit={"lr": 0.1})
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(tiny_config(tiny_manifest, tmp_path / "new"), resume=str(tmp_path / "new"))
+
+
+def test_frozen_mode_trains_head_on_cached_features(tiny_manifest, tmp_path):
+    config = tiny_config(tiny_manifest, tmp_path / "frozen", mode="frozen", head="mlp", epochs=3)
+    result = train(config)
+    features = list(cache_dir().glob("features/*.pt"))
+    assert features, "no feature cache written"
+    stamps = {f: f.stat().st_mtime for f in features}
+    fresh = train(tiny_config(tiny_manifest, tmp_path / "frozen2", mode="frozen", head="mlp", epochs=3))
+    assert {f: f.stat().st_mtime for f in features} == stamps  # reused, not recomputed
+    torch.manual_seed(config.seed)
+    reference = CountingModel(config.model_config())
+    trained = result.model.state_dict()
+    for k, v in reference.backbone.state_dict().items():
+        assert torch.equal(trained[f"backbone.{k}"], v), k  # backbone untouched (same seed init)
+    assert not torch.equal(trained["head.net.1.weight"], reference.state_dict()["head.net.1.weight"])
+    assert fresh.final == result.final  # deterministic
+
+
+def test_partial_mode_trains_only_the_top_stages(tiny_manifest, tmp_path):
+    config = tiny_config(tiny_manifest, tmp_path / "partial", mode="partial", unfreeze=1, max_steps=3)
+    torch.manual_seed(config.seed)
+    before = {k: v.clone() for k, v in CountingModel(config.model_config()).state_dict().items()}
+    after = train(config).model.state_dict()
+    changed = {k.split(".")[1] for k in after if k.startswith("backbone.") and not torch.equal(after[k], before[k])}
+    assert changed == {"conv_head", "bn2"}
+
+
+def test_bad_training_data_is_refused(tiny_manifest, tmp_path):
+    df = pd.read_parquet(tiny_manifest)
+    no_zero = df[df["label"] != 0]
+    write_manifest(no_zero, tmp_path / "no_zero.parquet", info={"split": {"max_count": 5}})
+    with pytest.raises(ConfigError, match="class\\(es\\) 0 have no training examples"):
+        train(tiny_config(tmp_path / "no_zero.parquet", tmp_path / "r1"))
+    only_val = df.assign(split="val")
+    write_manifest(only_val, tmp_path / "only_val.parquet", info={"split": {"max_count": 5}})
+    with pytest.raises(DataError, match="the train split is empty"):
+        train(tiny_config(tmp_path / "only_val.parquet", tmp_path / "r2"))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_config("turbo")
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        TrainConfig(optimizer="lion")
+
+
+def test_schedules_warm_up_then_decay():
+    config = TrainConfig(epochs=4, warmup_epochs=1)
+    lrs = [lr_factor(s, 10, config) for s in range(40)]
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(1.0, abs=0.01)
+    assert lrs[9] < lrs[10] and lrs[39] < 0.05
+    sgdr = [lr_factor(s, 10, TrainConfig(epochs=7, warmup_epochs=0, schedule="sgdr", restart_epochs=1)) for s in range(70)]
+    assert sgdr[10] == pytest.approx(1.0) and sgdr[9] < 0.1  # restart after the first 1-epoch cycle
+    step = [lr_factor(s, 10, TrainConfig(epochs=6, warmup_epochs=0, schedule="step", step_epochs=2, step_gamma=0.5)) for s in range(60)]
+    assert step[19] == 1.0 and step[20] == 0.5 and step[40] == 0.25
+
+
+def test_health_checks_flag_problems():
+    m = HealthMonitor(n_classes=7)
+    m.on_step(loss=50.0, grad_norm=float("nan"), wait=0.5, step_time=0.1)
+    for _ in range(100):
+        m.on_step(loss=50.0, grad_norm=1e-9, wait=0.5, step_time=0.1)
+    m.on_step(loss=50.0, grad_norm=1.0, wait=0.0, step_time=5.0)
+    for train_acc, val_acc in [(0.5, 0.4), (0.7, 0.4), (0.9, 0.4)]:
+        m.on_epoch(train_acc, val_acc)
+    summary = m.summary("cuda")
+    assert set(summary["findings"]) == {"poor weight initialisation", "exploding gradients", "vanishing gradients",
+                                        "overfitting", "loss not decreasing", "data-loader bottleneck",
+                                        "low accelerator utilisation", "step-time outliers"}
+    healthy = HealthMonitor(n_classes=7)
+    for i in range(120):
+        healthy.on_step(loss=2.0 / (1 + i / 20), grad_norm=1.0, wait=0.001, step_time=0.1)
+    healthy.on_epoch(0.6, 0.55)
+    assert healthy.summary("cpu")["findings"] == {}
