@@ -5,7 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from bintally.data import build_manifest, split_manifest, write_manifest
+from bintally.paths import SAMPLE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "abid"
@@ -42,3 +46,15 @@ def small_bucket(mirror, tmp_path) -> Path:
     """30 real photos, including "00100" and "100", which are different images."""
     ids = [f"{i:05d}" for i in range(100, 120)] + ["1", "10", "100"] + [str(i) for i in range(121, 128)]
     return copy_bucket(mirror, tmp_path / "bucket", ids)
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory):
+    """175 train / 56 val real photos from the bundled sample, every class in both."""
+    df = split_manifest(build_manifest(SAMPLE_DIR, progress=False))
+    picks = [g.head(25 if split == "train" else 8) for (split, _), g in df[df["split"] != "test"].groupby(["split", "label"])]
+    small = pd.concat(picks)
+    small.attrs = df.attrs
+    path = tmp_path_factory.mktemp("data") / "tiny.parquet"
+    write_manifest(small, path, info=df.attrs["info"])
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bintally.data import build_manifest, split_manifest, write_manifest
+from bintally.data import write_manifest
 from bintally.errors import ConfigError, DataError
 from bintally.models import CountingModel
 from bintally.paths import SAMPLE_DIR, cache_dir
@@ -21,36 +20,7 @@ from bintally.predict import Predictor
 from bintally.training import TrainConfig, resolve_config, train
 from bintally.training.engine import lr_factor
 from bintally.training.health import HealthMonitor
-
-TINY = dict(backbone="test_efficientnet_gn", pretrained=False, image_size=64, batch_size=16, workers=0,
-            progress=False, lr=3e-3, warmup_epochs=0.2, channels_last=False)
-
-
-@pytest.fixture(scope="session")
-def tiny_manifest(tmp_path_factory):
-    """175 train / 56 val real photos from the bundled sample, every class in both."""
-    df = split_manifest(build_manifest(SAMPLE_DIR, progress=False))
-    picks = [g.head(25 if split == "train" else 8) for (split, _), g in df[df["split"] != "test"].groupby(["split", "label"])]
-    small = pd.concat(picks)
-    small.attrs = df.attrs
-    path = tmp_path_factory.mktemp("data") / "tiny.parquet"
-    write_manifest(small, path, info=df.attrs["info"])
-    return path
-
-
-def tiny_config(manifest, out, **changes) -> TrainConfig:
-    return TrainConfig(data=str(manifest), out=str(out), **(TINY | changes))
-
-
-def state_of(run_dir) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
+from tests.training_helpers import assert_same_weights, state_of, tiny_config
 
 def test_one_step_smoke_run(tiny_manifest, tmp_path):
     result = train(tiny_config(tiny_manifest, tmp_path / "run", max_steps=1, epochs=1))

@@ -38,13 +38,12 @@ class OrdinalHead(nn.Module):
         super().__init__()
         self.n_classes = n_classes
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(dim, 1, bias=False)  # one shared score ...
-        self.thresholds = nn.Parameter(torch.linspace(-1, 1, n_classes - 1))  # ... against ordered cut points
+        self.fc = nn.Linear(dim, 1)  # one shared score (its bias places the first cut point) ...
+        self.gaps = nn.Parameter(torch.full((n_classes - 2,), -0.43))  # ... and softplus gaps (~0.5) to the next ones
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        score = self.fc(self.drop(features))
-        cuts = torch.cumsum(F.softplus(self.thresholds), 0) - F.softplus(self.thresholds[0])
-        return score - cuts
+        cuts = torch.cat([self.gaps.new_zeros(1), torch.cumsum(F.softplus(self.gaps), 0)])
+        return self.fc(self.drop(features)) - cuts
 
     def probs(self, out: torch.Tensor) -> torch.Tensor:
         above = torch.sigmoid(out)  # P(count > k), decreasing in k by construction
@@ -55,8 +54,8 @@ class OrdinalHead(nn.Module):
     def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
         k = torch.arange(self.n_classes - 1, device=out.device)
         above = (target[:, None] > k).float()
-        if label_smoothing:
-            above = above * (1 - label_smoothing) + 0.5 * label_smoothing
+        if label_smoothing:  # smooth the class distribution, then take its cumulative form
+            above = above * (1 - label_smoothing) + label_smoothing * (self.n_classes - 1 - k) / self.n_classes
         per_sample = F.binary_cross_entropy_with_logits(out, above, reduction="none").sum(-1)
         if class_weights is not None:
             w = class_weights[target]

@@ -101,7 +101,7 @@ PRESETS: dict[str, dict] = {
     "fast": dict(mode="frozen", head="linear", epochs=40, batch_size=64, lr=3e-3, weight_decay=1e-3,
                  label_smoothing=0.0, warmup_epochs=1, image_size=224),
     # full fine-tune of EfficientNet-Lite0
-    "finetune": dict(mode="full", head="ordinal", epochs=6, batch_size=32, lr=1e-3, backbone_lr_scale=0.3,
+    "finetune": dict(mode="full", head="ordinal", epochs=4, batch_size=32, lr=1e-3, backbone_lr_scale=0.3,
                      image_size=224, label_smoothing=0.1, ema=0.0),
     # the best recipe measured so far (docs/benchmarks.md)
     "best": dict(mode="full", head="ordinal", epochs=8, batch_size=32, lr=1e-3, backbone_lr_scale=0.3,

@@ -35,7 +35,7 @@ from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state
 from bintally.training.config import TrainConfig, config_differences
 from bintally.training.data import check_training_data, training_manifest
 from bintally.training.distributed import Dist, any_rank, cleanup, setup_distributed
-from bintally.training.features import FeatureViews, cached_features
+from bintally.training.features import cached_features
 from bintally.training.health import HealthMonitor
 
 log = logging.getLogger("bintally.train")
