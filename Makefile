@@ -3,6 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := runs/demo
+# glibc's default allocator returns memory to the OS after every large tensor; this keeps it (2-4x faster on CPU)
+export MALLOC_MMAP_MAX_ := 0
+export MALLOC_TRIM_THRESHOLD_ := 100000000000
+export MALLOC_TOP_PAD_ := 1000000000
 
 .PHONY: demo test lint clean
 
@@ -24,6 +28,8 @@ demo: $(VENV)/.installed
 	$(BIN)/bintally data split $(DEMO)/manifest.parquet
 	$(BIN)/bintally data check $(DEMO)/manifest.parquet --json $(DEMO)/check.json
 	$(BIN)/bintally data report $(DEMO)/manifest.parquet --out $(DEMO)/report
+	$(BIN)/bintally train --data $(DEMO)/manifest.parquet --preset fast --out $(DEMO)/model
+	$(BIN)/bintally predict --model $(DEMO)/model bintally/sample/bin-images/00450.jpg bintally/sample/bin-images/00451.jpg
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest -q

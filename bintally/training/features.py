@@ -89,5 +89,5 @@ def cached_features(model, parts: dict[str, pd.DataFrame], transform: TransformC
         if d.enabled:
             dist.barrier()
         features[split] = torch.load(path, weights_only=True)
-        labels[split] = torch.as_tensor(photos["label"].astype(int).to_numpy())
+        labels[split] = torch.tensor(photos["label"].astype(int).to_numpy())
     return FeatureViews(features, labels)
