@@ -72,7 +72,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.backbone, args.batch, args.steps, args.size)))
         return
-    print(f"| what | allocator | images/s | median step (s) |\n|---|---|---|---|")
+    print("| what | allocator | images/s | median step (s) |\n|---|---|---|---|")
     for kind in ("features", "finetune"):
         for tuned in (False, True):
             r = run_child(kind, args, tuned)

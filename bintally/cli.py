@@ -165,6 +165,7 @@ def train_cmd(
     weights: Annotated[Optional[str], Opt(help="Backbone weights file (.pt/.pth state dict).")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained/--random-init", help="Start from shipped ImageNet weights.")] = None,
     max_count: Annotated[Optional[int], Opt(help="Largest count with its own class; more is one overflow class.")] = None,
+    decode: Annotated[Optional[str], Opt(help="Count from probabilities: argmax, median or expected (default: median for ordinal).")] = None,
     mode: Annotated[Optional[str], Opt(help="frozen (head on cached features), partial or full fine-tuning.")] = None,
     unfreeze: Annotated[Optional[int], Opt(help="partial: how many top backbone stages to train.")] = None,
     image_size: Annotated[Optional[int], Opt(help="Input size in pixels.")] = None,

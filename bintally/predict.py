@@ -37,7 +37,7 @@ class Predictor:
         probs = self.model.probs(self.model(x))
         if self.tta:
             probs = (probs + self.model.probs(self.model(torch.flip(x, dims=[-1])))) / 2
-        return describe_probs(probs)
+        return describe_probs(probs, self.model.decode)
 
     def predict_paths(self, paths: list[str | Path], batch_size: int = 32) -> list[dict]:
         transform = build_transform(self.transform, train=False)

@@ -92,3 +92,15 @@ def test_weights_file_that_does_not_fit(tmp_path):
         build_backbone("resnet18", weights=str(tmp_path / "junk.pt"))
     model, _, _ = build_backbone("resnet18", weights=str(tmp_path / "r18.pt"))
     assert torch.equal(model.state_dict()["conv1.weight"], other["conv1.weight"])
+
+
+def test_decodings():
+    from bintally.models.model import decode_counts
+
+    probs = torch.tensor([[0.3, 0.05, 0.05, 0.0, 0.0, 0.0, 0.6], [0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.0]])
+    assert decode_counts(probs, "argmax").tolist() == [6, 3]
+    assert decode_counts(probs, "median").tolist() == [6, 2]
+    assert decode_counts(probs, "expected").tolist() == [4, 2]
+    with pytest.raises(ConfigError, match="unknown decoding"):
+        decode_counts(probs, "mode")
+    assert CountingModel(ModelConfig(backbone="resnet18", head="ordinal", pretrained=False)).decode == "median"

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from bintally.errors import ConfigError
 from bintally.models.backbones import build_backbone
 from bintally.models.heads import build_head
 
@@ -19,6 +20,7 @@ class ModelConfig:
     pretrained: bool = True
     weights: str | None = None  # a user's backbone weights file
     dropout: float = 0.2
+    decode: str = "auto"  # argmax | median | expected (rounded); auto: median for ordinal, else argmax
 
     @property
     def n_classes(self) -> int:
@@ -41,17 +43,38 @@ class CountingModel(nn.Module):
     def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
         return self.head.loss(out, target, label_smoothing, class_weights)
 
+    @property
+    def decode(self) -> str:
+        if self.config.decode == "auto":
+            return "median" if self.config.head == "ordinal" else "argmax"
+        return self.config.decode
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Probability of each count, the most likely count and the expected count (overflow counted as N+1)."""
-        return describe_probs(self.probs(self(images)))
+        """Probability of each count, the predicted count and the expected count (overflow counted as N+1)."""
+        return describe_probs(self.probs(self(images)), self.decode)
 
     def export_config(self) -> dict:
         return asdict(self.config)
 
 
-def describe_probs(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+DECODINGS = ("argmax", "median", "expected")
+
+
+def decode_counts(probs: torch.Tensor, decode: str = "argmax") -> torch.Tensor:
+    """Class per row: the most likely, the median of the distribution, or the rounded expected count."""
+    if decode == "argmax":
+        return probs.argmax(-1)
+    if decode == "median":
+        return (probs.cumsum(-1) < 0.5).sum(-1).clamp_max(probs.shape[-1] - 1)
+    if decode == "expected":
+        values = torch.arange(probs.shape[-1], dtype=probs.dtype, device=probs.device)
+        return (probs * values).sum(-1).round().long()
+    raise ConfigError(f"unknown decoding {decode!r}: use one of {', '.join(DECODINGS)}")
+
+
+def describe_probs(probs: torch.Tensor, decode: str = "argmax") -> dict[str, torch.Tensor]:
     values = torch.arange(probs.shape[-1], dtype=probs.dtype, device=probs.device)
-    count = probs.argmax(-1)
+    count = decode_counts(probs, decode)
     return {"probs": probs, "count": count, "confidence": probs.gather(-1, count[:, None])[:, 0],
             "expected_count": (probs * values).sum(-1)}

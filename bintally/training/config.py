@@ -29,6 +29,7 @@ class TrainConfig:
     pretrained: bool = True
     weights: str | None = None
     dropout: float = 0.2
+    decode: str = "auto"  # argmax | median | expected; auto: median for the ordinal head
     # what is trained
     mode: str = "full"  # frozen: head on cached features; partial: top `unfreeze` stages too; full
     unfreeze: int = 2
@@ -74,7 +75,7 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, head=self.head, max_count=self.max_count,
-                           pretrained=self.pretrained, weights=self.weights, dropout=self.dropout)
+                           pretrained=self.pretrained, weights=self.weights, dropout=self.dropout, decode=self.decode)
 
     def to_dict(self) -> dict:
         return asdict(self)

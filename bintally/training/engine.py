@@ -30,7 +30,7 @@ from bintally.data.split import class_names
 from bintally.data.transforms import TransformConfig
 from bintally.errors import ConfigError
 from bintally.evaluation.metrics import count_metrics
-from bintally.models.model import CountingModel
+from bintally.models.model import CountingModel, decode_counts
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
 from bintally.training.config import TrainConfig, config_differences
 from bintally.training.data import check_training_data, training_manifest
@@ -332,7 +332,7 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
             done = time.perf_counter()
             monitor.on_step(loss.item(), grad_norm, got_batch - tick, done - got_batch)
             with torch.no_grad():
-                correct += int((model.head.probs(out).argmax(-1) == y).sum())
+                correct += int((decode_counts(model.head.probs(out), model.decode) == y).sum())
             seen += len(y)
             loss_sum += loss.item()
             n_batches += 1
@@ -355,7 +355,8 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
         eval_model.eval()
         val_loader = loader_for(val_set, list(range(len(val_set))), config.batch_size * 2, config.workers if config.mode != "frozen" else 0, False)
         probs = predict_probs(eval_forward, eval_model.head, val_loader, d.device, config.tta, amp)
-        metrics = {f"val_{k}": v for k, v in count_metrics(parts["val"]["label"].to_numpy(dtype=int), probs.argmax(1), config.max_count).items()}
+        predicted = decode_counts(torch.from_numpy(probs), model.decode).numpy()
+        metrics = {f"val_{k}": v for k, v in count_metrics(parts["val"]["label"].to_numpy(dtype=int), predicted, config.max_count).items()}
         train_acc = correct / max(seen, 1)
         monitor.on_epoch(train_acc, metrics["val_accuracy"])
         row = {"epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / max(n_batches, 1), "train_accuracy": train_acc,
