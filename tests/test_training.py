@@ -152,3 +152,9 @@ def test_health_checks_flag_problems():
         healthy.on_step(loss=2.0 / (1 + i / 20), grad_norm=1.0, wait=0.001, step_time=0.1)
     healthy.on_epoch(0.6, 0.55)
     assert healthy.summary("cpu")["findings"] == {}
+
+
+def test_profile_writes_a_trace(tiny_manifest, tmp_path):
+    train(tiny_config(tiny_manifest, tmp_path / "prof", max_steps=6, profile=True))
+    traces = list((tmp_path / "prof" / "profile").glob("*.json*"))
+    assert traces and traces[0].stat().st_size > 10_000

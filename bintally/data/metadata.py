@@ -30,15 +30,20 @@ def parse_count(value, path) -> int:
     return value
 
 
-def read_metadata(path: str | Path) -> BinMetadata:
-    """Parse one metadata file; raise DataError with a one-line reason if it cannot be used."""
+def load_json(path: str | Path, what: str):
+    """A JSON document, or a DataError naming the file: missing (`no such <what>`) or malformed."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise DataError(path, "metadata file not found") from None
+        raise DataError(path, f"no such {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(path, f"malformed JSON ({e})") from None
+
+
+def read_metadata(path: str | Path) -> BinMetadata:
+    """Parse one metadata file; raise DataError with a one-line reason if it cannot be used."""
+    doc = load_json(path, "metadata file")
     if not isinstance(doc, dict) or "EXPECTED_QUANTITY" not in doc:
         raise DataError(path, "no EXPECTED_QUANTITY field")
     count = parse_count(doc["EXPECTED_QUANTITY"], path)

@@ -6,7 +6,6 @@ to splits with a stratified group k-fold, so no near-duplicate pair can straddle
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicate_groups
+from bintally.data.metadata import load_json
 from bintally.errors import DataError
 from bintally.data.manifest import usable
 
@@ -49,13 +49,7 @@ def class_names(max_count: int) -> list[str]:
 
 def read_file_list(path: str | Path) -> set[str]:
     """Ids named by a Udacity-style file_list.json ({"1": ["metadata/523.json", ...], ...})."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(path, "no such file list") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"malformed JSON ({e})") from None
+    doc = load_json(path, "file list")
     if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
         raise DataError(path, 'expected {"<count>": ["metadata/<id>.json", ...], ...}')
     return {Path(p).stem for paths in doc.values() for p in paths}
