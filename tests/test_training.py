@@ -158,3 +158,12 @@ def test_profile_writes_a_trace(tiny_manifest, tmp_path):
     train(tiny_config(tiny_manifest, tmp_path / "prof", max_steps=6, profile=True))
     traces = list((tmp_path / "prof" / "profile").glob("*.json*"))
     assert traces and traces[0].stat().st_size > 10_000
+
+
+def test_every_setting_is_a_cli_option():
+    import inspect
+    from dataclasses import fields
+
+    from bintally.cli import train_cmd
+
+    assert {f.name for f in fields(TrainConfig)} <= set(inspect.signature(train_cmd).parameters)
