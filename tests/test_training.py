@@ -22,6 +22,7 @@ from bintally.training.engine import lr_factor
 from bintally.training.health import HealthMonitor
 from tests.training_helpers import assert_same_weights, state_of, tiny_config
 
+
 def test_one_step_smoke_run(tiny_manifest, tmp_path):
     result = train(tiny_config(tiny_manifest, tmp_path / "run", max_steps=1, epochs=1))
     run = tmp_path / "run"

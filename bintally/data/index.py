@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from bintally.errors import DataError
 from bintally.data.images import is_image_file, probe_image
 from bintally.data.manifest import OK, SCHEMA, write_manifest
 from bintally.data.metadata import parse_count, read_metadata
+from bintally.errors import DataError
 
 log = logging.getLogger(__name__)
 

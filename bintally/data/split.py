@@ -14,9 +14,9 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicate_groups
+from bintally.data.manifest import usable
 from bintally.data.metadata import load_json
 from bintally.errors import DataError
-from bintally.data.manifest import usable
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
