@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from bintally.errors import ConfigError
@@ -126,6 +126,3 @@ def config_differences(saved: TrainConfig, requested: dict) -> dict[str, tuple]:
     return {k: (saved_values[k], v) for k, v in requested.items()
             if v is not None and k not in RESUMABLE_CHANGES and saved_values.get(k) != v}
 
-
-def with_overrides(config: TrainConfig, **changes) -> TrainConfig:
-    return replace(config, **changes)
