@@ -14,7 +14,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "sgdr", "step")
 BALANCING = ("none", "sampler", "weights")
 # settings that may change when a run is resumed: they do not change what is computed
-RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress"}
+RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_steps"}
 
 
 @dataclass
