@@ -106,7 +106,7 @@ PRESETS: dict[str, dict] = {
                      image_size=224, label_smoothing=0.1, ema=0.0),
 }
 # the best recipe on the mirror's validation split so far (docs/benchmarks.md)
-PRESETS["best"] = PRESETS["fast"] | dict(head="ordinal", balance="weights", dropout=0.2, epochs=30, lr=1e-3)
+PRESETS["best"] = PRESETS["finetune"] | dict(balance="weights", epochs=3, workers=1)
 
 
 def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
