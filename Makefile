@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := runs/demo
-# glibc's default allocator returns memory to the OS after every large tensor; this keeps it (2-4x faster on CPU)
+# glibc's default allocator returns memory to the OS after every large tensor; keeping it made PyTorch 1.6-1.7x faster here
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 export MALLOC_TOP_PAD_ := 1000000000
