@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from bintally.errors import ConfigError
 from bintally.evaluation.metrics import count_metrics
 from bintally.models.model import CountingModel, decode_counts
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
-from bintally.training.config import TrainConfig, config_differences
+from bintally.training.config import RESUMABLE_CHANGES, TrainConfig, config_differences
 from bintally.training.data import check_training_data, training_manifest
 from bintally.training.distributed import Dist, any_rank, cleanup, setup_distributed
 from bintally.training.features import cached_features
@@ -207,7 +207,7 @@ def open_run(config: TrainConfig, resume: str | None, explicit: dict) -> tuple[T
     if differences:
         listed = "; ".join(f"{k}: run has {a!r}, you asked for {b!r}" for k, (a, b) in differences.items())
         raise ConfigError(f"{run_dir}: cannot resume a run with a different config ({listed})")
-    overrides = {k: v for k, v in explicit.items() if v is not None and k in ("workers", "device", "profile", "progress")}
+    overrides = {k: v for k, v in explicit.items() if v is not None and k in RESUMABLE_CHANGES}
     overrides["max_steps"] = explicit.get("max_steps")  # a smoke-run limit does not carry over
     resumed = TrainConfig.from_dict(saved.to_dict() | overrides | {"out": str(run_dir)})
     return resumed, run_dir, load_checkpoint(last)
@@ -297,12 +297,14 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
     stop.install()
     profiler = make_profiler(config, run) if run.main else None
     metrics: dict = {}
+    workers = 0 if config.mode == "frozen" else config.workers  # cached features need no loader processes
+    val_loader = loader_for(val_set, list(range(len(val_set))), config.batch_size * 2, workers, False)
     for epoch in range(start_epoch, config.epochs):
         indices = epoch_indices(train_labels, config, epoch, d)
         skip = start_step * config.batch_size if epoch == start_epoch else 0
         if hasattr(train_set, "epoch"):
             train_set.epoch = epoch
-        loader = loader_for(train_set, indices[skip:], config.batch_size, config.workers if config.mode != "frozen" else 0, True)
+        loader = loader_for(train_set, indices[skip:], config.batch_size, workers, True)
         trained.train()
         for m in frozen_modules:
             m.eval()
@@ -353,7 +355,6 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
         eval_model = ema.module if ema is not None else model
         eval_forward = eval_model.head if config.mode == "frozen" else eval_model
         eval_model.eval()
-        val_loader = loader_for(val_set, list(range(len(val_set))), config.batch_size * 2, config.workers if config.mode != "frozen" else 0, False)
         probs = predict_probs(eval_forward, eval_model.head, val_loader, d.device, config.tta, amp)
         predicted = decode_counts(torch.from_numpy(probs), model.decode).numpy()
         metrics = {f"val_{k}": v for k, v in count_metrics(parts["val"]["label"].to_numpy(dtype=int), predicted, config.max_count).items()}
@@ -378,7 +379,7 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
     run.write_json("health.json", health)
     run.write_json("result.json", result)
     if run.main:
-        write_model_card(run, config, df, metrics, result)
+        write_model_card(run, config, df, result)
     return TrainResult(model=model, **result)
 
 
@@ -399,13 +400,13 @@ def make_profiler(config: TrainConfig, run: Run):
 def save_model(model: CountingModel, transform: TransformConfig, config: TrainConfig, metrics: dict, run: Run) -> None:
     """best.pt: what inference needs, nothing more."""
     if run.main:
-        save_atomic({"model_config": model.export_config(), "transform": vars(transform) | {}, "state_dict": model.state_dict(),
+        save_atomic({"model_config": model.export_config(), "transform": asdict(transform), "state_dict": model.state_dict(),
                      "classes": class_names(config.max_count), "metrics": metrics, "train_config": config.to_dict()},
                     run.dir / "best.pt")
 
 
-def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, final: dict, result: dict) -> None:
-    best = json.loads(json.dumps(torch.load(run.dir / "best.pt", map_location="cpu", weights_only=False)["metrics"]))
+def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, result: dict) -> None:
+    best = torch.load(run.dir / "best.pt", map_location="cpu", weights_only=False)["metrics"]
     split_counts = df["split"].value_counts().to_dict()
     lines = [
         "# Model card", "",
