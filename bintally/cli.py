@@ -215,6 +215,37 @@ def train_cmd(
         typer.echo(f"health: {check}: {message}")
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[Optional[Path], Opt("--model", "-m", help="Run directory or best.pt.")] = None,
+    data: Annotated[Optional[Path], Opt(help="Manifest, bucket folder or class folders. Default: the bundled sample.")] = None,
+    split: Annotated[str, Opt(help="Split to score; 'all' scores every photo. Data without a split column is scored whole.")] = "test",
+    predictions: Annotated[Optional[Path], Opt(help="Recompute every metric from a saved predictions file instead.")] = None,
+    json_out: Annotated[Optional[Path], Opt("--json", help="Write every metric to this JSON file.")] = None,
+    report: Annotated[Optional[Path], Opt(help="Write an HTML report with plots into this folder.")] = None,
+    save_predictions: Annotated[Optional[Path], Opt(help="Save per-photo predictions (.csv or .parquet).")] = None,
+    bootstrap: Annotated[int, Opt(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    workers: Annotated[int, Opt(help="Data-loader processes.")] = 2,
+    progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
+):
+    """Score a trained model: accuracy, RMSE, per-class metrics, calibration and confidence intervals."""
+    from bintally.evaluation import evaluate
+
+    options = {"resamples": bootstrap} | ({} if predictions else {"workers": workers, "progress": progress})
+    result = evaluate(model=model, data=data, split=None if split == "all" else split, predictions=predictions,
+                      json_out=json_out, report=report, save_to=save_predictions, **options)
+    m, n = result.metrics, result.max_count
+    for name, suffix in (("all", ""), (f"0-{n}", f"_0_{n}"), (f"1-{n}", f"_1_{n}")):
+        if m[f"n{suffix}"]:
+            low, high = m["ci95"][f"accuracy{suffix}"]
+            typer.echo(f"{name:>4}: n={m[f'n{suffix}']:<5} accuracy {m[f'accuracy{suffix}']:.3f} [{low:.3f}, {high:.3f}]  "
+                       f"RMSE {m[f'rmse{suffix}']:.3f}  MAE {m[f'mae{suffix}']:.3f}  within-1 {m[f'within1{suffix}']:.3f}")
+    typer.echo(f"ECE {m['ece']:.3f}")
+    for written in (json_out, save_predictions, report and report / "index.html"):
+        if written:
+            typer.echo(f"wrote {written}")
+
+
 @app.command("predict")
 def predict_cmd(
     images: Annotated[list[Path], typer.Argument(help="Photos to count.")],

@@ -1,31 +1,98 @@
-"""Count metrics. The overflow class is worth N+1 items; on the 0-N subset predicting it is wrong."""
+"""Count metrics. The overflow class is worth N+1 items; on the 0-N subset predicting it is wrong.
+
+Labels are class indices: 0..max_count are counts, max_count+1 is "more than max_count" and is
+scored as max_count+1 items. Every summary metric is given over all photos and over the counts
+0..N and 1..N (the published results use 0-5 and 1-5).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+SUMMARY = ("accuracy", "rmse", "mae", "within1")
 
 
-def subset_metrics(true: np.ndarray, pred: np.ndarray, mask: np.ndarray, suffix: str) -> dict:
-    n = int(mask.sum())
-    if n == 0:
-        return {f"n{suffix}": 0, f"accuracy{suffix}": float("nan"), f"rmse{suffix}": float("nan"), f"mae{suffix}": float("nan")}
-    t, p = true[mask].astype(float), pred[mask].astype(float)
+def summary_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Accuracy, RMSE, MAE and within-one accuracy; t and p may be [n] or [resamples, n]."""
+    error = p.astype(float) - t.astype(float)
     return {
-        f"n{suffix}": n,
-        f"accuracy{suffix}": float((t == p).mean()),
-        f"rmse{suffix}": float(np.sqrt(((t - p) ** 2).mean())),
-        f"mae{suffix}": float(np.abs(t - p).mean()),
+        "accuracy": (error == 0).mean(-1),
+        "rmse": np.sqrt((error**2).mean(-1)),
+        "mae": np.abs(error).mean(-1),
+        "within1": (np.abs(error) <= 1).mean(-1),
     }
 
 
-def count_metrics(true_labels, pred_labels, max_count: int = 5) -> dict:
-    """Accuracy, RMSE and MAE over all photos, counts 0..max_count and 1..max_count.
+def subsets(true: np.ndarray, max_count: int) -> dict[str, np.ndarray]:
+    """Key suffix -> mask: all photos, counts 0..N, counts 1..N."""
+    return {"": np.ones(len(true), bool), f"_0_{max_count}": true <= max_count,
+            f"_1_{max_count}": (true >= 1) & (true <= max_count)}
 
-    Labels are class indices: 0..max_count are counts, max_count+1 is "more than max_count"
-    and is scored as max_count+1 items.
-    """
+
+def count_metrics(true_labels, pred_labels, max_count: int = 5) -> dict:
+    """n, accuracy, rmse, mae and within1 over all photos, counts 0..N and counts 1..N."""
     true, pred = np.asarray(true_labels), np.asarray(pred_labels)
-    metrics = subset_metrics(true, pred, np.ones(len(true), bool), "")
-    metrics |= subset_metrics(true, pred, true <= max_count, f"_0_{max_count}")
-    metrics |= subset_metrics(true, pred, (true >= 1) & (true <= max_count), f"_1_{max_count}")
+    metrics = {}
+    for suffix, mask in subsets(true, max_count).items():
+        metrics[f"n{suffix}"] = int(mask.sum())
+        values = summary_metrics(true[mask], pred[mask]) if mask.any() else dict.fromkeys(SUMMARY, np.nan)
+        metrics |= {f"{k}{suffix}": float(v) for k, v in values.items()}
     return metrics
+
+
+def bootstrap_intervals(true_labels, pred_labels, max_count: int = 5, resamples: int = 1000,
+                        level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap confidence interval of each summary metric, resampling photos within each subset."""
+    true, pred = np.asarray(true_labels), np.asarray(pred_labels)
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2 * 100
+    intervals = {}
+    for suffix, mask in subsets(true, max_count).items():
+        t, p = true[mask], pred[mask]
+        if len(t) == 0:
+            continue
+        draws = rng.integers(0, len(t), size=(resamples, len(t)))
+        for name, values in summary_metrics(t[draws], p[draws]).items():
+            intervals[f"{name}{suffix}"] = [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+    return intervals
+
+
+def per_class_metrics(true_labels, pred_labels, classes: list[str]) -> list[dict]:
+    """Precision, recall, F1, one-vs-rest accuracy and mean absolute error of each true class."""
+    true, pred = np.asarray(true_labels), np.asarray(pred_labels)
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
+    rows = []
+    for c, name in enumerate(classes):
+        in_class = true == c
+        rows.append({"class": name, "n": int(support[c]), "predicted": int((pred == c).sum()),
+                     "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                     "accuracy": float(((pred == c) == in_class).mean()) if len(true) else float("nan"),
+                     "mae": float(np.abs(pred[in_class] - c).mean()) if in_class.any() else float("nan")})
+    return rows
+
+
+def confusion(true_labels, pred_labels, n_classes: int) -> list[list[int]]:
+    """Rows are true classes, columns predicted classes."""
+    return confusion_matrix(true_labels, pred_labels, labels=list(range(n_classes))).tolist()
+
+
+def calibration(probs: np.ndarray, true_labels, pred_labels, bins: int = 10) -> dict:
+    """Expected calibration error of the reported confidence (the probability of the predicted class)."""
+    true, pred = np.asarray(true_labels), np.asarray(pred_labels)
+    confidence = np.asarray(probs)[np.arange(len(pred)), pred]
+    correct = (pred == true).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        row = {"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
+               "confidence": float(confidence[inside].mean()) if n else None,
+               "accuracy": float(correct[inside].mean()) if n else None}
+        if n:
+            ece += n / len(pred) * abs(row["accuracy"] - row["confidence"])
+        rows.append(row)
+    return {"ece": float(ece), "bins": rows}

@@ -1,0 +1,166 @@
+"""The evaluation report: plots, metric tables with confidence intervals, and published results beside ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from jinja2 import Template  # noqa: E402
+
+# accuracy and RMSE as published; None where a work did not report the figure
+PUBLISHED = [
+    {"work": "abid_challenge, ResNet34 (about 480,000 training photos)", "subset": "0-5", "accuracy": 0.5567, "rmse": 0.930},
+    {"work": "Bertorello et al., ResNet", "subset": "0-5", "accuracy": 0.559, "rmse": 0.901},
+    {"work": "Udacity capstone projects (about 10,000 photos)", "subset": "1-5", "accuracy": (0.31, 0.38), "rmse": None},
+]
+
+PAGE = Template("""<!doctype html>
+<html><head><meta charset="utf-8"><title>bintally evaluation</title>
+<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+td:first-child,th:first-child{text-align:left}.note{background:#fff8e0;padding:0.6em 1em;border-left:4px solid #e0b000}
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style></head><body>
+<h1>Evaluation</h1>
+<table>{% for k, v in info.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
+<h2>Summary (95% bootstrap intervals in brackets)</h2>
+<table><tr><th>photos</th><th>n</th><th>accuracy</th><th>RMSE</th><th>MAE</th><th>within ±1</th><th>ECE</th></tr>
+{% for row in summary %}<tr><td>{{ row.name }}</td><td>{{ row.n }}</td>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
+</table>
+<p>On the {{ zero_to_n }} subset a prediction of the overflow class "{{ overflow }}" counts as wrong, and as {{ max_count + 1 }} items for RMSE and MAE.</p>
+<h2>Against published results</h2>
+<table><tr><th>model</th><th>subset</th><th>accuracy</th><th>RMSE</th></tr>
+{% for row in published %}<tr><td>{{ row.work }}</td><td>{{ row.subset }}</td><td>{{ row.accuracy }}</td><td>{{ row.rmse }}</td></tr>{% endfor %}
+</table>
+<p class="note">These figures are not directly comparable: the published works trained and tested on other
+subsets of ABID, with other splits (mostly random, not grouped by id blocks as here) and with far more
+training photos. Read them as a rough bar, not as a like-for-like comparison.</p>
+{% for title, file in plots %}<h2>{{ title }}</h2><img src="{{ file }}" alt="{{ title }}">{% endfor %}
+<h2>Per class</h2>
+<table><tr><th>class</th><th>n</th><th>predicted</th><th>precision</th><th>recall</th><th>F1</th><th>accuracy (one vs rest)</th><th>MAE</th></tr>
+{% for r in per_class %}<tr><td>{{ r['class'] }}</td><td>{{ r.n }}</td><td>{{ r.predicted }}</td><td>{{ pct(r.precision) }}</td>
+<td>{{ pct(r.recall) }}</td><td>{{ pct(r.f1) }}</td><td>{{ pct(r.accuracy) }}</td><td>{{ num(r.mae) }}</td></tr>{% endfor %}
+</table>
+<p>Predictions: <a href="predictions.csv">predictions.csv</a>; every figure: <a href="metrics.json">metrics.json</a>.</p>
+</body></html>""")
+
+
+def pct(value) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def num(value) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"
+
+
+def with_interval(metrics: dict, key: str, fmt) -> str:
+    low_high = metrics["ci95"].get(key)
+    text = fmt(metrics.get(key))
+    return f"{text} [{fmt(low_high[0])}, {fmt(low_high[1])}]" if low_high else text
+
+
+def summary_rows(metrics: dict, max_count: int) -> list[dict]:
+    rows = []
+    for name, suffix in (("all", ""), (f"counts 0-{max_count}", f"_0_{max_count}"), (f"counts 1-{max_count}", f"_1_{max_count}")):
+        cells = [with_interval(metrics, f"accuracy{suffix}", pct), with_interval(metrics, f"rmse{suffix}", num),
+                 with_interval(metrics, f"mae{suffix}", num), with_interval(metrics, f"within1{suffix}", pct),
+                 num(metrics.get(f"ece{suffix}"))]
+        rows.append({"name": name, "n": metrics[f"n{suffix}"], "cells": cells})
+    return rows
+
+
+def published_rows(metrics: dict, max_count: int) -> list[dict]:
+    def fmt_accuracy(a):
+        return f"{100 * a[0]:.0f}-{100 * a[1]:.0f}%" if isinstance(a, tuple) else pct(a)
+
+    rows = [{**r, "accuracy": fmt_accuracy(r["accuracy"]), "rmse": num(r["rmse"])} for r in PUBLISHED]
+    for subset in ("0-5", "1-5"):
+        suffix = f"_{subset.replace('-', '_')}"
+        if max_count == 5:
+            rows.append({"work": "<b>this model</b>", "subset": subset, "accuracy": f"<b>{pct(metrics[f'accuracy{suffix}'])}</b>",
+                         "rmse": f"<b>{num(metrics[f'rmse{suffix}'])}</b>"})
+    return rows
+
+
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black", fontsize=9)
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted count", ylabel="true count", title="Confusion matrix (colour: share of the true class)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    save(fig, path)
+
+
+def plot_reliability(calibration: dict, path: Path) -> None:
+    bins = [b for b in calibration["bins"] if b["n"]]
+    centres = [(b["low"] + b["high"]) / 2 for b in calibration["bins"]]
+    width = calibration["bins"][0]["high"] - calibration["bins"][0]["low"]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=width * 0.9,
+           edgecolor="#4c72b0", color="#4c72b099", label="accuracy in bin")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="#c44e52", label="mean confidence")
+    ax.set(ylabel="accuracy", ylim=(0, 1), title=f"Reliability (ECE {calibration['ece']:.3f})")
+    ax.legend(loc="upper left")
+    hist.bar(centres, [b["n"] for b in calibration["bins"]], width=width * 0.9, color="#888888")
+    hist.set(xlabel="confidence of the predicted count", ylabel="photos", xlim=(0, 1))
+    save(fig, path)
+
+
+def plot_per_class(per_class: list[dict], path: Path) -> None:
+    names = [r["class"] for r in per_class]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for offset, key, colour in ((-0.2, "precision", "#4c72b0"), (0.2, "recall", "#dd8452")):
+        ax.bar(x + offset, [r[key] for r in per_class], width=0.4, label=key, color=colour)
+    ax.set(xticks=x, xticklabels=names, xlabel="count", ylim=(0, 1), title="Precision and recall per count")
+    ax.legend()
+    save(fig, path)
+
+
+def plot_counts(predictions, classes: list[str], path: Path) -> None:
+    x = np.arange(len(classes))
+    true = np.bincount(predictions["true_label"], minlength=len(classes))
+    pred = np.bincount(predictions["predicted_label"], minlength=len(classes))
+    fig, (ax, box) = plt.subplots(1, 2, figsize=(11, 4))
+    ax.bar(x - 0.2, true, width=0.4, label="true", color="#55a868")
+    ax.bar(x + 0.2, pred, width=0.4, label="predicted", color="#4c72b0")
+    ax.set(xticks=x, xticklabels=classes, xlabel="count", ylabel="photos", title="How often each count occurs")
+    ax.legend()
+    groups = [predictions.loc[predictions["true_label"] == c, "expected_count"].to_numpy() for c in range(len(classes))]
+    box.boxplot([g if len(g) else [np.nan] for g in groups], positions=x)
+    box.plot(x, x, "--", color="grey")
+    box.set(xticks=x, xticklabels=classes, xlabel="true count", ylabel="expected count", title="Expected count by true count")
+    save(fig, path)
+
+
+def write_report(evaluation, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    m, classes = evaluation.metrics, evaluation.classes
+    plot_confusion(np.array(m["confusion"]["matrix"]), classes, out / "confusion.png")
+    plot_reliability(m["calibration"], out / "reliability.png")
+    plot_per_class(m["per_class"], out / "per_class.png")
+    plot_counts(evaluation.predictions, classes, out / "counts.png")
+    evaluation.write_json(out / "metrics.json")
+    evaluation.predictions.to_csv(out / "predictions.csv", index=False)
+    plots = [("Confusion matrix", "confusion.png"), ("Calibration", "reliability.png"),
+             ("Precision and recall per count", "per_class.png"), ("Count distribution", "counts.png")]
+    n = evaluation.max_count
+    page = PAGE.render(info=evaluation.info, summary=summary_rows(m, n), published=published_rows(m, n), plots=plots,
+                       per_class=m["per_class"], pct=pct, num=num, zero_to_n=f"0-{n}", overflow=classes[-1], max_count=n)
+    (out / "index.html").write_text(page)
+    return out / "index.html"

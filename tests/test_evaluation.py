@@ -1,0 +1,152 @@
+"""`bintally evaluate`: metrics, saved predictions, the report and bad input, on real photos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bintally.cli import app
+from bintally.data import read_manifest, split_manifest, write_manifest
+from bintally.data.split import SplitConfig
+from bintally.errors import ConfigError, DataError
+from bintally.evaluation import evaluate, evaluate_model, evaluate_saved, load_predictions
+from bintally.evaluation.metrics import bootstrap_intervals, calibration, count_metrics, per_class_metrics
+from bintally.training import train
+from tests.training_helpers import tiny_config
+
+REQUIRED_KEYS = ["n", "accuracy", "n_0_5", "accuracy_0_5", "rmse_0_5", "n_1_5", "accuracy_1_5", "rmse_1_5"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_manifest, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(tiny_manifest, run, mode="frozen", head="ordinal", epochs=2))
+    return run
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_overflow_prediction_is_wrong_on_0_5_and_counts_as_6():
+    true = np.array([0, 3, 5, 6, 2])
+    pred = np.array([0, 3, 6, 6, 6])  # 5 -> "6+" and 2 -> "6+" are wrong on 0-5
+    m = count_metrics(true, pred, max_count=5)
+    assert (m["n"], m["n_0_5"], m["n_1_5"]) == (5, 4, 3)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["accuracy_0_5"] == pytest.approx(2 / 4)
+    assert m["rmse_0_5"] == pytest.approx(np.sqrt((1 + 16) / 4))
+    assert m["within1_0_5"] == pytest.approx(3 / 4)
+    assert m["accuracy_1_5"] == pytest.approx(1 / 3)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_photos():
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 6, 2000)
+    pred = np.where(rng.random(2000) < 0.6, true, rng.integers(0, 6, 2000))
+    small = bootstrap_intervals(true[:100], pred[:100], resamples=500)
+    large = bootstrap_intervals(true, pred, resamples=500)
+    accuracy = count_metrics(true, pred)["accuracy"]
+    assert large["accuracy"][0] < accuracy < large["accuracy"][1]
+    assert large["accuracy"][1] - large["accuracy"][0] < small["accuracy"][1] - small["accuracy"][0]
+    assert bootstrap_intervals(true, pred, resamples=200) == bootstrap_intervals(true, pred, resamples=200)
+
+
+def test_calibration_error_separates_honest_from_overconfident_probabilities():
+    rng = np.random.default_rng(0)
+    n = 5000
+    confidence = rng.uniform(0.2, 1.0, n)
+    true = np.zeros(n, int)
+    pred = np.where(rng.random(n) < confidence, 0, 1)  # right with exactly the stated probability
+    honest = np.stack([confidence, 1 - confidence], 1)
+    honest[pred == 1] = honest[pred == 1][:, ::-1]
+    overconfident = np.where(honest == honest.max(1, keepdims=True), 0.99, 0.01)
+    assert calibration(honest, true, pred)["ece"] < 0.03
+    assert calibration(overconfident, true, pred)["ece"] > 0.2
+
+
+def test_per_class_precision_and_recall():
+    rows = per_class_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 1], ["0", "1", "2"])
+    assert rows[0]["precision"] == 1 and rows[0]["recall"] == 0.5
+    assert rows[1]["precision"] == 0.5 and rows[1]["recall"] == 1
+    assert rows[2]["n"] == 1 and rows[2]["recall"] == 0 and rows[2]["mae"] == 1
+
+
+# ---------------------------------------------------------------- a real model on real photos
+
+
+def test_bucket_folder_without_split_evaluates_every_photo(tiny_model, small_bucket, tmp_path):
+    result = evaluate(model=tiny_model, data=small_bucket, split="test", json_out=tmp_path / "m.json",
+                      report=tmp_path / "report", save_to=tmp_path / "p.csv", workers=0, progress=False, resamples=200)
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert all(k in saved for k in REQUIRED_KEYS)
+    assert saved["n"] == len(list((small_bucket / "bin-images").glob("*.jpg")))
+    assert saved["info"]["split"].startswith("all")
+    counts = pd.Series([json.loads(p.read_text())["EXPECTED_QUANTITY"] for p in sorted((small_bucket / "metadata").glob("*.json"))])
+    assert saved["n_0_5"] == int((counts <= 5).sum())
+    matrix = np.array(saved["confusion"]["matrix"])
+    assert matrix.sum() == saved["n"] and np.trace(matrix) == round(saved["accuracy"] * saved["n"])
+    for name in ("index.html", "confusion.png", "reliability.png", "per_class.png", "counts.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 1000
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "55.7%" in page and "0.930" in page and "not directly comparable" in page
+    assert np.allclose(result.predictions.filter(like="prob_").sum(axis=1), 1, atol=1e-4)
+
+
+def test_saved_predictions_recompute_the_same_metrics(tiny_model, tiny_manifest, tmp_path):
+    first = evaluate_model(tiny_model, tiny_manifest, split="val", workers=0, progress=False, resamples=200)
+    for suffix in (".csv", ".parquet"):
+        path = tmp_path / f"predictions{suffix}"
+        evaluate(model=tiny_model, data=tiny_manifest, split="val", save_to=path, workers=0, progress=False, resamples=200)
+        again = evaluate_saved(path, resamples=200)
+        assert again.metrics == first.metrics
+    assert load_predictions(tmp_path / "predictions.csv")["id"].tolist() == first.predictions["id"].tolist()
+
+
+def test_cli_evaluate_writes_json_and_recomputes_from_predictions(tiny_model, tiny_manifest, tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["evaluate", "--model", str(tiny_model), "--data", str(tiny_manifest), "--split", "val",
+                              "--json", str(tmp_path / "a.json"), "--save-predictions", str(tmp_path / "p.parquet"),
+                              "--workers", "0", "--no-progress", "--bootstrap", "100"])
+    assert out.exit_code == 0, out.output
+    assert "0-5: n=" in out.output
+    out = runner.invoke(app, ["evaluate", "--predictions", str(tmp_path / "p.parquet"), "--json", str(tmp_path / "b.json"),
+                              "--bootstrap", "100"])
+    assert out.exit_code == 0, out.output
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert {k: a[k] for k in REQUIRED_KEYS} == {k: b[k] for k in REQUIRED_KEYS}
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_model_with_another_label_space_is_refused(tiny_model, tiny_manifest, tmp_path):
+    df = split_manifest(read_manifest(tiny_manifest).drop(columns=["split", "label"]), SplitConfig(max_count=3))
+    path = write_manifest(df, tmp_path / "max3.parquet", info=df.attrs["info"])
+    with pytest.raises(ConfigError, match="max-count 3"):
+        evaluate_model(tiny_model, path, split="val", workers=0, progress=False)
+
+
+def test_empty_evaluation_set_is_refused(tiny_model, tiny_manifest, tmp_path):
+    with pytest.raises(DataError, match="no photos to evaluate"):
+        evaluate_model(tiny_model, tiny_manifest, split="test", workers=0, progress=False)  # tiny has no test split
+    broken = tmp_path / "broken"
+    (broken / "bin-images").mkdir(parents=True)
+    (broken / "metadata").mkdir()
+    (broken / "bin-images" / "1.jpg").write_bytes(b"not a jpeg")
+    (broken / "metadata" / "1.json").write_text('{"EXPECTED_QUANTITY": 2}')
+    with pytest.raises(DataError, match="no photos to evaluate"):
+        evaluate_model(tiny_model, broken, workers=0, progress=False)
+
+
+def test_predictions_file_with_missing_columns_is_refused(tmp_path):
+    path = tmp_path / "p.csv"
+    pd.DataFrame({"id": ["1"], "true_label": [1], "prob_0": [0.5], "prob_1": [0.5]}).to_csv(path, index=False)
+    out = CliRunner().invoke(app, ["evaluate", "--predictions", str(path)], standalone_mode=False, catch_exceptions=True)
+    assert isinstance(out.exception, DataError) and "missing columns: predicted_label" in str(out.exception)
+    with pytest.raises(DataError, match="no such predictions file"):
+        evaluate_saved(tmp_path / "missing.csv")
+
