@@ -30,6 +30,8 @@ demo: $(VENV)/.installed
 	$(BIN)/bintally data report $(DEMO)/manifest.parquet --out $(DEMO)/report
 	$(BIN)/bintally train --data $(DEMO)/manifest.parquet --preset fast --out $(DEMO)/model
 	$(BIN)/bintally predict --model $(DEMO)/model bintally/sample/bin-images/00450.jpg bintally/sample/bin-images/00451.jpg
+	$(BIN)/bintally evaluate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --split test --json $(DEMO)/test.json --report $(DEMO)/evaluation
+	$(BIN)/bintally tune --data $(DEMO)/manifest.parquet --n-trials 10 --jobs 2 --out $(DEMO)/tune
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest -q

@@ -158,6 +158,7 @@ Opt = typer.Option
 def train_cmd(
     data: Annotated[Optional[str], Opt(help="Split manifest, bucket folder, class folders or CSV. Default: the bundled sample.")] = None,
     preset: Annotated[Optional[str], Opt(help="Named recipe: fast (frozen features), finetune, best.")] = None,
+    config_file: Annotated[Optional[Path], Opt("--config", help="JSON settings (e.g. from bintally tune); flags override them.")] = None,
     out: Annotated[Optional[str], Opt(help="Run directory. Default: runs/train.")] = None,
     resume: Annotated[Optional[Path], Opt(help="Continue the run in this directory from its last checkpoint.")] = None,
     backbone: Annotated[Optional[str], Opt(help="efficientnet_lite0/1/2, resnet18/34/50/101 or any timm model name.")] = None,
@@ -197,9 +198,13 @@ def train_cmd(
     progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Progress bars.")] = None,
 ):
     """Train a counting model (run under torchrun for DistributedDataParallel)."""
+    flags = {k: v for k, v in locals().items() if k not in ("resume", "preset", "config_file") and v is not None}
     from bintally.training import Interrupted, resolve_config, train
+    from bintally.training.config import read_config_file
 
-    explicit = {k: v for k, v in locals().items() if k not in ("resume", "preset", "Interrupted", "resolve_config", "train")}
+    from_file = read_config_file(config_file) if config_file else {}
+    preset = preset or from_file.pop("preset", None)
+    explicit = from_file | flags
     config = resolve_config(preset, **explicit)
     try:
         result = train(config, resume=str(resume) if resume else None, explicit=explicit)
@@ -244,6 +249,53 @@ def evaluate_cmd(
     for written in (json_out, save_predictions, report and report / "index.html"):
         if written:
             typer.echo(f"wrote {written}")
+
+
+@app.command("tune")
+def tune_cmd(
+    data: Annotated[Optional[str], Opt(help="Split manifest, bucket folder, class folders or CSV. Default: the bundled sample.")] = None,
+    n_trials: Annotated[int, Opt(help="Trials to add to the study in this call (all workers together).")] = 50,
+    timeout: Annotated[Optional[float], Opt(help="Stop starting new trials after this many seconds.")] = None,
+    study: Annotated[str, Opt(help="Study name; the same name resumes the study.")] = "bintally",
+    storage: Annotated[Optional[str], Opt(help="SQLAlchemy URL, e.g. postgresql://host/db. Default: sqlite:///OUT/optuna.db.")] = None,
+    out: Annotated[str, Opt(help="Outputs go to OUT/STUDY/.")] = "runs/tune",
+    jobs: Annotated[int, Opt(help="Local worker processes sharing the study.")] = 1,
+    pruner: Annotated[str, Opt(help="median, hyperband or none.")] = "median",
+    mode: Annotated[str, Opt(help="frozen (heads on cached features), partial or full.")] = "frozen",
+    preset: Annotated[Optional[str], Opt(help="Fixed settings the search leaves alone.")] = "fast",
+    config_file: Annotated[Optional[Path], Opt("--config", help="JSON of fixed training settings applied over the preset.")] = None,
+    backbones: Annotated[str, Opt(help="Comma-separated backbones to try.")] = "efficientnet_lite0",
+    image_sizes: Annotated[str, Opt(help="Comma-separated image sizes to try.")] = "224",
+    min_epochs: Annotated[int, Opt()] = 5,
+    max_epochs: Annotated[int, Opt()] = 30,
+    max_count: Annotated[int, Opt(help="Largest count with its own class.")] = 5,
+    seed: Annotated[int, Opt()] = 0,
+    progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
+):
+    """Search training settings with Optuna (TPE, pruning on per-epoch validation accuracy)."""
+    from bintally.training.config import read_config_file
+    from bintally.tuning import TuneConfig, tune
+
+    fixed = read_config_file(config_file) if config_file else {}
+    config = TuneConfig(data=data, study=study, storage=storage, out=out, n_trials=n_trials, timeout=timeout, jobs=jobs,
+                        pruner=pruner, mode=mode, preset=preset, fixed=fixed, backbones=split_list(backbones),
+                        image_sizes=[int(s) for s in split_list(image_sizes)], min_epochs=min_epochs, max_epochs=max_epochs,
+                        max_count=max_count, seed=seed, progress=progress)
+    try:
+        result = tune(config)
+    except KeyboardInterrupt:
+        echo_err(f"stopped; the finished trials are kept in {config.storage_url}. Run the same command to go on.")
+        raise typer.Exit(130) from None
+    typer.echo(f"study {result.study} ({result.storage}): {result.trials} trials, {result.complete} complete, {result.pruned} pruned")
+    if result.best_config:
+        typer.echo(f"best validation accuracy (counts 0-{max_count}): {result.best_value:.4f} with {json.dumps(result.best_params)}")
+        typer.echo(f"train it: bintally train --config {result.best_config}")
+    for name, path in result.outputs.items():
+        typer.echo(f"{name}: {path}")
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 @app.command("predict")

@@ -120,6 +120,23 @@ def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def read_config_file(path: str | Path) -> dict:
+    """Settings from a JSON file such as a run's config.json or `bintally tune`'s best_config.json."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object of settings")
+    unknown = set(values) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
+    return values
+
+
 def config_differences(saved: TrainConfig, requested: dict) -> dict[str, tuple]:
     """Explicit settings that differ from a saved run's (those that change what is computed)."""
     saved_values = saved.to_dict()

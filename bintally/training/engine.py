@@ -12,10 +12,12 @@ import logging
 import math
 import signal
 import subprocess
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -34,11 +36,13 @@ from bintally.models.model import CountingModel, decode_counts
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
 from bintally.training.config import RESUMABLE_CHANGES, TrainConfig, config_differences
 from bintally.training.data import check_training_data, training_manifest
-from bintally.training.distributed import Dist, any_rank, cleanup, setup_distributed
+from bintally.training.distributed import Dist, any_rank, cleanup, pick_device, setup_distributed
 from bintally.training.features import cached_features
 from bintally.training.health import HealthMonitor
 
 log = logging.getLogger("bintally.train")
+# end-of-epoch checkpoints come at most this often (a signal still checkpoints at once): frozen-mode epochs take under a second
+CHECKPOINT_INTERVAL_S = 30
 
 
 @dataclass
@@ -58,11 +62,19 @@ class Interrupted(Exception):
 
 @dataclass
 class StopFlag:
-    requested: bool = False
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step; the old handlers come back afterwards."""
 
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.handle)
+    requested: bool = False
+    previous: dict | None = None
+
+    def __enter__(self) -> "StopFlag":
+        in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame) -> None:
         self.requested = True
@@ -219,18 +231,28 @@ def loader_for(dataset: Dataset, indices: list[int], batch_size: int, workers: i
                       generator=torch.Generator().manual_seed(0), persistent_workers=False)
 
 
-def train(config: TrainConfig, resume: str | None = None, explicit: dict | None = None) -> TrainResult:
-    """Train (or resume) a counting model; return the final validation metrics and the run directory."""
+EpochCallback = Callable[[int, dict], None]
+
+
+def train(config: TrainConfig, resume: str | None = None, explicit: dict | None = None,
+          on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train (or resume) a counting model; return the final validation metrics and the run directory.
+
+    `on_epoch(epoch, val_metrics)` is called after each epoch's validation (hyperparameter search
+    uses it to report and prune); an exception it raises ends the run.
+    """
     config, run_dir, checkpoint = open_run(config, resume, explicit or {})
     d = setup_distributed(config.device)
     run = Run(run_dir, d.main)
     try:
-        return fit(config, run, checkpoint, d)
+        with StopFlag() as stop:
+            return fit(config, run, checkpoint, d, stop, on_epoch)
     finally:
         cleanup(d)
 
 
-def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> TrainResult:
+def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag,
+        on_epoch: EpochCallback | None = None) -> TrainResult:
     started = time.time()
     torch.manual_seed(config.seed)
     amp = d.device.type == "cuda" if config.amp is None else config.amp
@@ -265,6 +287,7 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
         forward = torch.compile(forward)
 
     optimizer = build_optimizer(model, config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = len(train_labels) // d.world_size // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch size {config.batch_size} is larger than the train split per process "
@@ -293,10 +316,9 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
                          "epoch": epoch, "step": step, "global_step": global_step, "best": best,
                          "rng": rng_state(), "config": config.to_dict()}, run.dir / "checkpoints" / "last.pt")
 
-    stop = StopFlag()
-    stop.install()
     profiler = make_profiler(config, run) if run.main else None
     metrics: dict = {}
+    saved_at = time.time()
     workers = 0 if config.mode == "frozen" else config.workers  # cached features need no loader processes
     val_loader = loader_for(val_set, list(range(len(val_set))), config.batch_size * 2, workers, False)
     for epoch in range(start_epoch, config.epochs):
@@ -324,7 +346,7 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
             loss = model.head.loss(out, y, config.label_smoothing, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 10.0))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 10.0))
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -367,8 +389,13 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
         if best is None or score > tuple(best):
             best = list(score)
             save_model(eval_model, transform, config, metrics, run)
-        save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else step)
+        last_epoch = not finished_epoch or epoch + 1 == config.epochs or (config.max_steps is not None and global_step >= config.max_steps)
+        if last_epoch or time.time() - saved_at >= CHECKPOINT_INTERVAL_S:
+            save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else step)
+            saved_at = time.time()
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
         if config.max_steps is not None and global_step >= config.max_steps:
             break
     if profiler is not None:
@@ -381,6 +408,15 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist) -> Trai
     if run.main:
         write_model_card(run, config, df, result)
     return TrainResult(model=model, **result)
+
+
+def prepare_features(config: TrainConfig) -> None:
+    """Compute (or find) the frozen-feature cache that a frozen-mode run of this config reads."""
+    model = CountingModel(config.model_config())
+    parts = check_training_data(training_manifest(config.data, config.max_count, None), config.max_count)
+    transform = TransformConfig(config.image_size, model.normalization.mean, model.normalization.std)
+    d = Dist(device=pick_device(config.device))
+    cached_features(model.to(d.device), parts, transform, config, d)
 
 
 def make_profiler(config: TrainConfig, run: Run):
