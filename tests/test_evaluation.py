@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -94,6 +95,18 @@ def test_bucket_folder_without_split_evaluates_every_photo(tiny_model, small_buc
     page = (tmp_path / "report" / "index.html").read_text()
     assert "55.7%" in page and "0.930" in page and "not directly comparable" in page
     assert np.allclose(result.predictions.filter(like="prob_").sum(axis=1), 1, atol=1e-4)
+
+
+def test_class_folder_dataset_is_evaluated_with_counts_from_folder_names(tiny_model, mirror, tmp_path):
+    photos = {"0": ["00101"], "2": ["00100", "00102"], "7": ["00106"]}  # folder names are the counts; 7 lands in "6+"
+    for count, ids in photos.items():
+        (tmp_path / "folders" / count).mkdir(parents=True)
+        for i in ids:
+            shutil.copy(mirror / "bin-images" / f"{i}.jpg", tmp_path / "folders" / count)
+    result = evaluate_model(tiny_model, tmp_path / "folders", workers=0, progress=False, resamples=50)
+    frame = result.predictions.set_index("id")
+    assert frame.loc["00106", "true_count"] == 7 and frame.loc["00106", "true_label"] == 6
+    assert (result.metrics["n"], result.metrics["n_0_5"], result.metrics["n_1_5"]) == (4, 3, 2)
 
 
 def test_saved_predictions_recompute_the_same_metrics(tiny_model, tiny_manifest, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from torch import nn
 
 from bintally.errors import ConfigError
 
+log = logging.getLogger("bintally.models")
 LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -71,6 +73,16 @@ def efficientnet_lite(variant: str, pretrained: bool = True) -> nn.Module:
     return model
 
 
+def has_offline_weights(name: str) -> bool:
+    return name in LITE_VARIANTS
+
+
+def weights_description(name: str, pretrained: bool, weights: str | None) -> str:
+    if weights:
+        return f"weights from {weights}"
+    return "ImageNet weights" if pretrained and has_offline_weights(name) else "random init"
+
+
 def build_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> tuple[nn.Module, int, Normalization]:
     """Return (feature extractor, feature size, input normalisation) for a backbone name."""
     if name in LITE_VARIANTS:
@@ -80,6 +92,8 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
     elif name in RESNETS:
         import torchvision
 
+        if pretrained and not weights:
+            log.warning("%s: no ImageNet weights can be loaded offline; random init (give --weights FILE for others)", name)
         model, norm = getattr(torchvision.models, name)(weights=None), IMAGENET_NORM
         dim = model.fc.in_features
         model.fc = nn.Identity()

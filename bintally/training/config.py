@@ -105,6 +105,9 @@ PRESETS: dict[str, dict] = {
     "finetune": dict(mode="full", head="ordinal", epochs=4, batch_size=32, lr=1e-3, backbone_lr_scale=0.3,
                      image_size=224, label_smoothing=0.1, ema=0.0),
 }
+# the seeds' recipe: a frozen ResNet with a two-layer FC head (no ResNet ImageNet weights offline: random init)
+PRESETS["seed-baseline"] = dict(mode="frozen", backbone="resnet18", pretrained=False, head="mlp", epochs=15, batch_size=64,
+                                optimizer="adam", lr=1e-3, weight_decay=0.0, dropout=0.5, label_smoothing=0.0, warmup_epochs=1)
 # the best recipe on the mirror's validation split so far (docs/benchmarks.md)
 PRESETS["best"] = PRESETS["finetune"] | dict(balance="weights", epochs=3, workers=1)
 

@@ -32,6 +32,7 @@ from bintally.data.split import class_names
 from bintally.data.transforms import TransformConfig
 from bintally.errors import ConfigError
 from bintally.evaluation.metrics import count_metrics
+from bintally.models.backbones import weights_description
 from bintally.models.model import CountingModel, decode_counts
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
 from bintally.training.config import RESUMABLE_CHANGES, TrainConfig, config_differences
@@ -446,7 +447,8 @@ def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, result: di
     split_counts = df["split"].value_counts().to_dict()
     lines = [
         "# Model card", "",
-        f"- backbone: `{config.backbone}` ({'ImageNet weights' if config.pretrained else 'random init'}), head: `{config.head}`, mode: `{config.mode}`",
+        f"- backbone: `{config.backbone}` ({weights_description(config.backbone, config.pretrained, config.weights)}), "
+        f"head: `{config.head}`, mode: `{config.mode}`",
         f"- classes: {', '.join(class_names(config.max_count))} (last = more than {config.max_count} items)",
         f"- data: `{df.attrs.get('info', {}).get('source', config.data or 'bundled sample')}`; split sizes: {split_counts}",
         f"- image size {config.image_size}, epochs {config.epochs}, batch {config.batch_size} x {result['world_size']} processes, "
