@@ -166,6 +166,7 @@ def train_cmd(
     weights: Annotated[Optional[str], Opt(help="Backbone weights file (.pt/.pth state dict).")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained/--random-init", help="Start from shipped ImageNet weights.")] = None,
     max_count: Annotated[Optional[int], Opt(help="Largest count with its own class; more is one overflow class.")] = None,
+    overflow: Annotated[Optional[str], Opt(help="class: counts above max-count form one class; exclude: learn counts 0..max-count only.")] = None,
     decode: Annotated[Optional[str], Opt(help="Count from probabilities: argmax, median or expected (default: median for ordinal).")] = None,
     dropout: Annotated[Optional[float], Opt(help="Dropout before the head's layers.")] = None,
     mode: Annotated[Optional[str], Opt(help="frozen (head on cached features), partial or full fine-tuning.")] = None,

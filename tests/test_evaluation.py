@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from bintally.cli import app
@@ -131,6 +132,16 @@ def test_cli_evaluate_writes_json_and_recomputes_from_predictions(tiny_model, ti
     assert out.exit_code == 0, out.output
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert {k: a[k] for k in REQUIRED_KEYS} == {k: b[k] for k in REQUIRED_KEYS}
+
+
+def test_a_model_trained_on_counts_0_5_only_is_scored_on_every_photo(tiny_manifest, tmp_path):
+    train(tiny_config(tiny_manifest, tmp_path / "run", mode="frozen", head="ordinal", epochs=1, overflow="exclude"))
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert saved["classes"] == ["0", "1", "2", "3", "4", "5"]
+    result = evaluate_model(tmp_path / "run", tiny_manifest, split="val", workers=0, progress=False, resamples=50)
+    frame = result.predictions
+    assert (frame["true_label"] == 6).any() and not (frame["predicted_label"] == 6).any()
+    assert (frame["prob_6+"] == 0).all() and result.metrics["n"] > result.metrics["n_0_5"]
 
 
 # ---------------------------------------------------------------- bad input

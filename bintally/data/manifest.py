@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bintally.errors import DataError
+from bintally.io import atomic_path
 
 MANIFEST_VERSION = 1
 OK = "ok"
@@ -47,22 +46,14 @@ def usable(df: pd.DataFrame) -> pd.Series:
 
 def write_manifest(df: pd.DataFrame, path: str | Path, info: dict | None = None) -> Path:
     """Write atomically: the old manifest stays whole until the new one is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(SCHEMA) + [pa.field(n, t) for n, t in SPLIT_FIELDS if n in df.columns]
     schema = pa.schema(fields).with_metadata(
         {"bintally": json.dumps({"version": MANIFEST_VERSION, **(info or {})})}
     )
     table = pa.Table.from_pandas(df[[f.name for f in fields]], schema=schema, preserve_index=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

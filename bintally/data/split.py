@@ -42,9 +42,9 @@ class SplitConfig:
             raise ValueError("max_count must be >= 0")
 
 
-def class_names(max_count: int) -> list[str]:
-    """Label i is the count i; the last label is the overflow class, more than max_count items."""
-    return [str(c) for c in range(max_count + 1)] + [f"{max_count + 1}+"]
+def class_names(max_count: int, overflow: bool = True) -> list[str]:
+    """Label i is the count i; the last label is the overflow class, more than max_count items (if there is one)."""
+    return [str(c) for c in range(max_count + 1)] + ([f"{max_count + 1}+"] if overflow else [])
 
 
 def read_file_list(path: str | Path) -> set[str]:

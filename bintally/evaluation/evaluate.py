@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from bintally.data.dataset import BinPhotos
 from bintally.data.index import build_manifest
 from bintally.data.manifest import read_manifest, usable
-from bintally.data.split import assign_labels
+from bintally.data.split import assign_labels, class_names
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import bootstrap_intervals, calibration, confusion, count_metrics, per_class_metrics, subsets
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
@@ -104,11 +104,13 @@ def evaluate_model(model: str | Path, data: str | Path, split: str | None = "tes
                    workers: int = 2, resamples: int = 1000, progress: bool = True) -> Evaluation:
     """Predict every photo of the split with the trained model and compute every metric."""
     predictor = Predictor.load(model)
-    max_count = len(predictor.classes) - 2
+    max_count = predictor.model.config.max_count
     photos, info = evaluation_photos(read_source(data), split, max_count)
     probs = predict_probs(predictor, photos, batch_size, workers, progress)
     predicted = decode_counts(torch.from_numpy(probs), predictor.model.decode).numpy()
-    frame = predictions_frame(photos, probs, predicted, predictor.classes)
+    if not predictor.model.config.overflow:  # a 0..N model never predicts "N+1+", but such photos are still scored
+        probs = np.pad(probs, ((0, 0), (0, 1)))
+    frame = predictions_frame(photos, probs, predicted, class_names(max_count))
     info |= {"model": str(model), "decode": predictor.model.decode, "tta": predictor.tta,
              "backbone": predictor.model.config.backbone, "head": predictor.model.config.head}
     return evaluate_predictions(frame, info, resamples)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bintally.errors import DataError
+from bintally.io import atomic_path
 
 REQUIRED = ["id", "true_label", "predicted_label"]
 PROB_PREFIX = "prob_"
@@ -47,15 +48,10 @@ def prediction_probs(frame: pd.DataFrame) -> np.ndarray:
 def save_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
     """CSV or Parquet by the file's suffix, written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
-    elif path.suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
+    if path.suffix not in (".csv", ".parquet"):
         raise DataError(path, "predictions file must end in .csv or .parquet")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False) if path.suffix == ".parquet" else frame.to_csv(tmp, index=False)
     return path
 
 

@@ -14,8 +14,8 @@ from jinja2 import Template  # noqa: E402
 # accuracy and RMSE as published; None where a work did not report the figure
 PUBLISHED = [
     {"work": "abid_challenge, ResNet34 (about 480,000 training photos)", "subset": "0-5", "accuracy": 0.5567, "rmse": 0.930},
-    {"work": "Bertorello et al., ResNet", "subset": "0-5", "accuracy": 0.559, "rmse": 0.901},
-    {"work": "Udacity capstone projects (about 10,000 photos)", "subset": "1-5", "accuracy": (0.31, 0.38), "rmse": None},
+    {"work": "Bertorello et al.", "subset": "0-5", "accuracy": 0.559, "rmse": 0.901},
+    {"work": "Udacity capstone projects (small subsets)", "subset": "1-5", "accuracy": (0.31, 0.38), "rmse": None},
 ]
 
 PAGE = Template("""<!doctype html>

@@ -21,10 +21,11 @@ class ModelConfig:
     weights: str | None = None  # a user's backbone weights file
     dropout: float = 0.2
     decode: str = "auto"  # argmax | median | expected (rounded); auto: median for ordinal, else argmax
+    overflow: bool = True  # a last class for "more than max_count"; without it the model only knows 0..max_count
 
     @property
     def n_classes(self) -> int:
-        return self.max_count + 2
+        return self.max_count + 1 + int(self.overflow)
 
 
 class CountingModel(nn.Module):

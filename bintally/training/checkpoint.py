@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bintally.io import atomic_path
 
 
 def rng_state() -> dict:
@@ -25,10 +26,8 @@ def restore_rng(state: dict) -> None:
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary name, then rename: a kill mid-write never leaves a broken checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

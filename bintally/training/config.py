@@ -13,6 +13,7 @@ MODES = ("frozen", "partial", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "sgdr", "step")
 BALANCING = ("none", "sampler", "weights")
+OVERFLOW = ("class", "exclude")
 # settings that may change when a run is resumed: they do not change what is computed
 RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_steps"}
 
@@ -26,6 +27,7 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     head: str = "ordinal"
     max_count: int = 5
+    overflow: str = "class"  # class: counts above max_count form one class; exclude: train and validate on 0..max_count only
     pretrained: bool = True
     weights: str | None = None
     dropout: float = 0.2
@@ -67,6 +69,7 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("balance", self.balance, BALANCING)
+        check_choice("overflow", self.overflow, OVERFLOW)
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -75,7 +78,8 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, head=self.head, max_count=self.max_count,
-                           pretrained=self.pretrained, weights=self.weights, dropout=self.dropout, decode=self.decode)
+                           pretrained=self.pretrained, weights=self.weights, dropout=self.dropout, decode=self.decode,
+                           overflow=self.overflow == "class")
 
     def to_dict(self) -> dict:
         return asdict(self)

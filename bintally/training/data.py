@@ -30,16 +30,20 @@ def training_manifest(data: str | None, max_count: int, run_dir: Path | None) ->
     return df
 
 
-def check_training_data(df: pd.DataFrame, max_count: int) -> dict[str, pd.DataFrame]:
-    """Split the manifest and refuse data that cannot train a model, before any work starts."""
-    parts = {s: df[df["split"] == s].reset_index(drop=True) for s in SPLITS}
+def check_training_data(df: pd.DataFrame, max_count: int, overflow: str = "class") -> dict[str, pd.DataFrame]:
+    """Split the manifest and refuse data that cannot train a model, before any work starts.
+
+    With overflow="exclude", photos of more than max_count items are left out of every split.
+    """
+    keep = df["label"].notna() if overflow == "class" else df["count"].notna() & (df["count"] <= max_count)
+    parts = {s: df[(df["split"] == s) & keep].reset_index(drop=True) for s in SPLITS}
     source = df.attrs.get("info", {}).get("source", "<data>")
     if parts["train"].empty:
         raise DataError(source, "the train split is empty")
     if parts["val"].empty:
         raise DataError(source, "the val split is empty")
     present = set(parts["train"]["label"].astype(int))
-    names = class_names(max_count)
+    names = class_names(max_count, overflow == "class")
     missing = [names[c] for c in range(len(names)) if c not in present]
     if missing:
         raise ConfigError(

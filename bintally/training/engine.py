@@ -263,7 +263,7 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
         (run.dir / "checkpoints").mkdir(exist_ok=True)
         config.save(run.dir / "config.json")
     df = training_manifest(config.data, config.max_count, run.dir if run.main else None)
-    parts = check_training_data(df, config.max_count)
+    parts = check_training_data(df, config.max_count, config.overflow)
     transform = TransformConfig(config.image_size, model.normalization.mean, model.normalization.std)
     frozen_modules = freeze_for_mode(model, config)
     model.to(d.device)
@@ -414,7 +414,7 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
 def prepare_features(config: TrainConfig) -> None:
     """Compute (or find) the frozen-feature cache that a frozen-mode run of this config reads."""
     model = CountingModel(config.model_config())
-    parts = check_training_data(training_manifest(config.data, config.max_count, None), config.max_count)
+    parts = check_training_data(training_manifest(config.data, config.max_count, None), config.max_count, config.overflow)
     transform = TransformConfig(config.image_size, model.normalization.mean, model.normalization.std)
     d = Dist(device=pick_device(config.device))
     cached_features(model.to(d.device), parts, transform, config, d)
@@ -438,7 +438,7 @@ def save_model(model: CountingModel, transform: TransformConfig, config: TrainCo
     """best.pt: what inference needs, nothing more."""
     if run.main:
         save_atomic({"model_config": model.export_config(), "transform": asdict(transform), "state_dict": model.state_dict(),
-                     "classes": class_names(config.max_count), "metrics": metrics, "train_config": config.to_dict()},
+                     "classes": class_names(config.max_count, config.overflow == "class"), "metrics": metrics, "train_config": config.to_dict()},
                     run.dir / "best.pt")
 
 
@@ -449,7 +449,8 @@ def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, result: di
         "# Model card", "",
         f"- backbone: `{config.backbone}` ({weights_description(config.backbone, config.pretrained, config.weights)}), "
         f"head: `{config.head}`, mode: `{config.mode}`",
-        f"- classes: {', '.join(class_names(config.max_count))} (last = more than {config.max_count} items)",
+        f"- classes: {', '.join(class_names(config.max_count, config.overflow == 'class'))}"
+        + (f" (last = more than {config.max_count} items)" if config.overflow == "class" else f" (trained on counts 0-{config.max_count} only)"),
         f"- data: `{df.attrs.get('info', {}).get('source', config.data or 'bundled sample')}`; split sizes: {split_counts}",
         f"- image size {config.image_size}, epochs {config.epochs}, batch {config.batch_size} x {result['world_size']} processes, "
         f"optimizer {config.optimizer} lr {config.lr}, schedule {config.schedule}",

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from bintally.data.dataset import BinPhotos
 from bintally.data.transforms import TransformConfig
+from bintally.io import atomic_path
 from bintally.paths import cache_dir
 
 N_VIEWS = 2
@@ -82,10 +83,8 @@ def cached_features(model, parts: dict[str, pd.DataFrame], transform: TransformC
         if d.main and not path.exists():
             feats = extract_features(model.backbone, photos, transform, d.device, workers=config.workers,
                                      progress=config.progress, desc=f"{split} features")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(feats, tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                torch.save(feats, tmp)
         if d.enabled:
             dist.barrier()
         features[split] = torch.load(path, weights_only=True)
