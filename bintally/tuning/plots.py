@@ -22,7 +22,9 @@ def write_plots(study: optuna.Study, out: Path) -> dict[str, str]:
 
     written = {}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    plots = {"history": ovm.plot_optimization_history, "importance": ovm.plot_param_importances}
+    varied = sorted({name for t in complete for name, d in t.distributions.items() if not d.single()})
+    plots = {"history": ovm.plot_optimization_history,
+             "importance": lambda s: ovm.plot_param_importances(s, params=varied)}  # fixed settings have no importance
     for name, plot in plots.items():
         if len(complete) < 2:
             log.info("%s plot skipped: fewer than two complete trials", name)
@@ -34,8 +36,11 @@ def write_plots(study: optuna.Study, out: Path) -> dict[str, str]:
             except (ValueError, RuntimeError) as e:  # e.g. no parameter varied between trials
                 log.info("%s plot skipped: %s", name, e)
                 continue
-        ax.set_title({"history": f"Study {study.study_name}: validation accuracy (counts 0-N) by trial",
-                      "importance": f"Study {study.study_name}: parameter importance (fANOVA)"}[name])
+        title = {"history": f"Study {study.study_name}: validation accuracy (counts 0-N) by trial",
+                 "importance": f"Study {study.study_name}: parameter importance (fANOVA)"}[name]
+        for loc in ("left", "center", "right"):  # optuna puts its own title in one of these
+            ax.set_title("", loc=loc)
+        ax.set_title(title)
         ax.figure.set_size_inches(9, 5)
         ax.figure.tight_layout()
         path = out / f"{name}.png"
