@@ -241,6 +241,9 @@ def evaluate_cmd(
     result = evaluate(model=model, data=data, split=None if split == "all" else split, predictions=predictions,
                       json_out=json_out, report=report, save_to=save_predictions, **options)
     m, n = result.metrics, result.max_count
+    if str(result.info.get("split", "")).startswith("all (") and split != "all":
+        echo_err(f"note: {data} has no split column, so all its photos were scored; to score one split, "
+                 f"pass the split manifest (`bintally data split`, or the manifest.parquet in the training run)")
     for name, suffix in (("all", ""), (f"0-{n}", f"_0_{n}"), (f"1-{n}", f"_1_{n}")):
         if m[f"n{suffix}"]:
             low, high = m["ci95"][f"accuracy{suffix}"]
@@ -282,9 +285,11 @@ def tune_cmd(
                         pruner=pruner, mode=mode, preset=preset, fixed=fixed, backbones=split_list(backbones),
                         image_sizes=[int(s) for s in split_list(image_sizes)], min_epochs=min_epochs, max_epochs=max_epochs,
                         max_count=max_count, seed=seed, progress=progress)
+    from bintally.training import Interrupted
+
     try:
         result = tune(config)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         echo_err(f"stopped; the finished trials are kept in {config.storage_url}. Run the same command to go on.")
         raise typer.Exit(130) from None
     typer.echo(f"study {result.study} ({result.storage}): {result.trials} trials, {result.complete} complete, {result.pruned} pruned")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
@@ -42,6 +46,33 @@ def test_two_workers_share_a_study_and_a_rerun_resumes_it(tiny_manifest, tmp_pat
     assert best["value"] == pytest.approx(second.best_value)
     for name in ("history.png", "importance.png", "trials.csv"):
         assert (tmp_path / "shared" / name).stat().st_size > 0
+
+
+def finished(storage: str, study: str) -> int:
+    try:
+        return len(optuna.load_study(study_name=study, storage=storage).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    except KeyError:  # not created yet
+        return 0
+
+
+def test_an_interrupted_study_keeps_its_trials_and_the_same_command_goes_on(tiny_manifest, tmp_path):
+    (tmp_path / "fixed.json").write_text(json.dumps(FIXED))
+    command = [sys.executable, "-m", "bintally", "tune", "--data", str(tiny_manifest), "--out", str(tmp_path), "--study", "stop",
+               "--config", str(tmp_path / "fixed.json"), "--backbones", FIXED["backbone"], "--image-sizes", "64",
+               "--min-epochs", "1", "--max-epochs", "2", "--no-progress"]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    process = subprocess.Popen(command + ["--n-trials", "200"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while finished(storage, "stop") < 1 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, output
+    assert "Run the same command to go on" in output
+    kept = finished(storage, "stop")
+    assert kept >= 1
+    subprocess.run(command + ["--n-trials", "2"], check=True, capture_output=True, timeout=120)
+    assert finished(storage, "stop") >= kept + 2
 
 
 def test_best_config_trains_with_one_command(tiny_manifest, tmp_path):
