@@ -30,7 +30,6 @@ from bintally.training.config import MODES, TrainConfig, resolve_config
 from bintally.training.data import training_manifest
 from bintally.training.engine import prepare_features, train
 
-log = logging.getLogger("bintally.tune")
 PRUNERS = ("median", "hyperband", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
