@@ -212,6 +212,9 @@ def train_cmd(
     except Interrupted as e:
         echo_err(str(e))
         raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # the signal came as the run ended: it finished and saved everything first
+        echo_err(f"stopped by signal after the run finished; results are in {config.out}")
+        raise typer.Exit(130) from None
     final = result.final
     n = config.max_count
     typer.echo(f"run: {result.run}  ({result.wall_time_s} s)")

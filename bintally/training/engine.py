@@ -63,22 +63,32 @@ class Interrupted(Exception):
 
 @dataclass
 class StopFlag:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step; the old handlers come back afterwards."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step; the old handlers come back afterwards.
 
-    requested: bool = False
+    A signal that arrives after the last step check (during the final evaluation, say) is not lost:
+    once the run has finished and saved, it is raised again for the old handler.
+    """
+
+    signum: int | None = None
     previous: dict | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self) -> "StopFlag":
         in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
         self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        if self.requested and exc_type is None:
+            signal.raise_signal(self.signum)
 
     def handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signum = signum
 
 
 # ---------------------------------------------------------------- model, optimiser, schedule
