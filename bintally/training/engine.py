@@ -84,7 +84,7 @@ class StopFlag:
     def __exit__(self, exc_type, exc, tb) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        if self.requested and exc_type is None:
+        if self.requested and not isinstance(exc, Interrupted):  # Interrupted: the loop already stopped for it
             signal.raise_signal(self.signum)
 
     def handle(self, signum, frame) -> None:

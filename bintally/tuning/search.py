@@ -13,7 +13,9 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,9 +173,39 @@ def run_worker(tc: TuneConfig, data: str, target: int, threads: int, worker: int
         best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else float("nan")
         bar.set_postfix(best=f"{best:.3f}")
 
-    study.optimize(lambda t: objective(t, tc, data), timeout=tc.timeout, catch=(),
-                   callbacks=[update, MaxTrialsCallback(target, states=FINISHED)])
+    with StopAfterTrial(study) as stop:
+        study.optimize(lambda t: objective(t, tc, data), timeout=tc.timeout, catch=(),
+                       callbacks=[update, MaxTrialsCallback(target, states=FINISHED), stop.after_trial])
     bar.close()
+    if stop.signum is not None:
+        raise KeyboardInterrupt(f"stopped by signal {stop.signum}")
+
+
+class StopAfterTrial:
+    """SIGINT/SIGTERM let the running trial end cleanly, then stop the study.
+
+    A KeyboardInterrupt in the middle of a database write could leave SQLite locked; a trial that
+    is training checkpoints and stops at its next step (bintally.training's own handler).
+    """
+
+    def __init__(self, study: optuna.Study):
+        self.study, self.signum, self.previous = study, None, {}
+
+    def __enter__(self) -> "StopAfterTrial":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def after_trial(self, study: optuna.Study, trial) -> None:
+        if self.signum is not None:
+            study.stop()
 
 
 # ---------------------------------------------------------------- the whole command
