@@ -244,7 +244,7 @@ def evaluate_cmd(
     result = evaluate(model=model, data=data, split=None if split == "all" else split, predictions=predictions,
                       json_out=json_out, report=report, save_to=save_predictions, **options)
     m, n = result.metrics, result.max_count
-    if str(result.info.get("split", "")).startswith("all (") and split != "all":
+    if result.info.get("no_split_column") and split != "all":
         echo_err(f"note: {data} has no split column, so all its photos were scored; to score one split, "
                  f"pass the split manifest (`bintally data split`, or the manifest.parquet in the training run)")
     for name, suffix in (("all", ""), (f"0-{n}", f"_0_{n}"), (f"1-{n}", f"_1_{n}")):
@@ -280,6 +280,7 @@ def tune_cmd(
     progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
 ):
     """Search training settings with Optuna (TPE, pruning on per-epoch validation accuracy)."""
+    from bintally.training import Interrupted
     from bintally.training.config import read_config_file
     from bintally.tuning import TuneConfig, tune
 
@@ -288,8 +289,6 @@ def tune_cmd(
                         pruner=pruner, mode=mode, preset=preset, fixed=fixed, backbones=split_list(backbones),
                         image_sizes=[int(s) for s in split_list(image_sizes)], min_epochs=min_epochs, max_epochs=max_epochs,
                         max_count=max_count, seed=seed, progress=progress)
-    from bintally.training import Interrupted
-
     try:
         result = tune(config)
     except (KeyboardInterrupt, Interrupted):

@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bintally.data.images import is_image_file, probe_image
-from bintally.data.manifest import OK, SCHEMA, write_manifest
+from bintally.data.manifest import OK, SCHEMA, read_manifest, write_manifest
 from bintally.data.metadata import parse_count, read_metadata
 from bintally.errors import DataError
 
@@ -153,6 +153,15 @@ def build_manifest(src: str | Path, workers: int | None = None, progress: bool =
         df[col] = df[col].astype("Int64")
     df.attrs["info"] = {"source": str(src.resolve()), "layout": layout}
     return df
+
+
+def read_or_index(data: str | Path | None, progress: bool = True) -> pd.DataFrame:
+    """A manifest (.parquet) as it is, a folder or CSV indexed now, or the bundled sample's manifest for None."""
+    if data is None:
+        from bintally.data.sample import sample_manifest
+
+        data = sample_manifest()
+    return read_manifest(data) if Path(data).suffix == ".parquet" else build_manifest(data, progress=progress)
 
 
 def index_to_manifest(src: str | Path, out: str | Path, workers: int | None = None, progress: bool = True) -> pd.DataFrame:

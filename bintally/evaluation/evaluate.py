@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bintally.data.dataset import BinPhotos
-from bintally.data.index import build_manifest
-from bintally.data.manifest import read_manifest, usable
+from bintally.data.index import read_or_index
+from bintally.data.manifest import usable
 from bintally.data.split import assign_labels, class_names
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import bootstrap_intervals, calibration, confusion, count_metrics, per_class_metrics, subsets
@@ -57,14 +57,6 @@ def nan_to_none(value):
 # ---------------------------------------------------------------- the photos
 
 
-def read_source(data: str | Path) -> pd.DataFrame:
-    """A manifest (.parquet) as it is, or any folder layout `bintally data index` reads, indexed now."""
-    path = Path(data)
-    if not path.exists():
-        raise DataError(path, "no such file or folder")
-    return read_manifest(path) if path.suffix == ".parquet" else build_manifest(path)
-
-
 def evaluation_photos(df: pd.DataFrame, split: str | None, max_count: int) -> tuple[pd.DataFrame, dict]:
     """The usable photos of one split (or all photos when the data has no split), labelled for the model."""
     source = df.attrs.get("info", {}).get("source", "<data>")
@@ -77,6 +69,7 @@ def evaluation_photos(df: pd.DataFrame, split: str | None, max_count: int) -> tu
     ok = usable(df) & df["count"].notna()
     info["unusable"] = int((~ok).sum())
     df = df[ok]
+    info["no_split_column"] = "split" not in df
     if split is not None and "split" in df:
         df = df[df["split"] == split]
         info["split"] = split
@@ -100,12 +93,12 @@ def predict_probs(predictor: Predictor, photos: pd.DataFrame, batch_size: int = 
     return torch.cat(probs).numpy()
 
 
-def evaluate_model(model: str | Path, data: str | Path, split: str | None = "test", batch_size: int = 64,
+def evaluate_model(model: str | Path, data: str | Path | None, split: str | None = "test", batch_size: int = 64,
                    workers: int = 2, resamples: int = 1000, progress: bool = True) -> Evaluation:
     """Predict every photo of the split with the trained model and compute every metric."""
     predictor = Predictor.load(model)
     max_count = predictor.model.config.max_count
-    photos, info = evaluation_photos(read_source(data), split, max_count)
+    photos, info = evaluation_photos(read_or_index(data), split, max_count)
     probs = predict_probs(predictor, photos, batch_size, workers, progress)
     predicted = decode_counts(torch.from_numpy(probs), predictor.model.decode).numpy()
     if not predictor.model.config.overflow:  # a 0..N model never predicts "N+1+", but such photos are still scored
@@ -124,14 +117,13 @@ def evaluate_predictions(frame: pd.DataFrame, info: dict | None = None, resample
     pred = frame["predicted_label"].to_numpy(dtype=int)
     probs = prediction_probs(frame)
     metrics = count_metrics(true, pred, max_count)
-    for suffix, mask in subsets(true, max_count).items():
-        if mask.any():
-            metrics[f"ece{suffix}"] = calibration(probs[mask], true[mask], pred[mask])["ece"]
+    reliability = {suffix: calibration(probs[mask], true[mask], pred[mask]) for suffix, mask in subsets(true, max_count).items() if mask.any()}
+    metrics |= {f"ece{suffix}": r["ece"] for suffix, r in reliability.items()}
     metrics |= {
         "ci95": bootstrap_intervals(true, pred, max_count, resamples=resamples),
         "per_class": per_class_metrics(true, pred, classes),
         "confusion": {"classes": classes, "matrix": confusion(true, pred, len(classes))},
-        "calibration": calibration(probs, true, pred),
+        "calibration": reliability[""],
     }
     return Evaluation(metrics, frame, classes, dict(info or {}))
 
@@ -151,10 +143,6 @@ def evaluate(model: str | Path | None = None, data: str | Path | None = None, sp
     else:
         if model is None:
             raise ConfigError("nothing to evaluate: give --model RUN (with --data SRC) or --predictions FILE")
-        if data is None:
-            from bintally.data.sample import sample_manifest
-
-            data = sample_manifest()
         result = evaluate_model(model, data, split, **options)
     if json_out is not None:
         result.write_json(json_out)

@@ -6,22 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from bintally.data.index import build_manifest
-from bintally.data.manifest import read_manifest, write_manifest
+from bintally.data.index import read_or_index
+from bintally.data.manifest import write_manifest
 from bintally.data.split import SPLITS, SplitConfig, class_names, split_manifest
 from bintally.errors import ConfigError, DataError
 
 
 def training_manifest(data: str | None, max_count: int, run_dir: Path | None) -> pd.DataFrame:
     """A manifest with `split` and `label`: read, or indexed and split on the fly (saved into the run)."""
-    if data is None:
-        from bintally.data.sample import sample_manifest
-
-        df = read_manifest(sample_manifest())
-    elif Path(data).suffix == ".parquet":
-        df = read_manifest(data)
-    else:
-        df = build_manifest(data)
+    df = read_or_index(data)
     info = df.attrs.get("info", {})
     if "split" not in df or info.get("split", {}).get("max_count", max_count) != max_count:
         df = split_manifest(df, SplitConfig(max_count=max_count))

@@ -400,8 +400,8 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
         if best is None or score > tuple(best):
             best = list(score)
             save_model(eval_model, transform, config, metrics, run)
-        last_epoch = not finished_epoch or epoch + 1 == config.epochs or (config.max_steps is not None and global_step >= config.max_steps)
-        if last_epoch or time.time() - saved_at >= CHECKPOINT_INTERVAL_S:
+        stopping = not finished_epoch or epoch + 1 == config.epochs or (config.max_steps is not None and global_step >= config.max_steps)
+        if stopping or time.time() - saved_at >= CHECKPOINT_INTERVAL_S:
             save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else step)
             saved_at = time.time()
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from bintally.data.manifest import write_manifest
 from bintally.errors import ConfigError
-from bintally.training.config import MODES, TrainConfig, resolve_config
+from bintally.training.config import MODES, TrainConfig, check_choice, resolve_config
 from bintally.training.data import training_manifest
 from bintally.training.engine import prepare_features, train
 
@@ -58,10 +58,8 @@ class TuneConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.pruner not in PRUNERS:
-            raise ConfigError(f"unknown pruner {self.pruner!r}: use one of {', '.join(PRUNERS)}")
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        check_choice("pruner", self.pruner, PRUNERS)
+        check_choice("mode", self.mode, MODES)
         if self.n_trials < 1 or self.jobs < 1:
             raise ConfigError("n_trials and jobs must be at least 1")
         if not 1 <= self.min_epochs <= self.max_epochs:
@@ -158,20 +156,22 @@ def objective(trial: optuna.Trial, tc: TuneConfig, data: str) -> float:
     return result.best_val[0]
 
 
-def run_worker(tc: TuneConfig, data: str, target: int, threads: int, worker: int = 0) -> None:
+def run_worker(tc: TuneConfig, data: str, target: int, threads: int, worker: int = 0, study: optuna.Study | None = None) -> None:
     """Run trials until the study holds `target` finished trials (counted across all workers) or time is up."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("bintally.train", "bintally.health"):
         logging.getLogger(name).setLevel(logging.ERROR)  # per-trial notes would drown the progress bar
-    study = load_study(tc, worker)
+    study = study or load_study(tc, worker)
     show_progress = tc.progress and worker == 0
     bar = tqdm(total=target, initial=finished_trials(study), desc=f"study {tc.study}", unit="trial", disable=not show_progress)
 
     def update(study: optuna.Study, trial) -> None:
         bar.n = finished_trials(study)
-        best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else float("nan")
-        bar.set_postfix(best=f"{best:.3f}")
+        try:
+            bar.set_postfix(best=f"{study.best_value:.3f}")
+        except ValueError:  # no complete trial yet
+            bar.refresh()
 
     with StopAfterTrial(study) as stop:
         study.optimize(lambda t: objective(t, tc, data), timeout=tc.timeout, catch=(),
@@ -250,14 +250,14 @@ def tune(tc: TuneConfig) -> TuneResult:
     for p in helpers:
         p.start()
     try:
-        run_worker(tc, data, target, threads)
+        run_worker(tc, data, target, threads, study=study)
     finally:
         for p in helpers:
             p.join()
     failed = [p.exitcode for p in helpers if p.exitcode]
     if failed:
         raise RuntimeError(f"{len(failed)} tuning worker(s) failed (exit codes {failed}); see the log above")
-    return summarize(load_study(tc), tc, data)
+    return summarize(study, tc, data)
 
 
 def summarize(study: optuna.Study, tc: TuneConfig, data: str) -> TuneResult:
