@@ -21,7 +21,8 @@ TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000
 def measure(kind: str, backbone: str, batch: int, steps: int, size: int) -> dict:
     import torch
 
-    from bintally.data.transforms import TransformConfig, build_transform, load_rgb
+    from bintally.data.images import decode_image
+from bintally.data.transforms import TransformConfig, build_transform
     from bintally.models import CountingModel, ModelConfig
     from bintally.paths import SAMPLE_DIR
 
@@ -29,7 +30,7 @@ def measure(kind: str, backbone: str, batch: int, steps: int, size: int) -> dict
     model = CountingModel(ModelConfig(backbone=backbone)).to(memory_format=torch.channels_last)
     transform = build_transform(TransformConfig(size, *[model.normalization.mean, model.normalization.std]), train=kind == "finetune")
     photos = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))[:batch]
-    x = torch.stack([transform(load_rgb(p)) for p in photos]).contiguous(memory_format=torch.channels_last)
+    x = torch.stack([transform(decode_image(p)) for p in photos]).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 7, (batch,))
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from bintally.data.transforms import TransformConfig, build_transform, load_rgb
+from bintally.data.images import decode_image
+from bintally.data.transforms import TransformConfig, build_transform
 from bintally.errors import ConfigError, DataError
 from bintally.models.model import CountingModel, ModelConfig, describe_probs
 
@@ -47,7 +48,7 @@ class Predictor:
             images = []
             for p in chunk:
                 try:
-                    images.append(transform(load_rgb(p)))
+                    images.append(transform(decode_image(p)))
                 except FileNotFoundError:
                     raise DataError(p, "no such image") from None
                 except OSError as e:

@@ -21,7 +21,7 @@ from typing import BinaryIO, TypeVar
 
 import httpx
 import tenacity
-from tqdm.auto import tqdm
+from bintally.progress import progress_bar
 
 from bintally import __version__
 from bintally.data.split import read_file_list
@@ -148,7 +148,7 @@ def fetch(ids: list[str], config: FetchConfig, progress: bool = True) -> FetchSu
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO line per request would drown the progress bar
     summary = FetchSummary(requested=len(keys))
     start = time.monotonic()
-    with make_client(config) as client, tqdm(total=len(keys), unit="file", desc="fetch", disable=not progress) as bar:
+    with make_client(config) as client, progress_bar(total=len(keys), unit="file", desc="fetch", enabled=progress) as bar:
         bar.set_postfix(failed=0)
         pool = ThreadPoolExecutor(max_workers=config.concurrency)
         try:

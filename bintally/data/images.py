@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from bintally.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -33,11 +36,54 @@ class ImageFacts:
         return asdict(self)
 
 
-def open_rgb(data: bytes) -> Image.Image:
-    """Fully decode an image (a truncated file fails here, not later) as RGB."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return img.convert("RGB")
+# one pixel limit for every command (index, train, evaluate, predict, serve): a decompression bomb is refused
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "BINTALLY_MAX_PIXELS"
+# JPEGs larger than this on a side are decoded at a reduced scale (DCT scaling, PIL's draft mode), never in full
+DRAFT_SIZE = 2048
+Image.MAX_IMAGE_PIXELS = None  # the limit below replaces PIL's warning, which names no file
+
+
+def max_pixels() -> int:
+    value = os.environ.get(MAX_PIXELS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int) -> None:
+    """Set the pixel limit for this process and the worker processes it starts."""
+    if limit < 1:
+        raise ValueError("the pixel limit must be at least 1")
+    os.environ[MAX_PIXELS_ENV] = str(int(limit))
+
+
+def decode_image(source: str | Path | bytes, name: str | Path | None = None) -> Image.Image:
+    """The one image decoder: a path or bytes to a fully decoded RGB image, within the pixel limit.
+
+    Raises DataError naming the file (or `name`) and the problem: missing, not an image, truncated,
+    too many pixels.
+    """
+    name = name or ("<image bytes>" if isinstance(source, bytes) else source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            width, height = img.size
+            if img.format == "JPEG" and max(width, height) > DRAFT_SIZE:
+                img.draft("RGB", (DRAFT_SIZE, DRAFT_SIZE))
+            limit = max_pixels()
+            if img.size[0] * img.size[1] > limit:
+                raise DataError(name, f"image too large: {width}x{height} pixels, over the limit of {limit:,} "
+                                      f"(raise it with --max-pixels or {MAX_PIXELS_ENV})")
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(name, "no such image") from None
+    except IsADirectoryError:
+        raise DataError(name, "is a folder, not an image") from None
+    except PermissionError:
+        raise DataError(name, "cannot read the image (permission denied)") from None
+    except UnidentifiedImageError:
+        raise DataError(name, "not an image (or a format PIL cannot read)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise DataError(name, f"corrupt image ({e})") from None
 
 
 def probe_image(path: str | Path) -> ImageFacts:
@@ -54,14 +100,12 @@ def probe_image(path: str | Path) -> ImageFacts:
         facts.problem = "empty file"
         return facts
     try:
-        img = open_rgb(data)
-    except UnidentifiedImageError:
-        facts.problem = "not an image"
+        img = decode_image(data, name=path)
+        with Image.open(io.BytesIO(data)) as header:
+            facts.width, facts.height = header.size  # the photo's own size, even when decoded at reduced scale
+    except DataError as e:
+        facts.problem = e.problem
         return facts
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        facts.problem = f"corrupt image ({e})"
-        return facts
-    facts.width, facts.height = img.size
     facts.phash = str(imagehash.phash(img))
     pixels = np.asarray(img, dtype=np.float32).reshape(-1, 3) / 255.0
     facts.channel_mean = pixels.mean(axis=0).round(5).tolist()

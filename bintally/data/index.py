@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+from bintally.progress import progress_bar
 
 from bintally.data.images import is_image_file, probe_image
 from bintally.data.manifest import OK, SCHEMA, read_manifest, write_manifest
@@ -116,11 +116,11 @@ def find_entries(src: Path) -> tuple[str, list[Entry]]:
 
 def probe_all(paths: list[str], workers: int | None = None, progress: bool = True) -> list[dict]:
     workers = workers or min(os.cpu_count() or 1, 8)
-    bar = dict(total=len(paths), desc="indexing", unit="img", disable=not progress)
+    bar = dict(total=len(paths), desc="indexing", unit="img", enabled=progress)
     if workers == 1 or len(paths) < 200:
-        return [probe_image(p).as_dict() for p in tqdm(paths, **bar)]
+        return [probe_image(p).as_dict() for p in progress_bar(paths, **bar)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return [f.as_dict() for f in tqdm(pool.map(probe_image, paths, chunksize=32), **bar)]
+        return [f.as_dict() for f in progress_bar(pool.map(probe_image, paths, chunksize=32), **bar)]
 
 
 def row_status(entry: Entry, problem: str) -> str:

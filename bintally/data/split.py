@@ -17,6 +17,7 @@ from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicat
 from bintally.data.manifest import usable
 from bintally.data.metadata import load_json
 from bintally.errors import DataError
+from bintally.labels import LabelSpace
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
@@ -29,6 +30,7 @@ class SplitConfig:
     seed: int = 0
     max_count: int = 5
     overflow: str = "class"  # "class": counts above max_count become class max_count+1; "exclude"
+    min_count: int = 0  # counts below it have no class (the capstones' 1-5 task uses 1)
     near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE
     id_block: int = ID_BLOCK
     file_list: str | None = None  # Udacity file_list.json: keep only the ids it names
@@ -36,30 +38,53 @@ class SplitConfig:
     def __post_init__(self):
         if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
             raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {self.fractions}")
-        if self.overflow not in ("class", "exclude"):
-            raise ValueError(f"overflow must be 'class' or 'exclude', got {self.overflow!r}")
-        if self.max_count < 0:
-            raise ValueError("max_count must be >= 0")
+        self.labels  # validates min_count, max_count and overflow
+
+    @property
+    def labels(self) -> LabelSpace:
+        return LabelSpace.of(self.min_count, self.max_count, self.overflow)
+
+    @classmethod
+    def for_options(cls, min_count: int | None = None, max_count: int | None = None, overflow: str | None = None,
+                    file_list: str | None = None, **others) -> "SplitConfig":
+        """Settings left out (None) take their defaults; with a file list, the label space is the counts it lists."""
+        space = {"min_count": 0, "max_count": 5, "overflow": "class"}
+        if file_list:
+            counts = file_list_counts(file_list)
+            space = {"min_count": min(counts), "max_count": max(counts), "overflow": "exclude"}
+        given = {"min_count": min_count, "max_count": max_count, "overflow": overflow}
+        space |= {k: v for k, v in given.items() if v is not None}
+        return cls(file_list=file_list, **space, **others)
 
 
-def class_names(max_count: int, overflow: bool = True) -> list[str]:
-    """Label i is the count i; the last label is the overflow class, more than max_count items (if there is one)."""
-    return [str(c) for c in range(max_count + 1)] + ([f"{max_count + 1}+"] if overflow else [])
+def class_names(max_count: int, overflow: bool = True, min_count: int = 0) -> list[str]:
+    """Label i is the count min_count + i; the last label is the overflow class, more than max_count items (if there is one)."""
+    return LabelSpace(min_count, max_count, overflow).names
+
+
+def read_file_list_doc(path: str | Path) -> dict[str, list]:
+    doc = load_json(path, "file list")
+    if (not isinstance(doc, dict) or not doc or not all(isinstance(v, list) for v in doc.values())
+            or not all(isinstance(p, str) for v in doc.values() for p in v)):
+        raise DataError(path, 'expected a Udacity file list: {"<count>": ["metadata/<id>.json", ...], ...}')
+    return doc
 
 
 def read_file_list(path: str | Path) -> set[str]:
     """Ids named by a Udacity-style file_list.json ({"1": ["metadata/523.json", ...], ...})."""
-    doc = load_json(path, "file list")
-    if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
-        raise DataError(path, 'expected {"<count>": ["metadata/<id>.json", ...], ...}')
-    return {Path(p).stem for paths in doc.values() for p in paths}
+    return {Path(p).stem for paths in read_file_list_doc(path).values() for p in paths}
 
 
-def assign_labels(counts: pd.Series, max_count: int, overflow: str) -> pd.Series:
-    labels = counts.astype("Int64").clip(upper=max_count + 1)
-    if overflow == "exclude":
-        labels = labels.mask(counts > max_count)
-    return labels
+def file_list_counts(path: str | Path) -> list[int]:
+    """The counts a file list is keyed by (the capstones' list has 1..5)."""
+    keys = list(read_file_list_doc(path))
+    if not all(k.strip().isdigit() for k in keys):
+        raise DataError(path, f"file list keys must be counts such as \"1\", found {keys[:5]}")
+    return sorted(int(k) for k in keys)
+
+
+def assign_labels(counts: pd.Series, max_count: int, overflow: str, min_count: int = 0) -> pd.Series:
+    return LabelSpace.of(min_count, max_count, overflow).label_of(counts)
 
 
 def assign_folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
@@ -81,7 +106,7 @@ def folds_to_splits(folds: np.ndarray, fractions) -> np.ndarray:
 def split_manifest(df: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.DataFrame:
     """Return a copy of the manifest with `label` and `split` columns."""
     df = df.copy()
-    df["label"] = assign_labels(df["count"], config.max_count, config.overflow)
+    df["label"] = config.labels.label_of(df["count"])
     keep = usable(df) & df["label"].notna()
     if config.file_list:
         keep &= df["id"].isin(read_file_list(config.file_list))
@@ -92,13 +117,13 @@ def split_manifest(df: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.
     groups = duplicate_groups(chosen.reset_index(drop=True), config.near_duplicate_distance, config.id_block)
     folds = assign_folds(chosen["label"].to_numpy(dtype=int), groups, config.seed)
     df.loc[keep, "split"] = folds_to_splits(folds, config.fractions)
-    df.attrs["info"] = {**df.attrs.get("info", {}), "split": asdict(config), "classes": class_names(config.max_count)}
+    df.attrs["info"] = {**df.attrs.get("info", {}), "split": asdict(config), "classes": config.labels.names}
     return df
 
 
 def split_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Photos per class (rows) and split (columns)."""
-    names = class_names(int(df.attrs.get("info", {}).get("split", {}).get("max_count", 5)))
+    names = manifest_labels(df).names
     table = pd.crosstab(df["label"], df["split"]).reindex(columns=[*SPLITS, EXCLUDED], fill_value=0)
     table.index = [names[int(i)] for i in table.index]
     table.loc["total"] = table.sum()
@@ -106,3 +131,9 @@ def split_summary(df: pd.DataFrame) -> pd.DataFrame:
     if excluded_unlabelled:
         table.loc["unlabelled/unusable", EXCLUDED] = excluded_unlabelled
     return table.fillna(0).astype(int)
+
+
+def manifest_labels(df: pd.DataFrame) -> LabelSpace:
+    """The label space a manifest was split with (0-5 and an overflow class if it was not split)."""
+    split = df.attrs.get("info", {}).get("split", {})
+    return LabelSpace.of(int(split.get("min_count", 0)), int(split.get("max_count", 5)), split.get("overflow", "class"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 
@@ -37,8 +36,3 @@ def build_transform(config: TransformConfig, train: bool) -> v2.Compose:
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(config.mean, config.std),
     ])
-
-
-def load_rgb(path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from bintally.progress import progress_bar
 
 from bintally.data.dataset import BinPhotos
 from bintally.data.index import read_or_index
@@ -89,7 +89,7 @@ def predict_probs(predictor: Predictor, photos: pd.DataFrame, batch_size: int = 
                   progress: bool = True) -> np.ndarray:
     loader = DataLoader(BinPhotos(photos, predictor.transform, train=False), batch_size=batch_size, num_workers=workers,
                         generator=torch.Generator().manual_seed(0))
-    probs = [predictor.predict_tensor(x)["probs"] for x, _, _ in tqdm(loader, desc="predicting", unit="batch", disable=not progress)]
+    probs = [predictor.predict_tensor(x)["probs"] for x, _, _ in progress_bar(loader, desc="predicting", unit="batch", enabled=progress)]
     return torch.cat(probs).numpy()
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from bintally.progress import progress_bar
 
 from bintally.data.dataset import BinPhotos
 from bintally.data.split import class_names
@@ -175,7 +175,7 @@ def flip(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predict_probs(forward, head, loader: DataLoader, device, tta: bool, amp: bool, progress: bool = False, desc="eval") -> np.ndarray:
     probs = []
-    for x, _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for x, _, _ in progress_bar(loader, desc=desc, leave=False, enabled=progress):
         x = x.to(device, non_blocking=True)
         with autocast(device, amp):
             p = head.probs(forward(x).float())
@@ -341,8 +341,8 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
         trained.train()
         for m in frozen_modules:
             m.eval()
-        bar = tqdm(total=steps_per_epoch, initial=skip // config.batch_size, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not (run.main and config.progress), unit="step")
+        bar = progress_bar(total=steps_per_epoch, initial=skip // config.batch_size, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           enabled=run.main and config.progress, unit="step")
         seen, correct, loss_sum, n_batches = 0, 0, 0.0, 0
         step = skip // config.batch_size
         tick = time.perf_counter()

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from bintally.progress import progress_bar
 
 from bintally.data.dataset import BinPhotos
 from bintally.data.transforms import TransformConfig
@@ -68,7 +68,7 @@ def extract_features(backbone, photos: pd.DataFrame, transform: TransformConfig,
     loader = DataLoader(BinPhotos(photos, transform, train=False), batch_size=batch_size, num_workers=workers,
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone: cache hits and misses train alike
     out = []
-    for x, _, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    for x, _, _ in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         out.append(torch.stack([backbone(x), backbone(torch.flip(x, dims=[-1]))], 1).float().cpu())
     return torch.cat(out)

@@ -24,7 +24,7 @@ import optuna
 import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
+from bintally.progress import progress_bar
 
 from bintally.data.manifest import write_manifest
 from bintally.errors import ConfigError
@@ -164,7 +164,7 @@ def run_worker(tc: TuneConfig, data: str, target: int, threads: int, worker: int
         logging.getLogger(name).setLevel(logging.ERROR)  # per-trial notes would drown the progress bar
     study = study or load_study(tc, worker)
     show_progress = tc.progress and worker == 0
-    bar = tqdm(total=target, initial=finished_trials(study), desc=f"study {tc.study}", unit="trial", disable=not show_progress)
+    bar = progress_bar(total=target, initial=finished_trials(study), desc=f"study {tc.study}", unit="trial", enabled=show_progress)
 
     def update(study: optuna.Study, trial) -> None:
         bar.n = finished_trials(study)

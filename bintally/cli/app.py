@@ -1,0 +1,74 @@
+"""The Typer applications and what every command shares: options, messages, output checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bintally.progress import set_progress
+
+HELP = {"help_option_names": ["-h", "--help"]}
+
+app = typer.Typer(help="Count items in warehouse bin photos.", no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings=HELP, add_completion=False)
+data_app = typer.Typer(help="Fetch, index, split, check and report on bin photos.", no_args_is_help=True, context_settings=HELP)
+app.add_typer(data_app, name="data")
+
+Opt = typer.Option
+
+
+def command(typer_app: typer.Typer, name: str):
+    """Register a command that takes -h as well as --help."""
+    return typer_app.command(name, context_settings=HELP)
+
+
+def echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def show_progress(enabled: bool) -> bool:
+    """Apply a command's --progress/--no-progress to every bar of the process."""
+    if not enabled:
+        set_progress(False)
+    return enabled
+
+
+ProgressOpt = Annotated[bool, Opt("--progress/--no-progress", help="Show progress bars (--no-progress hides every bar).")]
+
+
+@app.callback()
+def global_options(
+    debug: Annotated[bool, Opt("--debug", help="Show a traceback with every error (or set BINTALLY_DEBUG=1).")] = False,
+    max_pixels: Annotated[Optional[int], Opt("--max-pixels", min=1, envvar="BINTALLY_MAX_PIXELS",
+                                             help="Refuse images with more pixels than this (decompression bombs). Default 50,000,000.")] = None,
+):
+    """Count items in warehouse bin photos."""
+    from bintally.data.images import set_max_pixels
+
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
+
+
+def default_manifest(manifest: Optional[Path]) -> Path:
+    """With no manifest given, work on the bundled sample (indexed and split once, then cached)."""
+    if manifest is not None:
+        return manifest
+    from bintally.data.sample import sample_manifest
+
+    path = sample_manifest()
+    echo_err(f"no manifest given: using the bundled sample ({path})")
+    return path
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def int_list(text: str, option: str) -> list[int]:
+    """A comma-separated list of positive whole numbers, or a usage error naming the option."""
+    items = split_list(text)
+    if not items or not all(item.isdigit() and int(item) > 0 for item in items):
+        raise typer.BadParameter(f"expected positive whole numbers separated by commas, got {text!r}", param_hint=option)
+    return [int(item) for item in items]

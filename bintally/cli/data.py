@@ -1,0 +1,162 @@
+"""`bintally data ...`: fetch, index, split, check and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bintally.cli.app import Opt, ProgressOpt, command, data_app, default_manifest, echo_err, show_progress
+from bintally.errors import DataError
+from bintally.io import atomic_path, check_output_file, check_output_folder
+
+OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Replace an existing output file.")]
+
+
+def refuse_to_replace(path: Path, overwrite: bool, what: str) -> None:
+    if path.exists() and not overwrite:
+        raise DataError(path, f"{what} already exists; pass --overwrite to replace it, or choose another --out")
+
+
+@command(data_app, "index")
+def index_cmd(
+    src: Annotated[Optional[Path], typer.Argument(help="Bucket-layout folder, class folders or a path,count CSV. Default: the bundled sample.")] = None,
+    out: Annotated[Path, Opt("--out", "-o", help="Manifest to write (.parquet).")] = Path("manifest.parquet"),
+    workers: Annotated[Optional[int], Opt(min=1, help="Decoding processes (default: all cores, at most 8).")] = None,
+    overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
+):
+    """Build a Parquet manifest: one row per photo, with its count, size, hashes and status."""
+    from bintally.data.index import index_to_manifest
+    from bintally.paths import SAMPLE_DIR
+
+    check_output_file(out, (".parquet",))
+    refuse_to_replace(out, overwrite, "a manifest")
+    df = index_to_manifest(src or SAMPLE_DIR, out, workers=workers, progress=show_progress(progress))
+    bad = df[df["status"] != "ok"]
+    for row in bad.itertuples():
+        echo_err(f"{row.path}: {row.status}")
+    typer.echo(f"{len(df) - len(bad)} usable photos, {len(bad)} unusable; manifest written to {out}")
+
+
+@command(data_app, "split")
+def split_cmd(
+    manifest: Annotated[Optional[Path], typer.Argument(help="Manifest from `bintally data index`. Default: the bundled sample.")] = None,
+    out: Annotated[Optional[Path], Opt("--out", "-o", help="Where to write the split manifest (default: in place).")] = None,
+    fractions: Annotated[str, Opt(help="train,val,test fractions, e.g. 0.8,0.1,0.1.")] = "0.8,0.1,0.1",
+    seed: Annotated[int, Opt(help="Seed for the group shuffle.")] = 0,
+    min_count: Annotated[Optional[int], Opt(min=0, help="Smallest count with its own class (default 0; a --file-list sets it from its counts).")] = None,
+    max_count: Annotated[Optional[int], Opt(min=0, help="Largest count with its own class (default 5; a --file-list sets it from its counts).")] = None,
+    overflow: Annotated[Optional[str], Opt(help="Counts above --max-count: 'class' (one overflow class) or 'exclude' "
+                                                "(default class; exclude with a --file-list).")] = None,
+    file_list: Annotated[Optional[Path], Opt(help="Udacity file_list.json: split only the ids it lists, with the counts it lists.")] = None,
+    near_duplicate_distance: Annotated[int, Opt(min=0, max=64, help="pHash bits within which two photos are near-duplicates.")] = 6,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing split (in place) or an existing --out file.")] = False,
+):
+    """Assign train/val/test, stratified by count, keeping near-duplicates in one split."""
+    from bintally.data.manifest import read_manifest, write_manifest
+    from bintally.data.split import SplitConfig, split_manifest, split_summary, split_warnings
+
+    manifest = default_manifest(manifest)
+    target = out or manifest
+    check_output_file(target, (".parquet",))
+    try:
+        parts = tuple(float(f) for f in fractions.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected three numbers such as 0.8,0.1,0.1, got {fractions!r}", param_hint="--fractions") from None
+    config = SplitConfig.for_options(fractions=parts, seed=seed, min_count=min_count, max_count=max_count, overflow=overflow,
+                                     file_list=str(file_list) if file_list else None, near_duplicate_distance=near_duplicate_distance)
+    df = read_manifest(manifest)
+    if out is not None:
+        refuse_to_replace(out, overwrite, "a manifest")
+    elif "split" in df and not overwrite:
+        raise DataError(manifest, "is already split; pass --overwrite to replace its split, or --out NEW.parquet to keep it")
+    df = split_manifest(df, config)
+    for warning in split_warnings(df):
+        echo_err(f"warning: {warning}")
+    write_manifest(df, target, info=df.attrs["info"])
+    typer.echo(split_summary(df).to_string())
+    typer.echo(f"split manifest written to {target}")
+
+
+@command(data_app, "check")
+def check_cmd(
+    manifest: Annotated[Optional[Path], typer.Argument(help="Manifest (split or not). Default: the bundled sample.")] = None,
+    json_out: Annotated[Optional[Path], Opt("--json", help="Write the full findings as JSON.")] = None,
+    near_duplicate_distance: Annotated[int, Opt(min=0, max=64, help="pHash bits within which two photos are near-duplicates.")] = 6,
+    verify_hashes: Annotated[bool, Opt("--verify-hashes", help="Also re-hash every photo (sha256) to find changed files.")] = False,
+    progress: ProgressOpt = True,
+):
+    """Report missing or changed files, corrupt files, duplicates, and leakage across splits (exit 1 on leakage or stale files)."""
+    from bintally.data.check import check_manifest, format_report
+    from bintally.data.manifest import read_manifest
+
+    show_progress(progress)
+    if json_out:
+        check_output_file(json_out, (".json",))
+    report = check_manifest(read_manifest(default_manifest(manifest)), near_duplicate_distance, verify_hashes=verify_hashes)
+    typer.echo(format_report(report))
+    if json_out:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(report.as_dict(), indent=2))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@command(data_app, "report")
+def report_cmd(
+    manifest: Annotated[Optional[Path], typer.Argument(help="Manifest (split or not). Default: the bundled sample.")] = None,
+    out: Annotated[Path, Opt("--out", "-o", help="Folder for the PNG plots and index.html.")] = Path("data-report"),
+):
+    """Write plots (class histogram, sample grid, sizes, channel statistics) and an HTML page."""
+    from bintally.data.manifest import read_manifest
+    from bintally.data.report import write_report
+
+    check_output_folder(out)
+    page = write_report(read_manifest(default_manifest(manifest)), out)
+    typer.echo(f"report written to {page}")
+
+
+@command(data_app, "fetch")
+def fetch_cmd(
+    out: Annotated[Path, Opt("--out", "-o", help="Folder to fill in bucket layout (bin-images/, metadata/).")] = Path("abid"),
+    ids: Annotated[Optional[str], Opt(help="Comma-separated ids, as text (e.g. 00523,00524).")] = None,
+    ids_file: Annotated[Optional[Path], Opt(help="A text file of ids, one per line.")] = None,
+    id_range: Annotated[Optional[str], Opt(help="An inclusive range such as 1-1000 (ids zero-padded to 5 digits).")] = None,
+    file_list: Annotated[Optional[Path], Opt(help="A Udacity file_list.json.")] = None,
+    source: Annotated[Optional[str], Opt(help="HTTPS base URL of the bucket.")] = None,
+    bucket: Annotated[Optional[str], Opt(help="S3 bucket name, with --endpoint-url for an S3-compatible server.")] = None,
+    endpoint_url: Annotated[Optional[str], Opt(help="S3-compatible endpoint, e.g. http://127.0.0.1:9000.")] = None,
+    concurrency: Annotated[int, Opt(min=1, max=1024, help="Downloads at once.")] = 32,
+    retries: Annotated[int, Opt(min=0, help="Retries per file, with exponential backoff.")] = 5,
+    timeout: Annotated[float, Opt(min=0.001, help="Seconds per request.")] = 30.0,
+    metadata: Annotated[bool, Opt(help="Also fetch metadata/<id>.json.")] = True,
+    progress: ProgressOpt = True,
+):
+    """Download ABID photos and metadata (default: the public bucket over anonymous HTTPS). Resumable."""
+    from bintally.data import fetch as f
+
+    chosen = [x for x in (ids, ids_file, id_range, file_list) if x is not None]
+    if len(chosen) != 1:
+        raise typer.BadParameter("give exactly one of --ids, --ids-file, --id-range, --file-list")
+    check_output_folder(out)
+    if ids is not None:
+        id_list = [i.strip() for i in ids.split(",") if i.strip()]
+    elif ids_file is not None:
+        id_list = f.ids_from_text_file(ids_file)
+    elif id_range is not None:
+        id_list = f.parse_id_range(id_range)
+    else:
+        id_list = f.ids_from_file_list(file_list)
+    if bucket or endpoint_url:
+        src = f.s3_source(bucket or "aft-vbi-pds", endpoint_url)
+    else:
+        src = source or f.DEFAULT_SOURCE
+    config = f.FetchConfig(out=out, source=src, concurrency=concurrency, retries=retries,
+                           timeout=timeout, metadata=metadata)
+    summary = f.fetch(id_list, config, progress=show_progress(progress))
+    typer.echo(summary.describe())
+    if summary.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,97 @@
+"""The label space: which counts a model tells apart, and how counts map to class indices and back.
+
+Class i is the count `min_count + i` for counts min_count..max_count; with `overflow`, one last
+class stands for "more than max_count" and is scored as max_count + 1 items. Counts outside the
+space (below min_count, or above max_count without overflow) have no label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from bintally.errors import ConfigError
+
+OVERFLOW_POLICIES = ("class", "exclude")
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    min_count: int = 0
+    max_count: int = 5
+    overflow: bool = True  # a last class for "more than max_count"
+
+    def __post_init__(self):
+        for name in ("min_count", "max_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
+        if self.min_count > self.max_count:
+            raise ConfigError(f"min_count ({self.min_count}) is above max_count ({self.max_count})")
+        if not isinstance(self.overflow, bool):
+            raise ConfigError(f"overflow must be true or false, got {self.overflow!r}")
+
+    @classmethod
+    def of(cls, min_count: int = 0, max_count: int = 5, overflow: str | bool = "class") -> "LabelSpace":
+        """From the command-line spelling: overflow is 'class' or 'exclude'."""
+        if isinstance(overflow, str):
+            if overflow not in OVERFLOW_POLICIES:
+                raise ConfigError(f"unknown overflow {overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
+            overflow = overflow == "class"
+        return cls(min_count, max_count, overflow)
+
+    @classmethod
+    def from_names(cls, names: list[str]) -> "LabelSpace":
+        """Back from class names such as ['0', ..., '5', '6+'] or ['1', ..., '5']."""
+        overflow = bool(names) and names[-1].endswith("+")
+        counts = [int(n) for n in (names[:-1] if overflow else names)]
+        if not counts or counts != list(range(counts[0], counts[0] + len(counts))):
+            raise ConfigError(f"class names {names} are not consecutive counts")
+        space = cls(counts[0], counts[-1], overflow)
+        if space.names != list(names):
+            raise ConfigError(f"class names {names} do not form a label space")
+        return space
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LabelSpace":
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"not a label space: {values!r} ({e})") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def overflow_policy(self) -> str:
+        return "class" if self.overflow else "exclude"
+
+    @property
+    def n_classes(self) -> int:
+        return self.max_count - self.min_count + 1 + int(self.overflow)
+
+    @property
+    def names(self) -> list[str]:
+        return [str(c) for c in range(self.min_count, self.max_count + 1)] + ([f"{self.max_count + 1}+"] if self.overflow else [])
+
+    @property
+    def description(self) -> str:
+        extra = f" and {self.max_count + 1}+" if self.overflow else ""
+        return f"counts {self.min_count}-{self.max_count}{extra}"
+
+    def label_of(self, counts: pd.Series) -> pd.Series:
+        """Class index of each count (nullable Int64); <NA> where the count has no class."""
+        counts = pd.Series(counts).astype("Int64")
+        labels = counts.clip(upper=self.max_count + 1) - self.min_count
+        outside = (counts < self.min_count) | ((counts > self.max_count) & (not self.overflow))
+        return labels.mask(outside.fillna(False))
+
+    def count_of(self, labels) -> np.ndarray:
+        """The count each class index stands for (the overflow class counts as max_count + 1)."""
+        return np.asarray(labels, dtype=int) + self.min_count
+
+    def missing_classes(self, labels) -> list[str]:
+        present = set(np.asarray(labels, dtype=int).tolist())
+        return [name for i, name in enumerate(self.names) if i not in present]
