@@ -81,8 +81,11 @@ def test_resume_with_a_different_config_is_refused(tiny_manifest, tmp_path):
     train(tiny_config(tiny_manifest, tmp_path / "run", max_steps=1))
     with pytest.raises(ConfigError, match=r"lr: run has 0.003, you asked for 0.1"):
         train(tiny_config(tiny_manifest, tmp_path / "run"), resume=str(tmp_path / "run"), explicit={"lr": 0.1})
-    with pytest.raises(ConfigError, match="nothing to resume"):
+    with pytest.raises(DataError, match="no such run directory to resume"):
         train(tiny_config(tiny_manifest, tmp_path / "new"), resume=str(tmp_path / "new"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="nothing to resume"):
+        train(tiny_config(tiny_manifest, tmp_path / "empty"), resume=str(tmp_path / "empty"))
 
 
 def test_frozen_mode_trains_head_on_cached_features(tiny_manifest, tmp_path):
@@ -119,7 +122,7 @@ def test_bad_training_data_is_refused(tiny_manifest, tmp_path):
         train(tiny_config(tmp_path / "no_zero.parquet", tmp_path / "r1"))
     only_val = df.assign(split="val")
     write_manifest(only_val, tmp_path / "only_val.parquet", info={"split": {"max_count": 5}})
-    with pytest.raises(DataError, match="the train split is empty"):
+    with pytest.raises(DataError, match="the train split has no usable photos"):
         train(tiny_config(tmp_path / "only_val.parquet", tmp_path / "r2"))
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve_config("turbo")
@@ -167,6 +170,6 @@ def test_every_setting_is_a_cli_option():
     import inspect
     from dataclasses import fields
 
-    from bintally.cli import train_cmd
+    from bintally.cli.train import train_cmd
 
     assert {f.name for f in fields(TrainConfig)} <= set(inspect.signature(train_cmd).parameters)

@@ -95,7 +95,7 @@ def train_cmd(
     low, high = result.labels.min_count, result.labels.max_count
     typer.echo(f"run: {result.run}  ({result.wall_time_s} s)")
     typer.echo(f"validation (last epoch): accuracy {final['val_accuracy']:.3f}, RMSE {final['val_rmse']:.3f} on all {final['val_n']} photos; "
-               f"accuracy {final[result.labels.key('val_accuracy')]:.3f}, RMSE {final[result.labels.key('val_rmse')]:.3f} on counts {low}-{high}")
+               f"accuracy {final[f'val_accuracy_0_{high}']:.3f}, RMSE {final[f'val_rmse_0_{high}']:.3f} on counts {low}-{high}")
     findings = result.health["findings"]
     if findings:  # each was printed when it was found
         typer.echo(f"health: {len(findings)} finding(s), listed in {Path(result.run) / 'health.json'}")

@@ -9,10 +9,11 @@ A photo that cannot be read any more is reported on one line and left out of its
 from __future__ import annotations
 
 import logging
+import signal
 
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from bintally.data.images import decode_image
 from bintally.data.transforms import TransformConfig, build_transform
@@ -55,3 +56,25 @@ def collate_photos(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torc
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     return default_collate(good)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """In a loader worker: leave SIGINT/SIGTERM to the main process, which checkpoints and then stops the workers.
+
+    A process-group signal (Ctrl-C, systemd, Slurm, Kubernetes, a spot reclaim) reaches the workers
+    too; if they died of it, the main process would fail before it could save anything.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def photo_loader(dataset: Dataset, batch_size: int, workers: int, indices: list[int] | None = None,
+                 drop_last: bool = False) -> DataLoader:
+    """The DataLoader every stage uses: workers that survive stop signals, unreadable photos left out of batches.
+
+    It has its own generator: creating the iterator must not draw from the global RNG (dropout's),
+    or a resumed run would differ from an uninterrupted one.
+    """
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=drop_last,
+                      collate_fn=collate_photos, worker_init_fn=ignore_stop_signals if workers else None,
+                      generator=torch.Generator().manual_seed(0), persistent_workers=False)

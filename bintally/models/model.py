@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from bintally.errors import ConfigError
+from bintally.labels import LabelSpace
 from bintally.models.backbones import build_backbone
 from bintally.models.heads import build_head
 
@@ -17,6 +18,7 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     head: str = "ordinal"
     max_count: int = 5
+    min_count: int = 0  # class i is the count min_count + i
     pretrained: bool = True
     weights: str | None = None  # a user's backbone weights file
     dropout: float = 0.2
@@ -24,8 +26,12 @@ class ModelConfig:
     overflow: bool = True  # a last class for "more than max_count"; without it the model only knows 0..max_count
 
     @property
+    def labels(self) -> LabelSpace:
+        return LabelSpace(self.min_count, self.max_count, self.overflow)
+
+    @property
     def n_classes(self) -> int:
-        return self.max_count + 1 + int(self.overflow)
+        return self.labels.n_classes
 
 
 class CountingModel(nn.Module):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from bintally.errors import ConfigError
-from bintally.models.model import ModelConfig
+from bintally.labels import LabelSpace
+from bintally.models.heads import HEADS
+from bintally.models.model import DECODINGS, ModelConfig
+from bintally.settings import check_range, check_types
 
 MODES = ("frozen", "partial", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -16,18 +19,22 @@ BALANCING = ("none", "sampler", "weights")
 OVERFLOW = ("class", "exclude")
 # settings that may change when a run is resumed: they do not change what is computed
 RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_steps"}
+# a resumed run may be asked to go on for more epochs than it was started with
+EXTENDABLE = {"epochs"}
 
 
 @dataclass
 class TrainConfig:
     data: str | None = None  # manifest, bucket folder, class folders or CSV; None: the bundled sample
-    out: str = "runs/train"
+    out: str | None = None  # None: a new numbered run directory, runs/train/run-NNN
     preset: str | None = None
     # model
     backbone: str = "efficientnet_lite0"
     head: str = "ordinal"
-    max_count: int = 5
-    overflow: str = "class"  # class: counts above max_count form one class; exclude: train and validate on 0..max_count only
+    # the label space; None: the one the manifest was split with (0-5 and an overflow class if it was not split)
+    min_count: int | None = None
+    max_count: int | None = None
+    overflow: str | None = None  # class: counts above max_count form one class; exclude: train and validate on min..max only
     pretrained: bool = True
     weights: str | None = None
     dropout: float = 0.2
@@ -65,32 +72,59 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_types(self)
         check_choice("mode", self.mode, MODES)
+        check_choice("head", self.head, HEADS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("balance", self.balance, BALANCING)
-        check_choice("overflow", self.overflow, OVERFLOW)
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError("label_smoothing must be in [0, 1)")
+        check_choice("decode", self.decode, ("auto", *DECODINGS))
+        if self.overflow is not None:
+            check_choice("overflow", self.overflow, OVERFLOW)
+        for name in ("epochs", "batch_size", "restart_epochs", "step_epochs", "max_steps"):
+            check_range(name, getattr(self, name), low=1)
+        for name in ("min_count", "max_count", "unfreeze", "workers", "seed", "weight_decay", "backbone_lr_scale", "warmup_epochs"):
+            check_range(name, getattr(self, name), low=0)
+        check_range("image_size", self.image_size, 16, 2048)
+        check_range("lr", self.lr, 0, 10, low_open=True)
+        check_range("momentum", self.momentum, 0, 1)
+        check_range("step_gamma", self.step_gamma, 0, 1, low_open=True)
+        for name in ("label_smoothing", "dropout", "ema"):
+            check_range(name, getattr(self, name), 0, 1, high_open=True)
+        if None not in (self.min_count, self.max_count):
+            _ = self.labels  # min_count <= max_count
+
+    @property
+    def labels(self) -> LabelSpace:
+        """The label space (after `with_labels` has filled in what was left to the manifest)."""
+        return LabelSpace.of(self.min_count or 0, 5 if self.max_count is None else self.max_count, self.overflow or "class")
+
+    def with_labels(self, manifest: LabelSpace) -> "TrainConfig":
+        """Label-space settings left unset take the manifest's."""
+        return replace(self, min_count=manifest.min_count if self.min_count is None else self.min_count,
+                       max_count=manifest.max_count if self.max_count is None else self.max_count,
+                       overflow=manifest.overflow_policy if self.overflow is None else self.overflow)
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(backbone=self.backbone, head=self.head, max_count=self.max_count,
+        labels = self.labels
+        return ModelConfig(backbone=self.backbone, head=self.head, min_count=labels.min_count, max_count=labels.max_count,
                            pretrained=self.pretrained, weights=self.weights, dropout=self.dropout, decode=self.decode,
-                           overflow=self.overflow == "class")
+                           overflow=labels.overflow)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict, source: str | Path | None = None) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
+        where = f"{source}: " if source else ""
         if unknown:
-            raise ConfigError(f"unknown settings: {sorted(unknown)}")
-        return cls(**values)
+            raise ConfigError(f"{where}unknown settings: {sorted(unknown)}")
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2))
@@ -131,16 +165,21 @@ def read_config_file(path: str | Path) -> dict:
     """Settings from a JSON file such as a run's config.json or `bintally tune`'s best_config.json."""
     path = Path(path)
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a JSON file of settings") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object of settings")
     unknown = set(values) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
+    TrainConfig.from_dict({k: v for k, v in values.items() if k != "preset"}, source=path)  # types and ranges, named by this file
     return values
 
 
@@ -148,5 +187,5 @@ def config_differences(saved: TrainConfig, requested: dict) -> dict[str, tuple]:
     """Explicit settings that differ from a saved run's (those that change what is computed)."""
     saved_values = saved.to_dict()
     return {k: (saved_values[k], v) for k, v in requested.items()
-            if v is not None and k not in RESUMABLE_CHANGES and saved_values.get(k) != v}
+            if v is not None and k not in RESUMABLE_CHANGES | EXTENDABLE and saved_values.get(k) != v}
 

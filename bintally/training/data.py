@@ -1,4 +1,4 @@
-"""Getting a split manifest for training from whatever the user points at."""
+"""Getting the photos for training from whatever the user points at, and refusing data that cannot train."""
 
 from __future__ import annotations
 
@@ -8,39 +8,52 @@ import pandas as pd
 
 from bintally.data.index import read_or_index
 from bintally.data.manifest import write_manifest
-from bintally.data.split import SPLITS, SplitConfig, class_names, split_manifest
+from bintally.data.split import SPLITS, SplitConfig, manifest_labels, split_manifest
+from bintally.data.verify import drop_stale
 from bintally.errors import ConfigError, DataError
+from bintally.labels import LabelSpace
 
 
-def training_manifest(data: str | None, max_count: int, run_dir: Path | None) -> pd.DataFrame:
-    """A manifest with `split` and `label`: read, or indexed and split on the fly (saved into the run)."""
-    df = read_or_index(data)
-    info = df.attrs.get("info", {})
-    if "split" not in df or info.get("split", {}).get("max_count", max_count) != max_count:
-        df = split_manifest(df, SplitConfig(max_count=max_count))
-        if run_dir is not None:
-            write_manifest(df, run_dir / "manifest.parquet", info=df.attrs["info"])
+def labelled_manifest(data: str | None, labels: LabelSpace | None) -> pd.DataFrame:
+    """A manifest with `split` and `label` in the label space asked for (None: the manifest's own).
+
+    Data without a split, or split with another label space, is split now. Photos that vanished
+    or changed since indexing are reported and left out.
+    """
+    df = drop_stale(read_or_index(data))
+    if "split" in df and (labels is None or manifest_labels(df) == labels):
+        return df
+    labels = labels or LabelSpace()
+    df = split_manifest(df, SplitConfig(min_count=labels.min_count, max_count=labels.max_count, overflow=labels.overflow_policy))
+    df.attrs["split_here"] = True
     return df
 
 
-def check_training_data(df: pd.DataFrame, max_count: int, overflow: str = "class") -> dict[str, pd.DataFrame]:
-    """Split the manifest and refuse data that cannot train a model, before any work starts.
+def training_manifest(data: str | None, max_count: int, run_dir: Path | None) -> pd.DataFrame:
+    """The split manifest with the counts 0..max_count and an overflow class; saved into the run when it was split here."""
+    df = labelled_manifest(data, LabelSpace(0, max_count, True))
+    if run_dir is not None:
+        save_split(df, run_dir)
+    return df
 
-    With overflow="exclude", photos of more than max_count items are left out of every split.
-    """
-    keep = df["label"].notna() if overflow == "class" else df["count"].notna() & (df["count"] <= max_count)
+
+def save_split(df: pd.DataFrame, run_dir: Path) -> None:
+    """A split made on the fly is kept with the run, so that evaluate can score the same test photos."""
+    if df.attrs.get("split_here"):
+        write_manifest(df, run_dir / "manifest.parquet", info=df.attrs["info"])
+
+
+def check_training_data(df: pd.DataFrame, labels: LabelSpace) -> dict[str, pd.DataFrame]:
+    """Split the manifest into train/val/test and refuse data that cannot train a model, before any work starts."""
+    keep = labels.label_of(df["count"]).notna() & df["label"].notna() & (df["status"] == "ok")
     parts = {s: df[(df["split"] == s) & keep].reset_index(drop=True) for s in SPLITS}
     source = df.attrs.get("info", {}).get("source", "<data>")
-    if parts["train"].empty:
-        raise DataError(source, "the train split is empty")
-    if parts["val"].empty:
-        raise DataError(source, "the val split is empty")
-    present = set(parts["train"]["label"].astype(int))
-    names = class_names(max_count, overflow == "class")
-    missing = [names[c] for c in range(len(names)) if c not in present]
+    for split in ("train", "val"):
+        if parts[split].empty:
+            raise DataError(source, f"the {split} split has no usable photos of {labels.description} "
+                                    f"({len(df)} photos in all); add photos or re-split with other fractions")
+    missing = labels.missing_classes(parts["train"]["label"])
     if missing:
-        raise ConfigError(
-            f"{source}: class(es) {', '.join(missing)} have no training examples; "
-            f"add photos of those counts or change --max-count"
-        )
+        raise ConfigError(f"{source}: class(es) {', '.join(missing)} have no training examples; add photos of those counts, "
+                          f"or change the label space (--min-count/--max-count/--overflow; now {labels.description})")
     return parts

@@ -15,31 +15,35 @@ import subprocess
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
-from bintally.progress import progress_bar
+from torch.utils.data import DataLoader
 
-from bintally.data.dataset import BinPhotos
-from bintally.data.split import class_names
+from bintally.data.dataset import BinPhotos, photo_loader
+from bintally.data.split import manifest_labels
 from bintally.data.transforms import TransformConfig
-from bintally.errors import ConfigError
+from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import count_metrics
+from bintally.io import atomic_path, check_output_folder
+from bintally.labels import LabelSpace
 from bintally.models.backbones import weights_description
 from bintally.models.model import CountingModel, decode_counts
+from bintally.progress import progress_bar
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
-from bintally.training.config import RESUMABLE_CHANGES, TrainConfig, config_differences
-from bintally.training.data import check_training_data, training_manifest
+from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
+from bintally.training.data import check_training_data, labelled_manifest, save_split
 from bintally.training.distributed import Dist, any_rank, cleanup, pick_device, setup_distributed
 from bintally.training.features import cached_features
 from bintally.training.health import HealthMonitor
+from bintally.training.rundir import RunDir
 
 log = logging.getLogger("bintally.train")
 # end-of-epoch checkpoints come at most this often (a signal still checkpoints at once): frozen-mode epochs take under a second
@@ -54,7 +58,10 @@ class TrainResult:
     health: dict
     wall_time_s: float
     world_size: int
-    model: CountingModel
+    model: CountingModel | None
+    labels: LabelSpace = field(default_factory=LabelSpace)
+    already_finished: bool = False  # --resume of a run that had nothing left to do
+    epochs_done: int = 0
 
 
 class Interrupted(Exception):
@@ -66,7 +73,9 @@ class StopFlag:
     """Turns SIGTERM/SIGINT into a flag the loop checks after each step; the old handlers come back afterwards.
 
     A signal that arrives after the last step check (during the final evaluation, say) is not lost:
-    once the run has finished and saved, it is raised again for the old handler.
+    once the run has finished and saved, it goes to the old handler if that is Python code (tune's,
+    or KeyboardInterrupt for SIGINT), and otherwise becomes `Interrupted`, so the process still exits
+    with a message rather than dying of the signal.
     """
 
     signum: int | None = None
@@ -84,8 +93,12 @@ class StopFlag:
     def __exit__(self, exc_type, exc, tb) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        if self.requested and not isinstance(exc, Interrupted):  # Interrupted: the loop already stopped for it
+        if not self.requested or exc is not None:  # an exception (Interrupted included) already ends the run
+            return
+        if callable(self.previous.get(self.signum)):
             signal.raise_signal(self.signum)
+        else:
+            raise Interrupted(f"stopped by signal {signal.Signals(self.signum).name} after the run finished; its results are saved")
 
     def handle(self, signum, frame) -> None:
         self.signum = signum
@@ -173,9 +186,13 @@ def flip(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_probs(forward, head, loader: DataLoader, device, tta: bool, amp: bool, progress: bool = False, desc="eval") -> np.ndarray:
-    probs = []
-    for x, _, _ in progress_bar(loader, desc=desc, leave=False, enabled=progress):
+def predict_probs(forward, head, loader: DataLoader, device, tta: bool, amp: bool, progress: bool = False,
+                  desc="eval") -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of each photo the loader could read, and those photos' indices."""
+    probs, indices = [], []
+    for x, _, index in progress_bar(loader, desc=desc, leave=False, enabled=progress):
+        if not len(index):
+            continue
         x = x.to(device, non_blocking=True)
         with autocast(device, amp):
             p = head.probs(forward(x).float())
@@ -184,7 +201,10 @@ def predict_probs(forward, head, loader: DataLoader, device, tta: bool, amp: boo
             elif tta:
                 p = (p + head.probs(forward(flip(x)).float())) / 2
         probs.append(p.float().cpu())
-    return torch.cat(probs).numpy()
+        indices.append(index)
+    if not probs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=int)
+    return torch.cat(probs).numpy(), torch.cat(indices).numpy()
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -198,15 +218,21 @@ def autocast(device: torch.device, enabled: bool):
 class Run:
     dir: Path
     main: bool
+    folder: RunDir | None = None  # the locked run directory (main process only)
 
     def write_json(self, name: str, obj) -> None:
         if self.main:
-            (self.dir / name).write_text(json.dumps(obj, indent=2, default=str))
+            with atomic_path(self.dir / name) as tmp:
+                tmp.write_text(json.dumps(obj, indent=2, default=str))
 
     def append_metrics(self, row: dict) -> None:
         if self.main:
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+    def saved(self) -> None:
+        if self.folder is not None:
+            self.folder.started()
 
 
 def git_commit() -> str:
@@ -217,64 +243,137 @@ def git_commit() -> str:
         return "unknown"
 
 
-def open_run(config: TrainConfig, resume: str | None, explicit: dict) -> tuple[TrainConfig, Path, dict | None]:
-    """A new run directory, or the saved config and checkpoint of the run being resumed."""
-    if resume is None:
-        return config, Path(config.out), None
-    run_dir = Path(resume)
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.exists():
-        raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-    saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+def saved_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    try:
+        values = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DataError(path, "missing: this run cannot be resumed without its config") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, f"malformed JSON ({e}); this run cannot be resumed") from None
+    if not isinstance(values, dict):
+        raise DataError(path, "expected a JSON object of settings")
+    return TrainConfig.from_dict(values, source=path)
+
+
+def resumed_config(run_dir: Path, explicit: dict) -> TrainConfig:
+    """The saved config with what a resume may change (workers, device, more epochs ...); anything else is refused."""
+    saved = saved_config(run_dir)
     differences = config_differences(saved, explicit)
     if differences:
         listed = "; ".join(f"{k}: run has {a!r}, you asked for {b!r}" for k, (a, b) in differences.items())
         raise ConfigError(f"{run_dir}: cannot resume a run with a different config ({listed})")
-    overrides = {k: v for k, v in explicit.items() if v is not None and k in RESUMABLE_CHANGES}
+    if explicit.get("epochs") is not None and explicit["epochs"] < saved.epochs:
+        raise ConfigError(f"{run_dir}: the run has {saved.epochs} epochs; a resume may add epochs, not remove them")
+    overrides = {k: v for k, v in explicit.items() if v is not None and k in RESUMABLE_CHANGES | EXTENDABLE}
     overrides["max_steps"] = explicit.get("max_steps")  # a smoke-run limit does not carry over
-    resumed = TrainConfig.from_dict(saved.to_dict() | overrides | {"out": str(run_dir)})
-    return resumed, run_dir, load_checkpoint(last)
+    return TrainConfig.from_dict(saved.to_dict() | overrides | {"out": str(run_dir)})
 
 
-def loader_for(dataset: Dataset, indices: list[int], batch_size: int, workers: int, drop_last: bool) -> DataLoader:
-    # its own generator: creating the iterator must not draw from the global RNG (dropout's), or resume would differ
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(0), persistent_workers=False)
+def finished_result(run_dir: Path, checkpoint: dict, config: TrainConfig) -> TrainResult | None:
+    """A result for `--resume` of a run with nothing left to do (its files are left exactly as they are)."""
+    if checkpoint["epoch"] < config.epochs or checkpoint["step"] != 0:
+        return None
+    try:
+        saved = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    return TrainResult(run=str(run_dir), best_val=checkpoint.get("best"), final=saved.get("final", {}), health=saved.get("health", {}),
+                       wall_time_s=0.0, world_size=1, model=None, labels=config.labels, already_finished=True,
+                       epochs_done=checkpoint["epoch"])
+
+
+def shared_path(path: Path | None, d: Dist) -> Path:
+    """Rank 0's run directory, on every rank."""
+    if not d.enabled:
+        return path
+    box = [str(path) if d.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
 
 
 EpochCallback = Callable[[int, dict], None]
 
 
 def train(config: TrainConfig, resume: str | None = None, explicit: dict | None = None,
-          on_epoch: EpochCallback | None = None) -> TrainResult:
+          on_epoch: EpochCallback | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or resume) a counting model; return the final validation metrics and the run directory.
 
+    A new run refuses a directory that holds another run unless `overwrite`. Everything that can be
+    refused (settings, data, output location) is checked before the run directory is made.
     `on_epoch(epoch, val_metrics)` is called after each epoch's validation (hyperparameter search
     uses it to report and prune); an exception it raises ends the run.
     """
-    config, run_dir, checkpoint = open_run(config, resume, explicit or {})
     d = setup_distributed(config.device)
-    run = Run(run_dir, d.main)
+    folder = None
     try:
+        if resume is not None:
+            folder = RunDir.resume(resume) if d.main else None
+            config = resumed_config(Path(resume), explicit or {})
+            checkpoint = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
+            done = finished_result(Path(resume), checkpoint, config)
+            if done is not None:
+                return done
+        else:
+            checkpoint = None
+            if config.out is not None and d.main:
+                check_output_folder(config.out)
+        setup = prepare(config, d)
+        if resume is None and d.main:
+            folder = RunDir.new(config.out, overwrite)
+        run_dir = shared_path(folder.path if folder else None, d)
+        run = Run(run_dir, d.main, folder)
+        setup.config = replace(setup.config, out=str(run_dir))
         with StopFlag() as stop:
-            return fit(config, run, checkpoint, d, stop, on_epoch)
+            result = fit(setup, run, checkpoint, d, stop, on_epoch)
+        failed = False
+        return result
+    except Interrupted:
+        failed = False
+        raise
+    except BaseException:
+        failed = True
+        raise
     finally:
+        if folder is not None:
+            folder.close(failed=locals().get("failed", True))
         cleanup(d)
 
 
-def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag,
+@dataclass
+class Setup:
+    """What a run needs before its first step, all checked before anything is written."""
+
+    config: TrainConfig
+    model: CountingModel
+    df: pd.DataFrame
+    parts: dict[str, pd.DataFrame]
+    transform: TransformConfig
+
+
+def prepare(config: TrainConfig, d: Dist) -> Setup:
+    torch.manual_seed(config.seed)
+    df = labelled_manifest(config.data, config.labels if config.max_count is not None else None)
+    config = config.with_labels(manifest_labels(df))
+    model = CountingModel(config.model_config())  # validates backbone, head and weights
+    parts = check_training_data(df, config.labels)
+    per_process = len(parts["train"]) // d.world_size
+    if per_process < config.batch_size:
+        raise ConfigError(f"batch size {config.batch_size} is larger than the train split per process ({per_process} photos); "
+                          f"use --batch-size {max(per_process, 1)} or less, or more photos")
+    transform = TransformConfig(config.image_size, model.normalization.mean, model.normalization.std)
+    return Setup(config, model, df, parts, transform)
+
+
+def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag,
         on_epoch: EpochCallback | None = None) -> TrainResult:
     started = time.time()
-    torch.manual_seed(config.seed)
+    config, model, parts, transform = setup.config, setup.model, setup.parts, setup.transform
     amp = d.device.type == "cuda" if config.amp is None else config.amp
-    model = CountingModel(config.model_config())  # validates backbone, head and weights first
     if run.main:
-        run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "checkpoints").mkdir(exist_ok=True)
         config.save(run.dir / "config.json")
-    df = training_manifest(config.data, config.max_count, run.dir if run.main else None)
-    parts = check_training_data(df, config.max_count, config.overflow)
-    transform = TransformConfig(config.image_size, model.normalization.mean, model.normalization.std)
+        save_split(setup.df, run.dir)
     frozen_modules = freeze_for_mode(model, config)
     model.to(d.device)
     if config.channels_last:
@@ -300,14 +399,11 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
     optimizer = build_optimizer(model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = len(train_labels) // d.world_size // config.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch size {config.batch_size} is larger than the train split per process "
-                          f"({len(train_labels) // d.world_size} photos)")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, config))
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
            if config.ema > 0 else None)
-    weights = class_weights(train_labels, config.model_config().n_classes).to(d.device) if config.balance == "weights" else None
-    monitor = HealthMonitor(n_classes=config.model_config().n_classes)
+    weights = class_weights(train_labels, config.labels.n_classes).to(d.device) if config.balance == "weights" else None
+    monitor = HealthMonitor(n_classes=config.labels.n_classes)
     start_epoch, start_step, global_step, best = 0, 0, 0, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -326,18 +422,26 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
                          "ema": ema.state_dict() if ema is not None else None, "health": monitor.state_dict(),
                          "epoch": epoch, "step": step, "global_step": global_step, "best": best,
                          "rng": rng_state(), "config": config.to_dict()}, run.dir / "checkpoints" / "last.pt")
+            run.saved()
 
+    def stop_now(epoch: int, step: int) -> None:
+        save(epoch, step)
+        raise Interrupted(f"stopped by signal at epoch {epoch + 1}, step {step}; a checkpoint is in {run.dir}. "
+                          f"Continue with: bintally train --resume {run.dir}")
+
+    if any_rank(stop.requested, d):  # the signal came while the data or features were being prepared
+        stop_now(start_epoch, start_step)
     profiler = make_profiler(config, run) if run.main else None
     metrics: dict = {}
     saved_at = time.time()
     workers = 0 if config.mode == "frozen" else config.workers  # cached features need no loader processes
-    val_loader = loader_for(val_set, list(range(len(val_set))), config.batch_size * 2, workers, False)
+    val_loader = photo_loader(val_set, config.batch_size * 2, workers)
     for epoch in range(start_epoch, config.epochs):
         indices = epoch_indices(train_labels, config, epoch, d)
         skip = start_step * config.batch_size if epoch == start_epoch else 0
         if hasattr(train_set, "epoch"):
             train_set.epoch = epoch
-        loader = loader_for(train_set, indices[skip:], config.batch_size, workers, True)
+        loader = photo_loader(train_set, config.batch_size, workers, indices[skip:], drop_last=True)
         trained.train()
         for m in frozen_modules:
             m.eval()
@@ -348,49 +452,46 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
         tick = time.perf_counter()
         for x, y, _ in loader:
             got_batch = time.perf_counter()
-            x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-            if config.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(d.device, amp):
-                out = forward(x)
-            out = out.float()
-            loss = model.head.loss(out, y, config.label_smoothing, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 10.0))
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
             step += 1
             global_step += 1
-            done = time.perf_counter()
-            monitor.on_step(loss.item(), grad_norm, got_batch - tick, done - got_batch)
-            with torch.no_grad():
-                correct += int((decode_counts(model.head.probs(out), model.decode) == y).sum())
-            seen += len(y)
-            loss_sum += loss.item()
-            n_batches += 1
+            if len(y):  # empty when every photo of the batch became unreadable (each was reported)
+                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+                if config.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(d.device, amp):
+                    out = forward(x)
+                out = out.float()
+                loss = model.head.loss(out, y, config.label_smoothing, weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 10.0))
+                optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                done = time.perf_counter()
+                monitor.on_step(loss.item(), grad_norm, got_batch - tick, done - got_batch)
+                with torch.no_grad():
+                    correct += int((decode_counts(model.head.probs(out), model.decode) == y).sum())
+                seen += len(y)
+                loss_sum += loss.item()
+                n_batches += 1
+                bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", acc=f"{correct / seen:.2f}",
+                                img_s=f"{len(y) * d.world_size / (done - tick):.1f}")
+            scheduler.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", acc=f"{correct / seen:.2f}", img_s=f"{len(y) * d.world_size / (done - tick):.1f}")
             if profiler is not None:
                 profiler.step()
             tick = time.perf_counter()
             if any_rank(stop.requested, d):
-                save(epoch, step)
                 bar.close()
-                raise Interrupted(f"stopped by signal at epoch {epoch + 1}, step {step}; a checkpoint is in {run.dir}. "
-                                  f"Continue with: bintally train --resume {run.dir}")
+                stop_now(epoch, step)
             if config.max_steps is not None and global_step >= config.max_steps:
                 break
         bar.close()
         finished_epoch = step >= steps_per_epoch
         eval_model = ema.module if ema is not None else model
-        eval_forward = eval_model.head if config.mode == "frozen" else eval_model
         eval_model.eval()
-        probs = predict_probs(eval_forward, eval_model.head, val_loader, d.device, config.tta, amp)
-        predicted = decode_counts(torch.from_numpy(probs), model.decode).numpy()
-        metrics = {f"val_{k}": v for k, v in count_metrics(parts["val"]["label"].to_numpy(dtype=int), predicted, config.max_count).items()}
+        metrics = validate(eval_model, config, parts["val"], val_loader, d.device, amp)
         train_acc = correct / max(seen, 1)
         monitor.on_epoch(train_acc, metrics["val_accuracy"])
         row = {"epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / max(n_batches, 1), "train_accuracy": train_acc,
@@ -409,6 +510,8 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
             on_epoch(epoch + 1, metrics)
         if config.max_steps is not None and global_step >= config.max_steps:
             break
+        if epoch + 1 < config.epochs and any_rank(stop.requested, d):  # during validation: stop before the next epoch
+            stop_now(epoch + 1, 0)
     if profiler is not None:
         profiler.stop()
     health = monitor.summary(d.device.type)
@@ -417,17 +520,27 @@ def fit(config: TrainConfig, run: Run, checkpoint: dict | None, d: Dist, stop: S
     run.write_json("health.json", health)
     run.write_json("result.json", result)
     if run.main:
-        write_model_card(run, config, df, result)
-    return TrainResult(model=model, **result)
+        write_model_card(run, config, setup.df, result)
+    return TrainResult(model=model, labels=config.labels, epochs_done=config.epochs, **result)
+
+
+def validate(model: CountingModel, config: TrainConfig, photos: pd.DataFrame, loader: DataLoader, device, amp: bool) -> dict:
+    """Validation metrics (prefixed val_) over the photos the loader could read, counted in the run's label space."""
+    forward = model.head if config.mode == "frozen" else model
+    probs, indices = predict_probs(forward, model.head, loader, device, config.tta, amp)
+    if not len(indices):
+        raise DataError(photos.attrs.get("source", "the val split"), "no validation photo could be read")
+    predicted = decode_counts(torch.from_numpy(probs), model.decode).numpy()
+    labels = config.labels
+    true = labels.count_of(photos["label"].to_numpy(dtype=int)[indices])
+    return {f"val_{k}": v for k, v in count_metrics(true, labels.count_of(predicted), config.max_count).items()}
 
 
 def prepare_features(config: TrainConfig) -> None:
     """Compute (or find) the frozen-feature cache that a frozen-mode run of this config reads."""
-    model = CountingModel(config.model_config())
-    parts = check_training_data(training_manifest(config.data, config.max_count, None), config.max_count, config.overflow)
-    transform = TransformConfig(config.image_size, model.normalization.mean, model.normalization.std)
     d = Dist(device=pick_device(config.device))
-    cached_features(model.to(d.device), parts, transform, config, d)
+    setup = prepare(config, d)
+    cached_features(setup.model.to(d.device), setup.parts, setup.transform, setup.config, d)
 
 
 def make_profiler(config: TrainConfig, run: Run):
@@ -448,19 +561,20 @@ def save_model(model: CountingModel, transform: TransformConfig, config: TrainCo
     """best.pt: what inference needs, nothing more."""
     if run.main:
         save_atomic({"model_config": model.export_config(), "transform": asdict(transform), "state_dict": model.state_dict(),
-                     "classes": class_names(config.max_count, config.overflow == "class"), "metrics": metrics, "train_config": config.to_dict()},
-                    run.dir / "best.pt")
+                     "classes": config.labels.names, "labels": config.labels.to_dict(), "metrics": metrics,
+                     "train_config": config.to_dict()}, run.dir / "best.pt")
+        run.saved()
 
 
 def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, result: dict) -> None:
-    best = torch.load(run.dir / "best.pt", map_location="cpu", weights_only=False)["metrics"]
+    best = torch.load(run.dir / "best.pt", map_location="cpu", weights_only=True)["metrics"]
     split_counts = df["split"].value_counts().to_dict()
     lines = [
         "# Model card", "",
         f"- backbone: `{config.backbone}` ({weights_description(config.backbone, config.pretrained, config.weights)}), "
         f"head: `{config.head}`, mode: `{config.mode}`",
-        f"- classes: {', '.join(class_names(config.max_count, config.overflow == 'class'))}"
-        + (f" (last = more than {config.max_count} items)" if config.overflow == "class" else f" (trained on counts 0-{config.max_count} only)"),
+        f"- classes: {', '.join(config.labels.names)}"
+        + (f" (last = more than {config.max_count} items)" if config.labels.overflow else f" (trained on {config.labels.description} only)"),
         f"- data: `{df.attrs.get('info', {}).get('source', config.data or 'bundled sample')}`; split sizes: {split_counts}",
         f"- image size {config.image_size}, epochs {config.epochs}, batch {config.batch_size} x {result['world_size']} processes, "
         f"optimizer {config.optimizer} lr {config.lr}, schedule {config.schedule}",

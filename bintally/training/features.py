@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
-from bintally.progress import progress_bar
+from torch.utils.data import Dataset
 
-from bintally.data.dataset import BinPhotos
+from bintally.data.dataset import BinPhotos, photo_loader
 from bintally.data.transforms import TransformConfig
+from bintally.errors import DataError
 from bintally.io import atomic_path
 from bintally.paths import cache_dir
+from bintally.progress import progress_bar
 
 N_VIEWS = 2
 
@@ -65,12 +66,17 @@ def extract_features(backbone, photos: pd.DataFrame, transform: TransformConfig,
                      workers: int = 2, progress: bool = True, desc: str = "features") -> torch.Tensor:
     """Backbone features [N, 2, D] of each photo and its mirror image."""
     backbone.eval()
-    loader = DataLoader(BinPhotos(photos, transform, train=False), batch_size=batch_size, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone: cache hits and misses train alike
-    out = []
-    for x, _, _ in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
+    loader = photo_loader(BinPhotos(photos, transform, train=False), batch_size, workers)  # leaves the global RNG alone
+    out, done = [], 0
+    for x, _, index in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
+        if len(index) and index[-1] + 1 - done != len(index):  # a photo was left out: the cache must hold every one
+            lost = sorted(set(range(done, int(index[-1]) + 1)) - set(index.tolist()))
+            raise DataError(photos["path"].iloc[lost[0]], "could not be read while caching features; re-index the data")
+        done += len(index)
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         out.append(torch.stack([backbone(x), backbone(torch.flip(x, dims=[-1]))], 1).float().cpu())
+    if done != len(photos):
+        raise DataError(photos["path"].iloc[done], "could not be read while caching features; re-index the data")
     return torch.cat(out)
 
 
