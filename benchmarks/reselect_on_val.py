@@ -22,7 +22,7 @@ from bintally.predict import Predictor
 
 
 def val_metrics(model_file: Path, val) -> dict:
-    preds = Predictor.load(model_file).predict_paths(val["path"].tolist())
+    preds, _ = Predictor.load(model_file).predict_paths(val["path"].tolist())
     return count_metrics(val["label"].to_numpy(dtype=int), [p["label"] for p in preds])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # tqdm.auto iterates a DataLoader once more just to start (twice the workers)
 
 ENV = "BINTALLY_NO_PROGRESS"
 

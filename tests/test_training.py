@@ -33,8 +33,8 @@ def test_one_step_smoke_run(tiny_manifest, tmp_path):
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(ckpt)
     assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (0, 1, 1)
     photos = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))[:3]
-    preds = Predictor.load(run).predict_paths(photos)
-    assert len(preds) == 3
+    preds, failures = Predictor.load(run).predict_paths(photos)
+    assert len(preds) == 3 and failures == []
     for p in preds:
         assert abs(sum(p["probs"].values()) - 1) < 1e-3
         probs = list(p["probs"].values())

@@ -56,6 +56,13 @@ def set_max_pixels(limit: int) -> None:
     os.environ[MAX_PIXELS_ENV] = str(int(limit))
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with 16-bit greyscale scaled to 8 bits (PIL's own conversion would clip it to white)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def decode_image(source: str | Path | bytes, name: str | Path | None = None) -> Image.Image:
     """The one image decoder: a path or bytes to a fully decoded RGB image, within the pixel limit.
 
@@ -73,7 +80,7 @@ def decode_image(source: str | Path | bytes, name: str | Path | None = None) -> 
                 raise DataError(name, f"image too large: {width}x{height} pixels, over the limit of {limit:,} "
                                       f"(raise it with --max-pixels or {MAX_PIXELS_ENV})")
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError:
         raise DataError(name, "no such image") from None
     except IsADirectoryError:

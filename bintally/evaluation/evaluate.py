@@ -1,8 +1,13 @@
-"""`bintally evaluate`: score a trained model on photos it has not seen, or recompute from saved predictions."""
+"""`bintally evaluate`: score a trained model on photos it has not seen, or recompute from saved predictions.
+
+Photos that cannot be scored (unreadable or unlabelled when indexed, missing or changed since,
+unreadable now) are left out with one line each and a count; the rest are scored.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,17 +16,21 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from bintally.progress import progress_bar
 
-from bintally.data.dataset import BinPhotos
+from bintally.data.dataset import BinPhotos, collate_photos
 from bintally.data.index import read_or_index
 from bintally.data.manifest import usable
-from bintally.data.split import assign_labels, class_names
+from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import bootstrap_intervals, calibration, confusion, count_metrics, per_class_metrics, subsets
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
+from bintally.io import atomic_path, check_output_file, check_output_folder
+from bintally.labels import LabelSpace
 from bintally.models.model import decode_counts
 from bintally.predict import Predictor
+from bintally.progress import progress_bar
+
+log = logging.getLogger("bintally.evaluation")
 
 
 @dataclass
@@ -32,17 +41,25 @@ class Evaluation:
     info: dict = field(default_factory=dict)
 
     @property
+    def space(self) -> LabelSpace:
+        return LabelSpace.from_names(self.classes)
+
+    @property
     def max_count(self) -> int:
-        return len(self.classes) - 2
+        return self.space.max_count
+
+    def subset_names(self) -> list[tuple[str, str]]:
+        """(name, metric-key suffix) of each summary subset; the suffixes stay _0_N and _1_N whatever the label space."""
+        low, n = self.space.min_count, self.space.max_count
+        return [("all", ""), (f"{low}-{n}", f"_0_{n}"), (f"1-{n}", f"_1_{n}")]
 
     def to_json(self) -> dict:
         return {**self.metrics, "info": self.info}
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2, default=nan_to_none))
-        return path
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(finite(self.to_json()), indent=2, default=str))
+        return Path(path)
 
     def write_report(self, out: str | Path) -> Path:
         from bintally.evaluation.report import write_report
@@ -50,35 +67,78 @@ class Evaluation:
         return write_report(self, out)
 
 
-def nan_to_none(value):
-    return None if isinstance(value, float) and math.isnan(value) else str(value)
+def finite(value):
+    """NaN and infinities as null, so that the JSON is valid everywhere (not just in Python)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 # ---------------------------------------------------------------- the photos
 
 
-def evaluation_photos(df: pd.DataFrame, split: str | None, max_count: int) -> tuple[pd.DataFrame, dict]:
-    """The usable photos of one split (or all photos when the data has no split), labelled for the model."""
+def evaluation_photos(df: pd.DataFrame, split: str | None, space: LabelSpace) -> tuple[pd.DataFrame, dict]:
+    """The usable photos of one split (or all photos when the data has no split column), labelled for the model.
+
+    Photos missing or changed since indexing (`drop_stale`) or unusable when indexed are left out, as
+    are photos below the model's min_count. Labels have an overflow class even when the model has
+    none: such a model is still scored on photos above its max_count.
+    """
     source = df.attrs.get("info", {}).get("source", "<data>")
-    split_info = df.attrs.get("info", {}).get("split", {})
-    if "split" in df and split_info.get("max_count", max_count) != max_count:
-        raise ConfigError(f"the model counts 0..{max_count} and '{max_count + 1}+', but {source} was split with "
-                          f"--max-count {split_info['max_count']}; evaluate a model trained with that label space, "
-                          f"or re-split the data with --max-count {max_count}")
-    info = {"source": source, "photos": len(df)}
-    ok = usable(df) & df["count"].notna()
-    info["unusable"] = int((~ok).sum())
-    df = df[ok]
-    info["no_split_column"] = "split" not in df
-    if split is not None and "split" in df:
-        df = df[df["split"] == split]
-        info["split"] = split
-    else:
-        info["split"] = "all (the data has no split column)" if split is not None else "all"
-    if df.empty:
-        raise DataError(source, f"no photos to evaluate (split: {info['split']})")
-    df = df.assign(label=assign_labels(df["count"], max_count, "class").astype(int)).reset_index(drop=True)
+    check_split_space(df, space, source)
+    info = {"source": source, "photos": len(df), "no_split_column": "split" not in df}
+    df = drop_unusable(drop_stale(select_split(df, split, source, info)), source, info)
+    scoring = LabelSpace(space.min_count, space.max_count, overflow=True)
+    labels = scoring.label_of(df["count"])
+    outside = labels.isna().to_numpy()
+    if outside.any():
+        info["outside_label_space"] = (f"{int(outside.sum())} photo(s) with fewer than {space.min_count} items "
+                                       f"left out: the model counts {space.description}")
+        log.warning("%s: %s", source, info["outside_label_space"])
+    if outside.all():
+        raise DataError(source, f"no photos to evaluate: none of the photos of split {info['split']} has a count "
+                                f"the model knows ({space.description})")
+    df = df[~outside].assign(label=labels[~outside].astype(int)).reset_index(drop=True)
     return df, info
+
+
+def check_split_space(df: pd.DataFrame, space: LabelSpace, source: str) -> None:
+    split_info = df.attrs.get("info", {}).get("split", {})
+    if "split" in df and split_info.get("max_count", space.max_count) != space.max_count:
+        raise ConfigError(f"the model counts {space.description}, but {source} was split with --max-count "
+                          f"{split_info['max_count']}; evaluate a model trained with that label space, "
+                          f"or re-split the data with --max-count {space.max_count}")
+
+
+def select_split(df: pd.DataFrame, split: str | None, source: str, info: dict) -> pd.DataFrame:
+    if split is None or "split" not in df:
+        info["split"] = "all (the data has no split column)" if split is not None else "all"
+        return df
+    info["split"] = split
+    chosen = df[df["split"] == split]
+    if chosen.empty:
+        present = ", ".join(sorted(set(df["split"].dropna().astype(str)))) or "none"
+        raise DataError(source, f"no photos to evaluate: split {split!r} is empty (splits present: {present})")
+    return chosen
+
+
+def drop_unusable(df: pd.DataFrame, source: str, info: dict) -> pd.DataFrame:
+    """Leave out photos that were unusable when indexed (a line each) or went stale since (drop_stale reported those)."""
+    ok = (usable(df) & df["count"].notna()).to_numpy()
+    stale = df["status"].astype(str).str.startswith(STALE).to_numpy()
+    info["unusable"] = int((~ok).sum())
+    info["stale"] = int(stale.sum())
+    unusable = df[~ok & ~stale]
+    for row in unusable.itertuples():
+        log.warning("%s: %s (skipped)", row.path, row.status if row.status != "ok" else "no count")
+    if len(unusable):
+        log.warning("%d photo(s) of %s skipped: unreadable or unlabelled when indexed", len(unusable), source)
+    if ok.sum() == 0:
+        raise DataError(source, f"no photos to evaluate: none of the {len(df)} photo(s) of split {info['split']} "
+                                f"is usable (unreadable, unlabelled, or missing or changed since indexing)")
+    return df[ok]
 
 
 # ---------------------------------------------------------------- the model's predictions
@@ -86,43 +146,76 @@ def evaluation_photos(df: pd.DataFrame, split: str | None, max_count: int) -> tu
 
 @torch.no_grad()
 def predict_probs(predictor: Predictor, photos: pd.DataFrame, batch_size: int = 64, workers: int = 2,
-                  progress: bool = True) -> np.ndarray:
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, row index of each) for the photos that could be read; unreadable ones are left out."""
     loader = DataLoader(BinPhotos(photos, predictor.transform, train=False), batch_size=batch_size, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
-    probs = [predictor.predict_tensor(x)["probs"] for x, _, _ in progress_bar(loader, desc="predicting", unit="batch", enabled=progress)]
-    return torch.cat(probs).numpy()
+                        collate_fn=collate_photos)
+    probs, kept = [], []
+    # the bar is not given the loader: tqdm.auto calls iter() on it once more, starting a second set of workers
+    with progress_bar(total=len(loader), desc="predicting", unit="batch", enabled=progress) as bar:
+        for x, _, index in loader:
+            if len(index):
+                probs.append(predictor.predict_tensor(x)["probs"])
+                kept.append(index)
+            bar.update()
+    if not probs:
+        return np.empty((0, predictor.space.n_classes), np.float32), np.empty(0, int)
+    return torch.cat(probs).numpy(), torch.cat(kept).numpy()
+
+
+def keep_readable(photos: pd.DataFrame, kept: np.ndarray, info: dict) -> pd.DataFrame:
+    """The photos that were predicted; the others (each reported by BinPhotos as it failed) are counted in info."""
+    lost = photos.drop(index=photos.index[kept])
+    if len(lost):
+        info["unreadable"] = lost["path"].tolist()
+        log.warning("%d photo(s) of %s could not be read and were left out", len(lost), info["source"])
+    if not len(kept):
+        raise DataError(info["source"], f"no photos to evaluate: none of the {len(photos)} photo(s) could be read")
+    return photos.iloc[kept].reset_index(drop=True)
+
+
+def read_data(data: str | Path | None, progress: bool) -> pd.DataFrame:
+    """The manifest (or folder, indexed now), its source being what the user named, so that messages name it."""
+    df = read_or_index(data, progress=progress)
+    if data is not None:
+        df.attrs["info"] = {**df.attrs.get("info", {}), "source": str(data)}
+    return df
 
 
 def evaluate_model(model: str | Path, data: str | Path | None, split: str | None = "test", batch_size: int = 64,
                    workers: int = 2, resamples: int = 1000, progress: bool = True) -> Evaluation:
     """Predict every photo of the split with the trained model and compute every metric."""
     predictor = Predictor.load(model)
-    max_count = predictor.model.config.max_count
-    photos, info = evaluation_photos(read_or_index(data), split, max_count)
-    probs = predict_probs(predictor, photos, batch_size, workers, progress)
+    space = predictor.space
+    photos, info = evaluation_photos(read_data(data, progress), split, space)
+    probs, kept = predict_probs(predictor, photos, batch_size, workers, progress)
+    photos = keep_readable(photos, kept, info)
     predicted = decode_counts(torch.from_numpy(probs), predictor.model.decode).numpy()
-    if not predictor.model.config.overflow:  # a 0..N model never predicts "N+1+", but such photos are still scored
+    if not space.overflow:  # such a model never predicts "N+1+", but photos above N are still scored
         probs = np.pad(probs, ((0, 0), (0, 1)))
-    frame = predictions_frame(photos, probs, predicted, class_names(max_count))
+    scoring = LabelSpace(space.min_count, space.max_count, overflow=True)
+    frame = predictions_frame(photos, probs, predicted, scoring)
     info |= {"model": str(model), "decode": predictor.model.decode, "tta": predictor.tta,
              "backbone": predictor.model.config.backbone, "head": predictor.model.config.head}
     return evaluate_predictions(frame, info, resamples)
 
 
 def evaluate_predictions(frame: pd.DataFrame, info: dict | None = None, resamples: int = 1000) -> Evaluation:
-    """Every metric from a predictions table (see `bintally.evaluation.predictions`)."""
+    """Every metric from a predictions table (see `bintally.evaluation.predictions`); summaries are on counts."""
     classes = prediction_classes(frame)
-    max_count = len(classes) - 2
-    true = frame["true_label"].to_numpy(dtype=int)
-    pred = frame["predicted_label"].to_numpy(dtype=int)
+    space = LabelSpace.from_names(classes)
+    true_label = frame["true_label"].to_numpy(dtype=int)
+    pred_label = frame["predicted_label"].to_numpy(dtype=int)
+    true, pred = space.count_of(true_label), space.count_of(pred_label)
     probs = prediction_probs(frame)
-    metrics = count_metrics(true, pred, max_count)
-    reliability = {suffix: calibration(probs[mask], true[mask], pred[mask]) for suffix, mask in subsets(true, max_count).items() if mask.any()}
+    metrics = count_metrics(true, pred, space.max_count)
+    reliability = {suffix: calibration(probs[mask], true_label[mask], pred_label[mask])
+                   for suffix, mask in subsets(true, space.max_count).items() if mask.any()}
     metrics |= {f"ece{suffix}": r["ece"] for suffix, r in reliability.items()}
     metrics |= {
-        "ci95": bootstrap_intervals(true, pred, max_count, resamples=resamples),
-        "per_class": per_class_metrics(true, pred, classes),
-        "confusion": {"classes": classes, "matrix": confusion(true, pred, len(classes))},
+        "ci95": bootstrap_intervals(true, pred, space.max_count, resamples=resamples),
+        "per_class": per_class_metrics(true_label, pred_label, classes),
+        "confusion": {"classes": classes, "matrix": confusion(true_label, pred_label, len(classes))},
         "calibration": reliability[""],
     }
     return Evaluation(metrics, frame, classes, dict(info or {}))
@@ -132,10 +225,21 @@ def evaluate_saved(path: str | Path, resamples: int = 1000) -> Evaluation:
     return evaluate_predictions(load_predictions(path), {"predictions": str(path)}, resamples)
 
 
+def check_outputs(json_out, report, save_to) -> None:
+    """Fail before any work if an output cannot be written."""
+    if json_out is not None:
+        check_output_file(json_out, (".json",))
+    if save_to is not None:
+        check_output_file(save_to, (".csv", ".parquet"))
+    if report is not None:
+        check_output_folder(report)
+
+
 def evaluate(model: str | Path | None = None, data: str | Path | None = None, split: str | None = "test",
              predictions: str | Path | None = None, json_out: str | Path | None = None, report: str | Path | None = None,
              save_to: str | Path | None = None, **options) -> Evaluation:
     """The whole command: evaluate a model (or a predictions file), then write what was asked for."""
+    check_outputs(json_out, report, save_to)
     if predictions is not None:
         if model is not None:
             raise ConfigError("give either --model (with --data) or --predictions, not both")
@@ -151,4 +255,3 @@ def evaluate(model: str | Path | None = None, data: str | Path | None = None, sp
     if report is not None:
         result.write_report(report)
     return result
-

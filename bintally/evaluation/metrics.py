@@ -1,8 +1,9 @@
 """Count metrics. The overflow class is worth N+1 items; on the 0-N subset predicting it is wrong.
 
-Labels are class indices: 0..max_count are counts, max_count+1 is "more than max_count" and is
-scored as max_count+1 items. Every summary metric is given over all photos and over the counts
-0..N and 1..N (the published results use 0-5 and 1-5).
+The summary metrics take counts (`LabelSpace.count_of` of the class indices): the overflow class,
+"more than max_count", is scored as max_count+1 items. Every summary metric is given over all
+photos and over the counts 0..N and 1..N (the published results use 0-5 and 1-5). Per-class
+metrics, the confusion matrix and calibration take class indices.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def summary_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def subsets(true: np.ndarray, max_count: int) -> dict[str, np.ndarray]:
-    """Key suffix -> mask: all photos, counts 0..N, counts 1..N."""
+    """Key suffix -> mask over true counts: all photos, counts 0..N, counts 1..N."""
     return {"": np.ones(len(true), bool), f"_0_{max_count}": true <= max_count,
             f"_1_{max_count}": (true >= 1) & (true <= max_count)}
 

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from jinja2 import Template  # noqa: E402
 
+from bintally.evaluation.predictions import prediction_probs  # noqa: E402
+
 # accuracy and RMSE as published; None where a work did not report the figure
 PUBLISHED = [
     {"work": "abid_challenge, ResNet34 (about 480,000 training photos)", "subset": "0-5", "accuracy": 0.5567, "rmse": 0.930},
@@ -30,7 +32,8 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style></head><body>
 <table><tr><th>photos</th><th>n</th><th>accuracy</th><th>RMSE</th><th>MAE</th><th>within ±1</th><th>ECE</th></tr>
 {% for row in summary %}<tr><td>{{ row.name }}</td><td>{{ row.n }}</td>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
 </table>
-<p>On the {{ zero_to_n }} subset a prediction of the overflow class "{{ overflow }}" counts as wrong, and as {{ max_count + 1 }} items for RMSE and MAE.</p>
+{% if overflow %}<p>On the {{ zero_to_n }} subset a prediction of the overflow class "{{ overflow }}" counts as wrong,
+and as {{ max_count + 1 }} items for RMSE and MAE.</p>{% endif %}
 <h2>Against published results</h2>
 <table><tr><th>model</th><th>subset</th><th>accuracy</th><th>RMSE</th></tr>
 {% for row in published %}<tr><td>{{ row.work }}</td><td>{{ row.subset }}</td><td>{{ row.accuracy }}</td><td>{{ row.rmse }}</td></tr>{% endfor %}
@@ -62,24 +65,25 @@ def with_interval(metrics: dict, key: str, fmt) -> str:
     return f"{text} [{fmt(low_high[0])}, {fmt(low_high[1])}]" if low_high else text
 
 
-def summary_rows(metrics: dict, max_count: int) -> list[dict]:
+def summary_rows(metrics: dict, subsets: list[tuple[str, str]]) -> list[dict]:
     rows = []
-    for name, suffix in (("all", ""), (f"counts 0-{max_count}", f"_0_{max_count}"), (f"counts 1-{max_count}", f"_1_{max_count}")):
+    for name, suffix in subsets:
         cells = [with_interval(metrics, f"accuracy{suffix}", pct), with_interval(metrics, f"rmse{suffix}", num),
                  with_interval(metrics, f"mae{suffix}", num), with_interval(metrics, f"within1{suffix}", pct),
                  num(metrics.get(f"ece{suffix}"))]
-        rows.append({"name": name, "n": metrics[f"n{suffix}"], "cells": cells})
+        rows.append({"name": name if name == "all" else f"counts {name}", "n": metrics[f"n{suffix}"], "cells": cells})
     return rows
 
 
-def published_rows(metrics: dict, max_count: int) -> list[dict]:
+def published_rows(metrics: dict, subsets: list[tuple[str, str]]) -> list[dict]:
     def fmt_accuracy(a):
         return f"{100 * a[0]:.0f}-{100 * a[1]:.0f}%" if isinstance(a, tuple) else pct(a)
 
     rows = [{**r, "accuracy": fmt_accuracy(r["accuracy"]), "rmse": num(r["rmse"])} for r in PUBLISHED]
+    ours = dict(reversed(subsets))  # name -> suffix; where two subsets share a name (min_count 1), the first wins
     for subset in ("0-5", "1-5"):
-        suffix = f"_{subset.replace('-', '_')}"
-        if max_count == 5:
+        suffix = ours.get(subset)
+        if suffix is not None and metrics[f"n{suffix}"]:
             rows.append({"work": "<b>this model</b>", "subset": subset, "accuracy": f"<b>{pct(metrics[f'accuracy{suffix}'])}</b>",
                          "rmse": f"<b>{num(metrics[f'rmse{suffix}'])}</b>"})
     return rows
@@ -131,7 +135,8 @@ def plot_per_class(per_class: list[dict], path: Path) -> None:
     save(fig, path)
 
 
-def plot_counts(predictions, classes: list[str], path: Path) -> None:
+def plot_counts(predictions, space, path: Path) -> None:
+    classes = space.names
     x = np.arange(len(classes))
     true = np.bincount(predictions["true_label"], minlength=len(classes))
     pred = np.bincount(predictions["predicted_label"], minlength=len(classes))
@@ -140,9 +145,10 @@ def plot_counts(predictions, classes: list[str], path: Path) -> None:
     ax.bar(x + 0.2, pred, width=0.4, label="predicted", color="#4c72b0")
     ax.set(xticks=x, xticklabels=classes, xlabel="count", ylabel="photos", title="How often each count occurs")
     ax.legend()
-    groups = [predictions.loc[predictions["true_label"] == c, "expected_count"].to_numpy() for c in range(len(classes))]
+    expected = prediction_probs(predictions) @ space.count_of(x)  # recomputed: a saved file may lack the column
+    groups = [expected[predictions["true_label"].to_numpy() == c] for c in x]
     box.boxplot([g if len(g) else [np.nan] for g in groups], positions=x)
-    box.plot(x, x, "--", color="grey")
+    box.plot(x, space.count_of(x), "--", color="grey")
     box.set(xticks=x, xticklabels=classes, xlabel="true count", ylabel="expected count", title="Expected count by true count")
     save(fig, path)
 
@@ -154,13 +160,14 @@ def write_report(evaluation, out: str | Path) -> Path:
     plot_confusion(np.array(m["confusion"]["matrix"]), classes, out / "confusion.png")
     plot_reliability(m["calibration"], out / "reliability.png")
     plot_per_class(m["per_class"], out / "per_class.png")
-    plot_counts(evaluation.predictions, classes, out / "counts.png")
+    plot_counts(evaluation.predictions, evaluation.space, out / "counts.png")
     evaluation.write_json(out / "metrics.json")
     evaluation.predictions.to_csv(out / "predictions.csv", index=False)
     plots = [("Confusion matrix", "confusion.png"), ("Calibration", "reliability.png"),
              ("Precision and recall per count", "per_class.png"), ("Count distribution", "counts.png")]
-    n = evaluation.max_count
-    page = PAGE.render(info=evaluation.info, summary=summary_rows(m, n), published=published_rows(m, n), plots=plots,
-                       per_class=m["per_class"], pct=pct, num=num, zero_to_n=f"0-{n}", overflow=classes[-1], max_count=n)
+    subsets = evaluation.subset_names()
+    page = PAGE.render(info=evaluation.info, summary=summary_rows(m, subsets), published=published_rows(m, subsets), plots=plots,
+                       per_class=m["per_class"], pct=pct, num=num, zero_to_n=subsets[1][0], overflow=evaluation.space.overflow and classes[-1],
+                       max_count=evaluation.max_count)
     (out / "index.html").write_text(page)
     return out / "index.html"

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bintally.errors import ConfigError
+
 
 @dataclass
 class Dist:
@@ -27,7 +29,17 @@ class Dist:
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {preference!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {preference!r} asked for, but this machine has no usable CUDA GPU; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {preference!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {preference!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def setup_distributed(device: str = "auto") -> Dist:
