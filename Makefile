@@ -24,11 +24,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/bintally data index --out $(DEMO)/manifest.parquet
+	$(BIN)/bintally data index --out $(DEMO)/manifest.parquet --overwrite
 	$(BIN)/bintally data split $(DEMO)/manifest.parquet
 	$(BIN)/bintally data check $(DEMO)/manifest.parquet --json $(DEMO)/check.json
 	$(BIN)/bintally data report $(DEMO)/manifest.parquet --out $(DEMO)/report
-	$(BIN)/bintally train --data $(DEMO)/manifest.parquet --preset fast --out $(DEMO)/model
+	$(BIN)/bintally train --data $(DEMO)/manifest.parquet --preset fast --out $(DEMO)/model --overwrite
 	$(BIN)/bintally predict --model $(DEMO)/model bintally/sample/bin-images/00450.jpg bintally/sample/bin-images/00451.jpg
 	$(BIN)/bintally evaluate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --split test --json $(DEMO)/test.json --report $(DEMO)/evaluation
 	$(BIN)/bintally tune --data $(DEMO)/manifest.parquet --n-trials 10 --jobs 2 --out $(DEMO)/tune

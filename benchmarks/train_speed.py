@@ -22,7 +22,7 @@ def measure(kind: str, backbone: str, batch: int, steps: int, size: int) -> dict
     import torch
 
     from bintally.data.images import decode_image
-from bintally.data.transforms import TransformConfig, build_transform
+    from bintally.data.transforms import TransformConfig, build_transform
     from bintally.models import CountingModel, ModelConfig
     from bintally.paths import SAMPLE_DIR
 

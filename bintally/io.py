@@ -86,10 +86,10 @@ def check_writable_folder(folder: Path, target: Path) -> None:
 def check_output_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
     """Fail now, before any work, if `path` cannot be written as a file (of one of `suffixes`)."""
     path = Path(path)
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise DataError(path, f"unsupported file type {path.suffix or '(none)'!r}: use {' or '.join(suffixes)}")
     if path.is_dir():
         raise DataError(path, "is a folder; give a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise DataError(path, f"unsupported file type {path.suffix or '(none)'!r}: use {' or '.join(suffixes)}")
     check_writable_folder(path.parent, path)
     return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from PIL import Image
 
 from bintally.data import SplitConfig, build_manifest, check_manifest, split_manifest
 from bintally.data.duplicates import id_block_key
+from bintally.errors import ConfigError
 from bintally.paths import SAMPLE_DIR
 
 
@@ -97,11 +99,20 @@ def test_unusable_rows_are_excluded(sample_df):
     assert (split["split"].iloc[:5] == "excluded").all()
 
 
-def test_bad_config_is_refused():
-    with pytest.raises(ValueError, match="fractions"):
-        SplitConfig(fractions=(0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match="overflow"):
-        SplitConfig(overflow="drop")
+@pytest.mark.parametrize("settings, problem", [
+    (dict(fractions=(0.5, 0.5, 0.5)), "fractions must be three numbers"),
+    (dict(fractions=(0.8, 0.2)), "fractions must be three numbers"),
+    (dict(fractions=(float("nan"), 0.5, 0.5)), "fractions must be three numbers"),
+    (dict(fractions=(1.2, -0.1, -0.1)), "fractions must be three numbers"),
+    (dict(fractions=("a", "b", "c")), "fractions must be three numbers"),
+    (dict(overflow="drop"), "unknown overflow 'drop'"),
+    (dict(seed=-1), "seed must be a whole number from 0"),
+    (dict(id_block=0), "id_block must be a whole number >= 1"),
+    (dict(near_duplicate_distance=65), "near_duplicate_distance must be a whole number from 0 to 64"),
+])
+def test_bad_config_is_refused(settings, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        SplitConfig(**settings)
 
 
 def test_check_finds_exact_duplicates_and_corrupt_rows(sample_df):

@@ -45,9 +45,9 @@ def global_options(
                                              help="Refuse images with more pixels than this (decompression bombs). Default 50,000,000.")] = None,
 ):
     """Count items in warehouse bin photos."""
-    from bintally.data.images import set_max_pixels
-
     if max_pixels is not None:
+        from bintally.data.images import set_max_pixels
+
         set_max_pixels(max_pixels)
 
 

@@ -9,8 +9,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_err, int_list, show_progress, split_list
-from bintally.models.heads import HEADS
-from bintally.models.model import DECODINGS
+from bintally.models.config import DECODINGS, HEADS
 from bintally.training.config import BALANCING, MODES, OPTIMIZERS, OVERFLOW, PRESETS, SCHEDULES
 
 

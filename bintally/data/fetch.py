@@ -21,11 +21,11 @@ from typing import BinaryIO, TypeVar
 
 import httpx
 import tenacity
-from bintally.progress import progress_bar
 
 from bintally import __version__
 from bintally.data.split import read_file_list
 from bintally.errors import ConfigError, DataError
+from bintally.progress import progress_bar
 
 DEFAULT_SOURCE = "https://aft-vbi-pds.s3.amazonaws.com"
 FOLDERS = ("bin-images", "metadata")
@@ -116,7 +116,7 @@ def ids_from_text_file(path: str | Path) -> list[str]:
     """Ids, one per line, kept as text; blank lines and # comments are skipped."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM, as Notepad writes it, is not part of an id
     except FileNotFoundError:
         raise DataError(path, "no such ids file") from None
     except (UnicodeDecodeError, IsADirectoryError):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bintally.errors import DataError
+
+# no bin holds this many items: a larger count is a typo, and would not fit the manifest's 64-bit column
+MAX_COUNT = 1_000_000
+WHOLE_NUMBER_TEXT = re.compile(r"\s*\d+(\.0*)?\s*")
 
 
 @dataclass(frozen=True)
@@ -16,35 +21,50 @@ class BinMetadata:
 
 
 def parse_count(value, path) -> int:
-    """A count must be a non-negative whole number (JSON int, or text like "3")."""
+    """A count must be a whole number from 0 to MAX_COUNT (JSON int, or text like "3")."""
     if isinstance(value, bool):
         raise DataError(path, f"count is not an integer: {value!r}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str) and WHOLE_NUMBER_TEXT.fullmatch(value):  # "3", or "3.0" from a spreadsheet
+        value = int(float(value))
     if not isinstance(value, int):
         raise DataError(path, f"count is not an integer: {value!r}")
     if value < 0:
         raise DataError(path, f"count is negative: {value}")
+    if value > MAX_COUNT:
+        raise DataError(path, f"count is implausibly large: {value} (over {MAX_COUNT:,})")
     return value
 
 
 def load_json(path: str | Path, what: str):
-    """A JSON document, or a DataError naming the file: missing (`no such <what>`) or malformed."""
+    """A JSON document, or a DataError naming the file: missing (`no such <what>`), unreadable or malformed."""
     path = Path(path)
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise DataError(path, f"no such {what}") from None
+    except IsADirectoryError:
+        raise DataError(path, f"is a folder, expected a {what} (JSON)") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read the {what} ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(path, f"malformed JSON ({e})") from None
+    except RecursionError:
+        raise DataError(path, "malformed JSON (nested too deeply)") from None
+
+
+def json_type(doc) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    return names.get(type(doc), "a number")
 
 
 def read_metadata(path: str | Path) -> BinMetadata:
     """Parse one metadata file; raise DataError with a one-line reason if it cannot be used."""
     doc = load_json(path, "metadata file")
-    if not isinstance(doc, dict) or "EXPECTED_QUANTITY" not in doc:
+    if not isinstance(doc, dict):
+        raise DataError(path, f"expected a JSON object with EXPECTED_QUANTITY, found {json_type(doc)}")
+    if "EXPECTED_QUANTITY" not in doc:
         raise DataError(path, "no EXPECTED_QUANTITY field")
     count = parse_count(doc["EXPECTED_QUANTITY"], path)
     skus = doc.get("BIN_FCSKU_DATA") or {}

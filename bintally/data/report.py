@@ -12,10 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from jinja2 import Template  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from bintally.data.manifest import usable  # noqa: E402
-from bintally.data.split import SPLITS, class_names, split_summary  # noqa: E402
+from bintally.data.images import decode_image  # noqa: E402
+from bintally.data.manifest import manifest_name, usable  # noqa: E402
+from bintally.data.split import SPLITS, manifest_labels, split_summary  # noqa: E402
+from bintally.errors import DataError  # noqa: E402
 
 CHANNELS = ("r", "g", "b")
 SPLIT_COLOURS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868", "excluded": "#bbbbbb"}
@@ -38,15 +39,14 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style></head><body>
 
 
 def count_labels(df: pd.DataFrame) -> pd.Series:
-    """Class label per row: the split's label if present, else the raw count capped at 6+."""
+    """Class label per row: the split's label if present, else the count's class in the manifest's label space."""
     if "label" in df:
         return df["label"]
-    return df["count"].clip(upper=6)
+    return manifest_labels(df).label_of(df["count"])
 
 
 def label_names(df: pd.DataFrame) -> list[str]:
-    max_count = int(df.attrs.get("info", {}).get("split", {}).get("max_count", 5))
-    return class_names(max_count)
+    return manifest_labels(df).names
 
 
 def plot_class_histogram(df: pd.DataFrame, path: Path) -> None:
@@ -56,27 +56,39 @@ def plot_class_histogram(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     bottom = np.zeros(len(names))
     for column in [c for c in (*SPLITS, "excluded", "all") if c in table]:
-        ax.bar(names, table[column], bottom=bottom, label=column, color=SPLIT_COLOURS.get(column, "#4c72b0"))
+        ax.bar(range(len(names)), table[column], bottom=bottom, label=column, color=SPLIT_COLOURS.get(column, "#4c72b0"))
         bottom += table[column].to_numpy()
+    ax.set_xticks(range(len(names)), names)
     ax.set_xlabel("items in bin")
     ax.set_ylabel("photos")
-    ax.legend()
+    if table.columns.size:
+        ax.legend()
     ax.set_title("Photos per count")
     save(fig, path)
 
 
+def thumbnails(rows: pd.DataFrame, n: int, seed: int, size: int) -> list:
+    """Up to n photos of `rows` in a seeded order, skipping any that no longer decode (deleted or changed since indexing)."""
+    found = []
+    for path in rows["path"].sample(frac=1, random_state=seed):
+        if len(found) == n:
+            break
+        try:
+            found.append(decode_image(path).resize((size, size)))
+        except DataError:
+            continue
+    return found
+
+
 def plot_sample_grid(df: pd.DataFrame, path: Path, per_class: int = 8, seed: int = 0, size: int = 96) -> None:
     labels, names = count_labels(df), label_names(df)
-    fig, axes = plt.subplots(len(names), per_class, figsize=(per_class * 1.2, len(names) * 1.3))
+    fig, axes = plt.subplots(len(names), per_class, figsize=(per_class * 1.2, len(names) * 1.3), squeeze=False)
     for row, name in enumerate(names):
-        rows = df[labels == row]
-        picks = rows.sample(min(per_class, len(rows)), random_state=seed) if len(rows) else rows
+        images = thumbnails(df[(labels == row).fillna(False)], per_class, seed, size)
         for col in range(per_class):
-            ax = axes[row, col]
-            ax.axis("off")
-            if col < len(picks):
-                with Image.open(picks["path"].iloc[col]) as img:
-                    ax.imshow(img.convert("RGB").resize((size, size)))
+            axes[row, col].axis("off")
+            if col < len(images):
+                axes[row, col].imshow(images[col])
         axes[row, 0].set_title(f"{name} items", fontsize=8, loc="left")
     fig.suptitle("Sample photos per count")
     save(fig, path)
@@ -126,9 +138,11 @@ def channel_statistics(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(df: pd.DataFrame, out: str | Path) -> Path:
     """Write the PNG plots and index.html into `out`; return the page's path."""
+    good = df[usable(df)]
+    if good.empty:
+        raise DataError(manifest_name(df), f"no usable photos to report on ({len(df)} photos, none usable: see `bintally data check`)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    good = df[usable(df)]
     plots = [
         ("Photos per count", "class_histogram.png", plot_class_histogram),
         ("Sample photos per count", "sample_grid.png", plot_sample_grid),

@@ -9,13 +9,19 @@ from bintally.paths import SAMPLE_DIR, cache_dir
 
 
 def sample_manifest(refresh: bool = False) -> Path:
-    """Index and split the bundled sample once; later calls reuse the cached manifest."""
+    """Index and split the bundled sample once; later calls reuse the cached manifest (rebuilt if it is unreadable)."""
     from bintally.data.index import build_manifest
-    from bintally.data.manifest import write_manifest
+    from bintally.data.manifest import read_manifest, write_manifest
     from bintally.data.split import split_manifest
+    from bintally.errors import DataError
 
     path = cache_dir() / f"sample-{__version__}.parquet"
-    if refresh or not path.exists():
-        df = split_manifest(build_manifest(SAMPLE_DIR))
-        write_manifest(df, path, info=df.attrs["info"])
+    if path.exists() and not refresh:
+        try:
+            read_manifest(path)
+            return path
+        except DataError:  # damaged, or written by another version of the checks: the sample is cheap to rebuild
+            pass
+    df = split_manifest(build_manifest(SAMPLE_DIR))
+    write_manifest(df, path, info=df.attrs["info"])
     return path

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bintally.errors import ConfigError
+from bintally.models.config import HEADS
 
 
 class ClassHead(nn.Module):
@@ -61,9 +62,6 @@ class OrdinalHead(nn.Module):
             w = class_weights[target]
             return (per_sample * w).sum() / w.sum()
         return per_sample.mean()
-
-
-HEADS = ("linear", "mlp", "ordinal")
 
 
 def build_head(kind: str, dim: int, n_classes: int, dropout: float = 0.2) -> nn.Module:

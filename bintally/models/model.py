@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
 from bintally.errors import ConfigError
-from bintally.labels import LabelSpace
 from bintally.models.backbones import build_backbone
+from bintally.models.config import DECODINGS, ModelConfig
 from bintally.models.heads import build_head
-
-
-@dataclass
-class ModelConfig:
-    backbone: str = "efficientnet_lite0"
-    head: str = "ordinal"
-    max_count: int = 5
-    min_count: int = 0  # class i is the count min_count + i
-    pretrained: bool = True
-    weights: str | None = None  # a user's backbone weights file
-    dropout: float = 0.2
-    decode: str = "auto"  # argmax | median | expected (rounded); auto: median for ordinal, else argmax
-    overflow: bool = True  # a last class for "more than max_count"; without it the model only knows 0..max_count
-
-    @property
-    def labels(self) -> LabelSpace:
-        return LabelSpace(self.min_count, self.max_count, self.overflow)
-
-    @property
-    def n_classes(self) -> int:
-        return self.labels.n_classes
 
 
 class CountingModel(nn.Module):
@@ -63,9 +42,6 @@ class CountingModel(nn.Module):
 
     def export_config(self) -> dict:
         return asdict(self.config)
-
-
-DECODINGS = ("argmax", "median", "expected")
 
 
 def decode_counts(probs: torch.Tensor, decode: str = "argmax") -> torch.Tensor:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from bintally.errors import ConfigError
 from bintally.labels import LabelSpace
-from bintally.models.heads import HEADS
-from bintally.models.model import DECODINGS, ModelConfig
+from bintally.models.config import DECODINGS, HEADS, ModelConfig
 from bintally.settings import check_range, check_types
 
 MODES = ("frozen", "partial", "full")
