@@ -83,9 +83,16 @@ def check_writable_folder(folder: Path, target: Path) -> None:
         raise DataError(target, f"cannot write here ({existing}: {e.strerror or e})") from None
 
 
+def given_path(path: str | Path, what: str = "path") -> Path:
+    """`path` as a Path; an empty string is refused (Path('') would silently mean the current folder)."""
+    if isinstance(path, str) and not path.strip():
+        raise DataError(repr(path), f"empty {what}: give a file or folder name ('.' for the current folder)")
+    return Path(path)
+
+
 def check_output_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
     """Fail now, before any work, if `path` cannot be written as a file (of one of `suffixes`)."""
-    path = Path(path)
+    path = given_path(path, "output path")
     if path.is_dir():
         raise DataError(path, "is a folder; give a file name")
     if suffixes and path.suffix.lower() not in suffixes:
@@ -96,7 +103,7 @@ def check_output_file(path: str | Path, suffixes: tuple[str, ...] | None = None)
 
 def check_output_folder(path: str | Path) -> Path:
     """Fail now, before any work, if `path` cannot be used as an output folder."""
-    path = Path(path)
+    path = given_path(path, "output folder")
     if path.exists() and not path.is_dir():
         raise DataError(path, "is a file; give a folder")
     check_writable_folder(path, path)

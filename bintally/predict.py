@@ -17,6 +17,7 @@ import torch
 from bintally.data.images import decode_image
 from bintally.data.transforms import TransformConfig, build_transform
 from bintally.errors import ConfigError, DataError
+from bintally.io import given_path
 from bintally.labels import LabelSpace
 from bintally.models.model import CountingModel, ModelConfig, describe_probs
 from bintally.progress import progress_bar
@@ -40,7 +41,7 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
         """From a run directory (its best.pt) or a best.pt file."""
-        file = model_file(Path(path))
+        file = model_file(given_path(path, "model path"))
         saved = read_model_file(file)
         check_fields(file, saved)
         model, transform = build_model(file, saved)

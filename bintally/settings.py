@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import fields
@@ -46,6 +47,8 @@ def check_types(settings, what: str = "setting") -> None:
         value, expected = getattr(settings, f.name), hints[f.name]
         if not matches(value, expected):
             raise ConfigError(f"{what} {f.name}: expected {describe(expected)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # NaN, inf: from a flag, JSON (NaN, Infinity) or Python
+            raise ConfigError(f"{what} {f.name}: expected a finite number, got {value!r}")
         if expected is float and isinstance(value, int):
             setattr(settings, f.name, float(value))
 
@@ -54,6 +57,8 @@ def check_range(name: str, value, low=None, high=None, low_open: bool = False, h
     """One line for a number outside [low, high] (or open ends)."""
     if value is None:
         return
+    if isinstance(value, float) and math.isnan(value):  # NaN compares False with every bound
+        raise ConfigError(f"{name} must be a number, got nan")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:

@@ -472,7 +472,7 @@ def stopped_runs(mirror, tmp_path_factory) -> dict:
 def test_signal_to_the_group_stops_indexing_cleanly(stopped_runs, how):
     run = stopped_runs[how]
     assert run["returncode"] == 130, run["stderr"]
-    assert_one_line_error(subprocess.CompletedProcess([], 130, "", run["stderr"]), "stopped", "interrupted", code=130)
+    assert_one_line_error(subprocess.CompletedProcess([], 130, "", run["stderr"]), "stopped by SIG", "none is left half-written", code=130)
     assert run["left"] == [], "pool workers outlived the indexer"
     assert not run["out"].exists() and list(run["out"].parent.glob(f".{run['out'].name}*")) == []
 

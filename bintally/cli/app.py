@@ -28,6 +28,15 @@ def echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+stop_reported = False  # a command said how it stopped; the entry point adds nothing
+
+
+def echo_stopped(message: str) -> None:
+    global stop_reported
+    stop_reported = True
+    echo_err(message)
+
+
 def show_progress(enabled: bool) -> bool:
     """Apply a command's --progress/--no-progress to every bar of the process."""
     if not enabled:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -15,6 +16,7 @@ try:  # typer 0.29 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import ClickException, UsageError
 
+from bintally.cli import app as app_module
 from bintally.cli.app import app, echo_err
 from bintally.errors import ConfigError, DataError
 
@@ -48,8 +50,56 @@ def usage_error(error: ClickException) -> str:
     return f"{context.command_path}: {message} (see {context.command_path} -h)" if context else message
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM while no command-specific handler (train's, tune's) is in place."""
+
+
+def raise_stopped(signum, frame) -> None:
+    global stopped_by
+    stopped_by = signal.Signals(signum).name
+    raise Stopped(stopped_by)
+
+
+stopped_by: str | None = None
+
+
+def empty_argument(argv: list[str]) -> str | None:
+    """A message for the first empty value on the command line (`--out ''`, `--out=`, a bare ''), else None.
+
+    Typer turns '' into Path('.'), the current folder: a run, report or download would land there unasked.
+    """
+    hint = "give a value, or leave the option out (for the current folder, give '.')"
+    for i, arg in enumerate(argv):
+        option, sep, value = arg.partition("=")
+        if arg.startswith("--") and sep and not value.strip():
+            return f"empty argument '' in {option}=: {hint}"
+        if not arg.strip():
+            after = f" after {argv[i - 1]}" if i else ""
+            return f"empty argument ''{after}: {hint}"
+    return None
+
+
 def run(argv: list[str]) -> int:
-    """Run one command line; return the exit code (0 done, 1 partly failed, 2 bad input, 130 stopped)."""
+    """Run one command line; return the exit code (0 done, 1 partly failed, 2 bad input, 130 stopped).
+
+    SIGTERM is handled as Ctrl-C is (systemd, Slurm and Kubernetes send it), so a stop always
+    ends with exit 130 and one line, never a silent death.
+    """
+    global stopped_by
+    stopped_by = None
+    app_module.stop_reported = False
+    previous = {sig: signal.signal(sig, raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = run_command(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == EXIT_INTERRUPTED and stopped_by and not app_module.stop_reported:
+        echo_err(f"stopped by {stopped_by}; files already written are complete (none is left half-written)")
+    return code
+
+
+def run_command(argv: list[str]) -> int:
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
@@ -57,6 +107,10 @@ def run(argv: list[str]) -> int:
         os.environ[DEBUG_ENV] = "1"
     else:
         quiet_third_party_warnings()
+    empty = empty_argument(argv)
+    if empty:
+        echo_err(f"error: {empty}")
+        return EXIT_BAD_INPUT
     try:
         code = app(args=argv, prog_name="bintally", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -70,7 +124,6 @@ def run(argv: list[str]) -> int:
             echo_err(f"error: {usage_error(e)}")
         return e.exit_code
     except (Abort, KeyboardInterrupt):
-        echo_err("stopped")
         return EXIT_INTERRUPTED
     except OSError as e:
         if e.errno == errno.EPIPE:  # the reader of our output went away (`| head`)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from bintally.cli.app import Opt, ProgressOpt, app, command, echo_err, int_list, show_progress, split_list
+from bintally.cli.app import Opt, ProgressOpt, app, command, echo_stopped, int_list, show_progress, split_list
 from bintally.models.config import DECODINGS, HEADS
 from bintally.training.config import BALANCING, MODES, OPTIMIZERS, OVERFLOW, PRESETS, SCHEDULES
 
@@ -81,10 +81,10 @@ def train_cmd(
     try:
         result = train(config, resume=str(resume) if resume else None, explicit=explicit, overwrite=overwrite)
     except Interrupted as e:
-        echo_err(str(e))
+        echo_stopped(str(e))
         raise typer.Exit(130) from None
-    except KeyboardInterrupt:  # the signal came as the run ended: it finished and saved everything first
-        echo_err("stopped by signal after the run finished; its results are saved")
+    except KeyboardInterrupt:  # before the run started, or as it ended (then it finished and saved everything first)
+        echo_stopped("stopped by signal; a run that had started kept its last checkpoint (bintally train --resume RUN)")
         raise typer.Exit(130) from None
     if result.already_finished:
         typer.echo(f"run {result.run} is already finished ({result.epochs_done} epochs); nothing to do. "
@@ -104,7 +104,7 @@ def train_cmd(
 def tune_cmd(
     data: Annotated[Optional[str], Opt(help="Split manifest, bucket folder, class folders or CSV. Default: the bundled sample.")] = None,
     n_trials: Annotated[int, Opt(min=1, help="Trials to add to the study in this call (all workers together).")] = 50,
-    timeout: Annotated[Optional[float], Opt(min=0.0, help="Stop starting new trials after this many seconds.")] = None,
+    timeout: Annotated[Optional[float], Opt(min=0.001, help="Stop starting new trials after this many seconds.")] = None,
     study: Annotated[str, Opt(help="Study name; the same name resumes the study.")] = "bintally",
     storage: Annotated[Optional[str], Opt(help="SQLAlchemy URL, e.g. postgresql://host/db. Default: sqlite:///OUT/optuna.db.")] = None,
     out: Annotated[str, Opt(help="Outputs go to OUT/STUDY/.")] = "runs/tune",
@@ -139,7 +139,7 @@ def tune_cmd(
     try:
         result = tune(config)
     except (KeyboardInterrupt, Interrupted):
-        echo_err(f"stopped; the finished trials are kept in {config.storage_url}. Run the same command to go on.")
+        echo_stopped(f"stopped; the finished trials are kept in {config.storage_url}. Run the same command to go on.")
         raise typer.Exit(130) from None
     typer.echo(f"study {result.study} ({result.storage}): {result.trials} trials, {result.complete} complete, {result.pruned} pruned")
     if result.best_config:

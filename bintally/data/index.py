@@ -32,7 +32,7 @@ from bintally.data.images import IMAGE_SUFFIXES, ImageFacts, probe_image
 from bintally.data.manifest import OK, SCHEMA, read_manifest, usable, write_manifest
 from bintally.data.metadata import parse_count, read_metadata
 from bintally.errors import ConfigError, DataError
-from bintally.io import check_output_file
+from bintally.io import check_output_file, given_path
 from bintally.progress import progress_bar
 
 log = logging.getLogger("bintally.data")
@@ -227,8 +227,11 @@ def probe_all(paths: list[str], workers: int | None = None, progress: bool = Tru
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops indexing as Ctrl-C does (KeyboardInterrupt: workers stopped, nothing written)."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+    """SIGTERM stops indexing as Ctrl-C does (KeyboardInterrupt: workers stopped, nothing written).
+
+    Only where SIGTERM would otherwise kill the process: a handler already in place (the CLI's) is kept.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
 
@@ -252,15 +255,11 @@ def row_status(entry: Entry, problem: str) -> str:
 
 def build_manifest(src: str | Path, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Scan `src`, decode every photo and return the manifest table (one row per photo)."""
-    src = Path(src)
-    try:
-        with sigterm_as_interrupt():
-            layout, entries = find_entries(src)
-            decodable = [e.path for e in entries if not e.file_problem]
-            probed = iter(probe_all(decodable, workers=workers, progress=progress))
-    except KeyboardInterrupt:
-        log.warning("stopped: indexing %s was interrupted; nothing was written", src)
-        raise
+    src = given_path(src, "data path")
+    with sigterm_as_interrupt():  # the workers are stopped and nothing is written
+        layout, entries = find_entries(src)
+        decodable = [e.path for e in entries if not e.file_problem]
+        probed = iter(probe_all(decodable, workers=workers, progress=progress))
     rows = []
     for entry in entries:
         fact = ImageFacts().as_dict() if entry.file_problem else next(probed)
@@ -301,7 +300,7 @@ def read_or_index(data: str | Path | None, progress: bool = True) -> pd.DataFram
         from bintally.data.sample import sample_manifest
 
         data = sample_manifest()
-    if Path(data).suffix.lower() == ".parquet":
+    if given_path(data, "data path").suffix.lower() == ".parquet":
         return read_manifest(data)
     df = build_manifest(data, progress=progress)
     report_unusable(df)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bintally.errors import ConfigError, DataError
-from bintally.io import atomic_path
+from bintally.io import atomic_path, given_path
 from bintally.labels import LabelSpace
 
 MANIFEST_VERSION = 1
@@ -77,7 +77,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path, info: dict | None = None)
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """The manifest's table, checked row by row for what later stages rely on (DataError naming the first bad row)."""
-    path = Path(path)
+    path = given_path(path, "manifest path")
     if not path.exists():
         raise DataError(path, "no such manifest")
     if path.is_dir():

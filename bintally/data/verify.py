@@ -8,7 +8,7 @@ import os
 
 import pandas as pd
 
-from bintally.data.manifest import OK, usable
+from bintally.data.manifest import OK, manifest_name, usable
 
 log = logging.getLogger("bintally.data")
 STALE = "stale"
@@ -54,7 +54,7 @@ def drop_stale(df: pd.DataFrame, verify_hashes: bool = False, report: bool = Tru
     if report:
         for row in stale.itertuples():
             log.warning("%s: %s (skipped)", row.path, row.problem)
-        source = df.attrs.get("info", {}).get("source", "the manifest")
+        source = manifest_name(df)
         log.warning("%d photo(s) of %s skipped: missing or changed since indexing (re-index, or see `bintally data check`)",
                     len(stale), source)
     df = df.copy()

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 
 from bintally.data.dataset import BinPhotos, collate_photos
 from bintally.data.index import read_or_index
-from bintally.data.manifest import usable
+from bintally.data.manifest import manifest_name, usable
 from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
-from bintally.evaluation.metrics import bootstrap_intervals, calibration, confusion, count_metrics, per_class_metrics, subsets
+from bintally.evaluation.metrics import bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
 from bintally.io import atomic_path, check_output_file, check_output_folder
 from bintally.labels import LabelSpace
@@ -86,7 +86,7 @@ def evaluation_photos(df: pd.DataFrame, split: str | None, space: LabelSpace) ->
     are photos below the model's min_count. Labels have an overflow class even when the model has
     none: such a model is still scored on photos above its max_count.
     """
-    source = df.attrs.get("info", {}).get("source", "<data>")
+    source = manifest_name(df)
     check_split_space(df, space, source)
     info = {"source": source, "photos": len(df), "no_split_column": "split" not in df}
     df = drop_unusable(drop_stale(select_split(df, split, source, info)), source, info)
@@ -240,6 +240,7 @@ def evaluate(model: str | Path | None = None, data: str | Path | None = None, sp
              save_to: str | Path | None = None, **options) -> Evaluation:
     """The whole command: evaluate a model (or a predictions file), then write what was asked for."""
     check_outputs(json_out, report, save_to)
+    check_resamples(options.get("resamples", 1000))
     if predictions is not None:
         if model is not None:
             raise ConfigError("give either --model (with --data) or --predictions, not both")

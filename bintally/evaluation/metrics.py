@@ -12,6 +12,8 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 SUMMARY = ("accuracy", "rmse", "mae", "within1")
+MAX_RESAMPLES = 100_000  # far past where a 95% interval stops moving; more only costs time
+DRAWS_PER_CHUNK = 4_000_000  # photo indices drawn at once (32 MB), whatever the resamples and photos
 
 
 def summary_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -42,9 +44,20 @@ def count_metrics(true_labels, pred_labels, max_count: int = 5) -> dict:
     return metrics
 
 
+def check_resamples(resamples) -> None:
+    """A bootstrap size that can be computed: a whole number from 1 to MAX_RESAMPLES (ConfigError naming --bootstrap)."""
+    from bintally.errors import ConfigError
+    from bintally.settings import check_range
+
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)):
+        raise ConfigError(f"resamples (--bootstrap) must be a whole number, got {resamples!r}")
+    check_range("resamples (--bootstrap)", int(resamples), 1, MAX_RESAMPLES)
+
+
 def bootstrap_intervals(true_labels, pred_labels, max_count: int = 5, resamples: int = 1000,
                         level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
     """Percentile bootstrap confidence interval of each summary metric, resampling photos within each subset."""
+    check_resamples(resamples)
     true, pred = np.asarray(true_labels), np.asarray(pred_labels)
     rng = np.random.default_rng(seed)
     tail = (1 - level) / 2 * 100
@@ -53,8 +66,13 @@ def bootstrap_intervals(true_labels, pred_labels, max_count: int = 5, resamples:
         t, p = true[mask], pred[mask]
         if len(t) == 0:
             continue
-        draws = rng.integers(0, len(t), size=(resamples, len(t)))
-        for name, values in summary_metrics(t[draws], p[draws]).items():
+        chunk = max(1, DRAWS_PER_CHUNK // len(t))  # memory stays bounded (one chunk, as before, in the usual case)
+        parts = []
+        for start in range(0, resamples, chunk):
+            draws = rng.integers(0, len(t), size=(min(chunk, resamples - start), len(t)))
+            parts.append(summary_metrics(t[draws], p[draws]))
+        for name in parts[0]:
+            values = np.concatenate([np.atleast_1d(part[name]) for part in parts])
             intervals[f"{name}{suffix}"] = [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
     return intervals
 

@@ -80,10 +80,14 @@ class TrainConfig:
         check_choice("decode", self.decode, ("auto", *DECODINGS))
         if self.overflow is not None:
             check_choice("overflow", self.overflow, OVERFLOW)
+        for name in ("data", "out", "weights"):  # '' would silently mean the current folder
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise ConfigError(f"{name} is empty: give a file or folder name, or leave it out for the default")
         for name in ("epochs", "batch_size", "restart_epochs", "step_epochs", "max_steps"):
             check_range(name, getattr(self, name), low=1)
-        for name in ("min_count", "max_count", "unfreeze", "workers", "seed", "weight_decay", "backbone_lr_scale", "warmup_epochs"):
+        for name in ("min_count", "max_count", "unfreeze", "workers", "weight_decay", "backbone_lr_scale", "warmup_epochs"):
             check_range(name, getattr(self, name), low=0)
+        check_range("seed", self.seed, 0, 2**32 - 1)  # what every random generator accepts (as `data split --seed`)
         check_range("image_size", self.image_size, 16, 2048)
         check_range("lr", self.lr, 0, 10, low_open=True)
         check_range("momentum", self.momentum, 0, 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bintally.data.index import read_or_index
-from bintally.data.manifest import write_manifest
+from bintally.data.manifest import manifest_name, write_manifest
 from bintally.data.split import SPLITS, SplitConfig, manifest_labels, split_manifest
 from bintally.data.verify import drop_stale
 from bintally.errors import ConfigError, DataError
@@ -47,13 +47,14 @@ def check_training_data(df: pd.DataFrame, labels: LabelSpace) -> dict[str, pd.Da
     """Split the manifest into train/val/test and refuse data that cannot train a model, before any work starts."""
     keep = labels.label_of(df["count"]).notna() & df["label"].notna() & (df["status"] == "ok")
     parts = {s: df[(df["split"] == s) & keep].reset_index(drop=True) for s in SPLITS}
-    source = df.attrs.get("info", {}).get("source", "<data>")
+    source = manifest_name(df)
     for split in ("train", "val"):
         if parts[split].empty:
             raise DataError(source, f"the {split} split has no usable photos of {labels.description} "
                                     f"({len(df)} photos in all); add photos or re-split with other fractions")
     missing = labels.missing_classes(parts["train"]["label"])
     if missing:
-        raise ConfigError(f"{source}: class(es) {', '.join(missing)} have no training examples; add photos of those counts, "
+        listed = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")  # --max-count 100000
+        raise ConfigError(f"{source}: class(es) {listed} have no training examples; add photos of those counts, "
                           f"or change the label space (--min-count/--max-count/--overflow; now {labels.description})")
     return parts

@@ -72,10 +72,10 @@ class Interrupted(Exception):
 class StopFlag:
     """Turns SIGTERM/SIGINT into a flag the loop checks after each step; the old handlers come back afterwards.
 
-    A signal that arrives after the last step check (during the final evaluation, say) is not lost:
-    once the run has finished and saved, it goes to the old handler if that is Python code (tune's,
-    or KeyboardInterrupt for SIGINT), and otherwise becomes `Interrupted`, so the process still exits
-    with a message rather than dying of the signal.
+    A signal that arrives after the last step check (during the final evaluation, or just before an
+    `on_epoch` callback ends the run) is not lost: once the run has saved, it goes to the old handler
+    if that is Python code (tune's, or KeyboardInterrupt for SIGINT), and otherwise becomes
+    `Interrupted`, so the process still exits with a message rather than dying of the signal.
     """
 
     signum: int | None = None
@@ -93,11 +93,11 @@ class StopFlag:
     def __exit__(self, exc_type, exc, tb) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        if not self.requested or exc is not None:  # an exception (Interrupted included) already ends the run
+        if not self.requested or isinstance(exc, Interrupted):  # Interrupted: the loop already stopped for it
             return
-        if callable(self.previous.get(self.signum)):
+        if callable(self.previous.get(self.signum)):  # tune's handler, or KeyboardInterrupt for SIGINT
             signal.raise_signal(self.signum)
-        else:
+        elif exc is None:  # SIG_DFL would kill the process without a word
             raise Interrupted(f"stopped by signal {signal.Signals(self.signum).name} after the run finished; its results are saved")
 
     def handle(self, signum, frame) -> None:
@@ -319,6 +319,8 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
             if config.out is not None and d.main:
                 check_output_folder(config.out)
         setup = prepare(config, d)
+        if checkpoint is not None:
+            check_checkpoint_fits(checkpoint, Path(resume) / "checkpoints" / "last.pt", setup.model)
         if resume is None and d.main:
             folder = RunDir.new(config.out, overwrite)
         run_dir = shared_path(folder.path if folder else None, d)
@@ -406,14 +408,8 @@ def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag
     monitor = HealthMonitor(n_classes=config.labels.n_classes)
     start_epoch, start_step, global_step, best = 0, 0, 0, None
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        monitor.load_state_dict(checkpoint["health"])
+        restore_checkpoint(checkpoint, run.dir / "checkpoints" / "last.pt", model, optimizer, scheduler, ema, monitor)
         start_epoch, start_step, global_step, best = checkpoint["epoch"], checkpoint["step"], checkpoint["global_step"], checkpoint["best"]
-        restore_rng(checkpoint["rng"])
         log.info("resumed %s at epoch %d, step %d", run.dir, start_epoch + 1, start_step)
 
     def save(epoch: int, step: int) -> None:
@@ -522,6 +518,33 @@ def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag
     if run.main:
         write_model_card(run, config, setup.df, result)
     return TrainResult(model=model, labels=config.labels, epochs_done=config.epochs, **result)
+
+
+def check_checkpoint_fits(checkpoint: dict, path: Path, model: nn.Module) -> None:
+    """The checkpoint's weights fit the model its run's config.json describes (checked before anything is written)."""
+    from bintally.predict import weights_problem
+
+    weights = checkpoint["model"]
+    problem = weights_problem(model.state_dict(), weights) if isinstance(weights, dict) else "it holds no weights"
+    if problem:
+        raise DataError(path, f"does not fit the model in the run's config.json ({problem}); "
+                              "was config.json or the checkpoint replaced?")
+
+
+def restore_checkpoint(checkpoint: dict, path: Path, model, optimizer, scheduler, ema, monitor) -> None:
+    """Load a resumed run's state; a checkpoint that does not fit the run's config.json is a DataError naming it."""
+    check_checkpoint_fits(checkpoint, path, model)
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        monitor.load_state_dict(checkpoint["health"])
+        restore_rng(checkpoint["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        detail = " ".join(str(e).split())[:200] or e.__class__.__name__
+        raise DataError(path, f"does not fit the run's config.json ({detail}); this run cannot be resumed") from None
 
 
 def validate(model: CountingModel, config: TrainConfig, photos: pd.DataFrame, loader: DataLoader, device, amp: bool) -> dict:

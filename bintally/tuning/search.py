@@ -14,26 +14,36 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
+import sys
 import tempfile
 import threading
+import time
+import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
+from multiprocessing import connection, resource_tracker
 from pathlib import Path
 
 import optuna
 import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
-from bintally.progress import progress_bar
 
 from bintally.data.manifest import write_manifest
-from bintally.errors import ConfigError
+from bintally.errors import ConfigError, DataError
+from bintally.models.backbones import LITE_VARIANTS, RESNETS
+from bintally.progress import progress_bar
+from bintally.settings import check_range, check_types
 from bintally.training.config import MODES, TrainConfig, check_choice, resolve_config
 from bintally.training.data import training_manifest
-from bintally.training.engine import prepare_features, train
+from bintally.training.engine import Interrupted, prepare_features, train
 
+log = logging.getLogger("bintally.tune")
 PRUNERS = ("median", "hyperband", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HELPER_GRACE_S = 60  # after a stop, how long a helper worker may take to end its trial before it is killed
 
 
 @dataclass
@@ -58,12 +68,24 @@ class TuneConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_types(self, "tune setting")
         check_choice("pruner", self.pruner, PRUNERS)
         check_choice("mode", self.mode, MODES)
-        if self.n_trials < 1 or self.jobs < 1:
-            raise ConfigError("n_trials and jobs must be at least 1")
-        if not 1 <= self.min_epochs <= self.max_epochs:
-            raise ConfigError("need 1 <= min_epochs <= max_epochs")
+        for name in ("n_trials", "jobs", "min_epochs", "max_epochs"):
+            check_range(name, getattr(self, name), low=1)
+        for name in ("max_count", "seed"):
+            check_range(name, getattr(self, name), low=0)
+        check_range("timeout", self.timeout, low=0, low_open=True)
+        if self.min_epochs > self.max_epochs:
+            raise ConfigError(f"min_epochs ({self.min_epochs}) is more than max_epochs ({self.max_epochs})")
+        if not self.backbones or not self.image_sizes:
+            raise ConfigError("give at least one backbone and one image size")
+        for size in self.image_sizes:
+            check_range("image_sizes", size, 16, 2048)
+        for name in self.backbones:
+            check_backbone(name)
+        # an unknown preset or fixed setting is refused here, not by the first trial
+        trial_config(self, {"backbone": self.backbones[0], "image_size": self.image_sizes[0]}, self.data, self.out)
 
     @property
     def study_dir(self) -> Path:
@@ -72,6 +94,14 @@ class TuneConfig:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{Path(self.out) / 'optuna.db'}"
+
+
+def check_backbone(name: str) -> None:
+    """An unknown name is refused before any trial starts, not by every trial."""
+    import timm
+
+    if name not in LITE_VARIANTS + RESNETS and not timm.is_model(name):
+        raise ConfigError(f"unknown backbone {name!r}: use {', '.join(LITE_VARIANTS + RESNETS)} or a timm model name")
 
 
 # ---------------------------------------------------------------- the search space
@@ -138,28 +168,99 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def objective(trial: optuna.Trial, tc: TuneConfig, data: str) -> float:
-    """Best validation accuracy on counts 0-N over the trial's epochs (what `best.pt` would keep)."""
+class StopSignals:
+    """SIGINT and SIGTERM ask the study to stop: the running trial ends at its next training step, no new one starts.
+
+    While trials run, a signal only sets a flag: a KeyboardInterrupt in the middle of a database write
+    could leave SQLite locked. While `interruptible` (setting up, summarising) it raises KeyboardInterrupt.
+    """
+
+    def __init__(self, on_stop=lambda: None, leave_ignored: bool = False):
+        self.on_stop, self.leave_ignored = on_stop, leave_ignored  # leave_ignored: for a process about to exit
+        self.requested, self.interruptible, self.previous, self.wakeup, self.previous_wakeup = False, False, {}, None, -1
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
+            self.wakeup = socket.socketpair()  # each signal caught by a Python handler, ours or not, leaves its number here
+            for end in self.wakeup:
+                end.setblocking(False)
+            self.previous_wakeup = signal.set_wakeup_fd(self.wakeup[1].fileno(), warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.wakeup is None:
+            return
+        signal.set_wakeup_fd(self.previous_wakeup)
+        for end in self.wakeup:
+            end.close()
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_IGN if self.leave_ignored else handler)
+
+    def handle(self, signum, frame) -> None:
+        self.request()
+        if self.interruptible:
+            raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    def request(self) -> None:
+        if not self.requested:
+            self.requested = True
+            self.on_stop()
+
+    def catch_up(self) -> None:
+        """Count a stop signal that training's handler took and then dropped, because the pruner ended the run."""
+        if self.wakeup is None:
+            return
+        try:
+            received = self.wakeup[0].recv(4096)
+        except BlockingIOError:  # nothing since the last look
+            return
+        if set(received) & set(STOP_SIGNALS):
+            self.request()
+
+
+class StopRequested(Exception):
+    """The stop signal came before the trial's training had set its own handlers."""
+
+
+def objective(trial: optuna.Trial, tc: TuneConfig, data: str, stop: StopSignals) -> float:
+    """Best validation accuracy on counts 0-N over the trial's epochs (what `best.pt` would keep).
+
+    A trial stopped by a signal is recorded as pruned, with the user attribute stopped_by_signal.
+    """
     settings = suggest_settings(trial, tc)
+    trial.set_user_attr("worker_pid", os.getpid())
     key = f"val_accuracy_0_{tc.max_count}"
 
     def report(epoch: int, metrics: dict) -> None:
         trial.report(metrics[key], epoch)
+        if stop.requested:
+            raise StopRequested
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    with tempfile.TemporaryDirectory(prefix="bintally-trial-") as run_dir:
-        result = train(trial_config(tc, settings, data, run_dir), on_epoch=report)
+    try:
+        if stop.requested:
+            raise StopRequested
+        with tempfile.TemporaryDirectory(prefix="bintally-trial-") as run_dir:
+            result = train(trial_config(tc, settings, data, run_dir), on_epoch=report)
+    except (Interrupted, StopRequested):
+        stop.request()
+        trial.set_user_attr("stopped_by_signal", True)
+        raise optuna.TrialPruned("stopped by a signal") from None
+    except optuna.TrialPruned:
+        stop.catch_up()
+        raise
     trial.set_user_attr("val_rmse_0_n", -result.best_val[1])
     trial.set_user_attr("wall_time_s", result.wall_time_s)
-    trial.set_user_attr("worker_pid", os.getpid())
     return result.best_val[0]
 
 
-def run_worker(tc: TuneConfig, data: str, target: int, threads: int, worker: int = 0, study: optuna.Study | None = None) -> None:
-    """Run trials until the study holds `target` finished trials (counted across all workers) or time is up."""
+def run_worker(tc: TuneConfig, data: str, target: int, threads: int, stop: StopSignals, worker: int = 0,
+               study: optuna.Study | None = None, give_up=lambda: False) -> None:
+    """Run trials until the study holds `target` finished trials (all workers together), time is up, or a stop comes."""
     torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its warning for a failed trial is a traceback; ours is one line
     for name in ("bintally.train", "bintally.health"):
         logging.getLogger(name).setLevel(logging.ERROR)  # per-trial notes would drown the progress bar
     study = study or load_study(tc, worker)
@@ -173,39 +274,120 @@ def run_worker(tc: TuneConfig, data: str, target: int, threads: int, worker: int
         except ValueError:  # no complete trial yet
             bar.refresh()
 
-    with StopAfterTrial(study) as stop:
-        study.optimize(lambda t: objective(t, tc, data), timeout=tc.timeout, catch=(),
-                       callbacks=[update, MaxTrialsCallback(target, states=FINISHED), stop.after_trial])
-    bar.close()
-    if stop.signum is not None:
-        raise KeyboardInterrupt(f"stopped by signal {stop.signum}")
-
-
-class StopAfterTrial:
-    """SIGINT/SIGTERM let the running trial end cleanly, then stop the study.
-
-    A KeyboardInterrupt in the middle of a database write could leave SQLite locked; a trial that
-    is training checkpoints and stops at its next step (bintally.training's own handler).
-    """
-
-    def __init__(self, study: optuna.Study):
-        self.study, self.signum, self.previous = study, None, {}
-
-    def __enter__(self) -> "StopAfterTrial":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def after_trial(self, study: optuna.Study, trial) -> None:
-        if self.signum is not None:
+    def check_stop(study: optuna.Study, trial) -> None:
+        if stop.requested or give_up():
             study.stop()
+
+    try:
+        if not stop.requested:
+            study.optimize(lambda t: objective(t, tc, data, stop), timeout=tc.timeout, catch=(),
+                           callbacks=[update, MaxTrialsCallback(target, states=FINISHED), check_stop])
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------- helper worker processes
+
+
+def helper_worker(tc: TuneConfig, data: str, target: int, threads: int, worker: int, ready, reports) -> None:
+    """A helper process: exits 0 when the study is done or a stop signal came; an error goes to the leader as a report."""
+    with StopSignals(leave_ignored=True) as stop:  # a late stop request from the leader must not kill it as it exits
+        ready.value = 1
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since it started (Helpers.start)
+        try:
+            run_worker(tc, data, target, threads, stop, worker)
+        except Exception as e:
+            if os.environ.get("BINTALLY_DEBUG"):
+                traceback.print_exc()
+            reports.put(failure_report(worker, e))
+            sys.exit(1)
+
+
+def failure_report(worker: int, e: Exception) -> tuple:
+    """What the leader needs to raise the error again (DataError cannot be pickled as it is)."""
+    if isinstance(e, DataError):
+        return worker, "data", e.path, e.problem
+    if isinstance(e, ConfigError):
+        return worker, "config", str(e)
+    return worker, "failed", f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+
+
+def reported_error(report: tuple) -> Exception:
+    worker, kind, *details = report
+    if kind == "data":
+        return DataError(*details)
+    if kind == "config":
+        return ConfigError(*details)
+    return RuntimeError(f"tuning worker {worker} failed: {details[0]}")
+
+
+class Helpers:
+    """The leader's helper worker processes: spawned, they share nothing with it but the study database."""
+
+    def __init__(self, count: int):
+        self.count, self.processes, self.ready, self.reports = count, [], [], None
+        self.stopping, self.killed_unready = False, set()
+        self.context = multiprocessing.get_context("spawn")
+
+    def start(self, tc: TuneConfig, data: str, target: int, threads: int) -> None:
+        if not self.count:
+            return
+        self.reports = self.context.SimpleQueue()
+        resource_tracker.ensure_running()  # starting it later would unblock the signals blocked below
+        # a helper inherits the blocked signals: a stop signal waits until its handlers are set instead of killing it
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for worker in range(1, self.count + 1):
+                ready = self.context.RawValue("b", 0)  # no lock: the leader reads it in its signal handler
+                process = self.context.Process(target=helper_worker, name=f"tuning worker {worker}",
+                                               args=(tc, data, target, threads, worker, ready, self.reports))
+                process.start()
+                self.processes.append(process)
+                self.ready.append(ready)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def stop(self) -> None:
+        """Ask each helper to end its running trial and stop: to them SIGTERM is a request, not a kill.
+
+        One still starting up has not touched the study yet: it is killed rather than waited for.
+        """
+        self.stopping = True
+        for process, ready in zip(self.processes, self.ready):
+            if ready.value:
+                process.terminate()
+            else:
+                self.killed_unready.add(process.name)
+                process.kill()
+
+    def failed(self) -> bool:
+        return self.reports is not None and not self.reports.empty()
+
+    def wait(self) -> None:
+        """Wait for the helpers; once they are stopping, each has HELPER_GRACE_S to end its trial, then is killed."""
+        running = list(self.processes)
+        while running and not self.stopping:
+            if self.failed():
+                self.stop()
+            connection.wait([p.sentinel for p in running], timeout=1)
+            running = [p for p in running if p.is_alive()]
+        deadline = time.monotonic() + HELPER_GRACE_S
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("%s did not stop within %d s: killed", process.name, HELPER_GRACE_S)
+                process.kill()
+                process.join()
+
+    def errors(self) -> list[Exception]:
+        """What went wrong in the helpers: their reports, and any that died without one."""
+        reports = []
+        while self.failed():
+            reports.append(self.reports.get())
+        reported = {r[0] for r in reports}
+        died = [RuntimeError(f"{p.name} died (exit code {p.exitcode})") for worker, p in enumerate(self.processes, 1)
+                if p.exitcode and worker not in reported and p.name not in self.killed_unready]
+        return [reported_error(r) for r in reports] + died
 
 
 # ---------------------------------------------------------------- the whole command
@@ -235,29 +417,46 @@ def prepare_data(tc: TuneConfig) -> str:
 
 
 def tune(tc: TuneConfig) -> TuneResult:
-    """Add `n_trials` trials to the study (creating or resuming it), then write the best config and plots."""
+    """Add `n_trials` trials to the study (creating or resuming it), then write the best config and plots.
+
+    SIGINT or SIGTERM (to this process or its whole group) ends the running trials cleanly, stops the
+    helper workers and raises KeyboardInterrupt; the same call later goes on with the study.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_study(tc)  # fails fast on a bad storage URL
-    data = prepare_data(tc)
-    if tc.mode == "frozen":
-        for backbone in tc.backbones:
-            for size in tc.image_sizes:
-                prepare_features(trial_config(tc, {"backbone": backbone, "image_size": size}, data, str(tc.study_dir)))
-    target = finished_trials(study) + tc.n_trials
+    helpers = Helpers(tc.jobs - 1)
+    with StopSignals(on_stop=helpers.stop) as stop:
+        stop.interruptible = True  # setting up (and summarising) may stop at once: no trial is open
+        study = load_study(tc)  # fails fast on a bad storage URL
+        data = prepare_data(tc)
+        if tc.mode == "frozen":
+            for backbone in tc.backbones:
+                for size in tc.image_sizes:
+                    prepare_features(trial_config(tc, {"backbone": backbone, "image_size": size}, data, str(tc.study_dir)))
+        target = finished_trials(study) + tc.n_trials
+        stop.interruptible = False
+        run_workers(tc, data, target, study, stop, helpers)
+        stop.interruptible = True
+        return summarize(study, tc, data)
+
+
+def run_workers(tc: TuneConfig, data: str, target: int, study: optuna.Study, stop: StopSignals, helpers: Helpers) -> None:
+    """This process and `tc.jobs - 1` helpers run trials; a stop signal raises KeyboardInterrupt once all have stopped."""
     threads = max(1, (os.cpu_count() or 1) // tc.jobs)
-    context = multiprocessing.get_context("spawn")
-    helpers = [context.Process(target=run_worker, args=(tc, data, target, threads, w)) for w in range(1, tc.jobs)]
-    for p in helpers:
-        p.start()
     try:
-        run_worker(tc, data, target, threads, study=study)
+        helpers.start(tc, data, target, threads)
+        run_worker(tc, data, target, threads, stop, study=study, give_up=helpers.failed)
+    except BaseException:
+        helpers.stop()  # the study ends with this error
+        raise
     finally:
-        for p in helpers:
-            p.join()
-    failed = [p.exitcode for p in helpers if p.exitcode]
-    if failed:
-        raise RuntimeError(f"{len(failed)} tuning worker(s) failed (exit codes {failed}); see the log above")
-    return summarize(study, tc, data)
+        helpers.wait()
+    errors = helpers.errors()
+    if stop.requested:
+        for error in errors:
+            log.warning("%s", error)
+        raise KeyboardInterrupt("stopped by a signal")
+    if errors:
+        raise errors[0]
 
 
 def summarize(study: optuna.Study, tc: TuneConfig, data: str) -> TuneResult:
