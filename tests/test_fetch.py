@@ -220,7 +220,7 @@ def test_ids_from_file_list(mirror, tmp_path):
 
 
 @pytest.mark.parametrize("text, problem", [
-    (None, "no such file list"), ("{", "malformed JSON"), ("[]", "expected"), ("{}", "the file list names no ids"),
+    (None, "no such file list"), ("{", "malformed JSON"), ("[]", "expected"), ("{}", "expected a Udacity file list"),
 ])
 def test_ids_from_file_list_errors(tmp_path, text, problem):
     path = tmp_path / "list.json"
