@@ -257,6 +257,8 @@ def test_csv_saved_by_a_spreadsheet_is_read(bucket):
     df = build_manifest(bucket / "labels.csv", progress=False).set_index("id")
     assert df["count"].to_dict() == {"00100": 3, "00101": 2, "100": 1}
     assert df.loc["00100", "status"] == "ok" and df.loc["100", "status"] == "missing: no such file"
+    (bucket / "utf16.csv").write_bytes("path,count\r\nbin-images/00100.jpg,3\r\n".encode("utf-16"))  # "Unicode text" from a spreadsheet
+    assert build_manifest(bucket / "utf16.csv", progress=False).set_index("id")["count"].to_dict() == {"00100": 3}
 
 
 @pytest.mark.parametrize("content, problem", [

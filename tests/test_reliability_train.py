@@ -189,6 +189,7 @@ def test_bad_settings_files_and_runs_get_one_line(tiny_manifest, tmp_path):
     (out / "config.json").unlink()
     assert_one_line_error(run_cli("train", "--resume", out), "config.json", "missing")
     assert (out / "checkpoints" / "last.pt").exists() and (out / "best.pt").exists()  # nothing was lost
+    assert_one_line_error(run_cli("train", "--resume", out / "best.pt"), "best.pt", "is a file", "run directory")
     for bad in (["--workers", "-1"], ["--epochs", "0"], ["--mode", "fast"], ["--preset", "nope"], ["--image-size", "abc"],
                 ["--lr", "-1"], ["--label-smoothing", "1.5"]):
         assert_one_line_error(run_cli("train", *bad), bad[0], code=2)

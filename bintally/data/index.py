@@ -11,6 +11,7 @@ says why; only a source that cannot be read at all is an error.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import ctypes
 import logging
@@ -129,10 +130,17 @@ def class_folder_entries(src: Path) -> list[Entry]:
     return loose + entries
 
 
+def csv_encoding(src: Path) -> str:
+    """UTF-8 (with or without a byte-order mark), or UTF-16 when a spreadsheet marked it so."""
+    with open(src, "rb") as f:
+        start = f.read(2)
+    return "utf-16" if start in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+
+
 def csv_rows(src: Path) -> list[tuple[int, dict]]:
     """(line number, row) of a path,count CSV, as a spreadsheet may save it: BOM, CRLF, padded or capitalised headers."""
     try:
-        with open(src, newline="", encoding="utf-8-sig") as f:
+        with open(src, newline="", encoding=csv_encoding(src)) as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 raise DataError(src, "CSV is empty; expected a header line path,count and one line per photo")
@@ -142,7 +150,7 @@ def csv_rows(src: Path) -> list[tuple[int, dict]]:
             reader.fieldnames = header
             return [(reader.line_num, row) for row in reader]
     except UnicodeDecodeError:
-        raise DataError(src, "not a text CSV file (expected UTF-8)") from None
+        raise DataError(src, "not a text CSV file (expected UTF-8, or UTF-16 with a byte-order mark)") from None
     except csv.Error as e:
         raise DataError(src, f"not a readable CSV (line {reader.line_num}: {e})") from None
 

@@ -108,6 +108,8 @@ class RunDir:
     @classmethod
     def resume(cls, path: str | Path) -> "RunDir":
         path = Path(path)
+        if path.is_file():
+            raise DataError(path, "is a file; --resume takes the run directory (the one holding checkpoints/last.pt)")
         if not path.is_dir():
             raise DataError(path, "no such run directory to resume")
         lock = RunLock(path).acquire()  # first: a run being written by another process says so
