@@ -305,7 +305,7 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
     uses it to report and prune); an exception it raises ends the run.
     """
     d = setup_distributed(config.device)
-    folder = None
+    folder, ended_cleanly = None, False
     try:
         if resume is not None:
             folder = RunDir.resume(resume) if d.main else None
@@ -313,6 +313,7 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
             checkpoint = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
             done = finished_result(Path(resume), checkpoint, config)
             if done is not None:
+                ended_cleanly = True
                 return done
         else:
             checkpoint = None
@@ -324,21 +325,14 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
         if resume is None and d.main:
             folder = RunDir.new(config.out, overwrite)
         run_dir = shared_path(folder.path if folder else None, d)
-        run = Run(run_dir, d.main, folder)
         setup.config = replace(setup.config, out=str(run_dir))
         with StopFlag() as stop:
-            result = fit(setup, run, checkpoint, d, stop, on_epoch)
-        failed = False
+            result = fit(setup, Run(run_dir, d.main, folder), checkpoint, d, stop, on_epoch)
+        ended_cleanly = True
         return result
-    except Interrupted:
-        failed = False
-        raise
-    except BaseException:
-        failed = True
-        raise
     finally:
-        if folder is not None:
-            folder.close(failed=locals().get("failed", True))
+        if folder is not None:  # a run stopped by a signal has saved a checkpoint, so it is kept
+            folder.close(failed=not ended_cleanly)
         cleanup(d)
 
 
