@@ -445,25 +445,12 @@ def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag
             step += 1
             global_step += 1
             if len(y):  # empty when every photo of the batch became unreadable (each was reported)
-                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-                if config.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(d.device, amp):
-                    out = forward(x)
-                out = out.float()
-                loss = model.head.loss(out, y, config.label_smoothing, weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 10.0))
-                optimizer.step()
-                if ema is not None:
-                    ema.update_parameters(model)
+                loss, grad_norm, right = train_step(model, forward, x, y, optimizer, ema, trainable, weights, config, d.device, amp)
                 done = time.perf_counter()
-                monitor.on_step(loss.item(), grad_norm, got_batch - tick, done - got_batch)
-                with torch.no_grad():
-                    correct += int((decode_counts(model.head.probs(out), model.decode) == y).sum())
+                monitor.on_step(loss, grad_norm, got_batch - tick, done - got_batch)
+                correct += right
                 seen += len(y)
-                loss_sum += loss.item()
+                loss_sum += loss
                 n_batches += 1
                 bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", acc=f"{correct / seen:.2f}",
                                 img_s=f"{len(y) * d.world_size / (done - tick):.1f}")
@@ -539,6 +526,27 @@ def restore_checkpoint(checkpoint: dict, path: Path, model, optimizer, scheduler
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
         detail = " ".join(str(e).split())[:200] or e.__class__.__name__
         raise DataError(path, f"does not fit the run's config.json ({detail}); this run cannot be resumed") from None
+
+
+def train_step(model: CountingModel, forward, x: torch.Tensor, y: torch.Tensor, optimizer, ema, trainable: list,
+               weights: torch.Tensor | None, config: TrainConfig, device: torch.device, amp: bool) -> tuple[float, float, int]:
+    """One optimiser step on a batch: its loss, the gradient norm (before clipping) and how many photos it counted right."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if config.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, amp):
+        out = forward(x)
+    out = out.float()
+    loss = model.head.loss(out, y, config.label_smoothing, weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 10.0))
+    optimizer.step()
+    if ema is not None:
+        ema.update_parameters(model)
+    with torch.no_grad():
+        right = int((decode_counts(model.head.probs(out), model.decode) == y).sum())
+    return loss.item(), grad_norm, right
 
 
 def validate(model: CountingModel, config: TrainConfig, photos: pd.DataFrame, loader: DataLoader, device, amp: bool) -> dict:
