@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -177,23 +176,14 @@ class StopSignals:
 
     def __init__(self, on_stop=lambda: None, leave_ignored: bool = False):
         self.on_stop, self.leave_ignored = on_stop, leave_ignored  # leave_ignored: for a process about to exit
-        self.requested, self.interruptible, self.previous, self.wakeup, self.previous_wakeup = False, False, {}, None, -1
+        self.requested, self.interruptible, self.previous = False, False, {}
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
             self.previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
-            self.wakeup = socket.socketpair()  # each signal caught by a Python handler, ours or not, leaves its number here
-            for end in self.wakeup:
-                end.setblocking(False)
-            self.previous_wakeup = signal.set_wakeup_fd(self.wakeup[1].fileno(), warn_on_full_buffer=False)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.wakeup is None:
-            return
-        signal.set_wakeup_fd(self.previous_wakeup)
-        for end in self.wakeup:
-            end.close()
         for sig, handler in self.previous.items():
             signal.signal(sig, signal.SIG_IGN if self.leave_ignored else handler)
 
@@ -206,17 +196,6 @@ class StopSignals:
         if not self.requested:
             self.requested = True
             self.on_stop()
-
-    def catch_up(self) -> None:
-        """Count a stop signal that training's handler took and then dropped, because the pruner ended the run."""
-        if self.wakeup is None:
-            return
-        try:
-            received = self.wakeup[0].recv(4096)
-        except BlockingIOError:  # nothing since the last look
-            return
-        if set(received) & set(STOP_SIGNALS):
-            self.request()
 
 
 class StopRequested(Exception):
@@ -248,9 +227,6 @@ def objective(trial: optuna.Trial, tc: TuneConfig, data: str, stop: StopSignals)
         stop.request()
         trial.set_user_attr("stopped_by_signal", True)
         raise optuna.TrialPruned("stopped by a signal") from None
-    except optuna.TrialPruned:
-        stop.catch_up()
-        raise
     trial.set_user_attr("val_rmse_0_n", -result.best_val[1])
     trial.set_user_attr("wall_time_s", result.wall_time_s)
     return result.best_val[0]
