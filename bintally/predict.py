@@ -19,7 +19,7 @@ from bintally.data.transforms import TransformConfig, build_transform
 from bintally.errors import ConfigError, DataError
 from bintally.io import given_path
 from bintally.labels import LabelSpace
-from bintally.models.model import CountingModel, ModelConfig, describe_probs
+from bintally.models.model import CountingModel, ModelConfig, describe_probs, weights_problem
 from bintally.progress import progress_bar
 
 MODEL_FILE = "best.pt"
@@ -51,7 +51,7 @@ class Predictor:
 
     @property
     def space(self) -> LabelSpace:
-        return model_space(self.model.config)
+        return self.model.config.labels
 
     @torch.no_grad()
     def predict_tensor(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -85,10 +85,6 @@ class Predictor:
                             "expected_count": round(float(out["expected_count"][i]) + self.space.min_count, 3),
                             "probs": {c: round(float(v), 4) for c, v in zip(self.classes, out["probs"][i])}})
         return results
-
-
-def model_space(config: ModelConfig) -> LabelSpace:
-    return LabelSpace(getattr(config, "min_count", 0), config.max_count, config.overflow)
 
 
 # ---------------------------------------------------------------- reading and checking a model file
@@ -167,7 +163,7 @@ def build_model(file: Path, saved: dict) -> tuple[CountingModel, TransformConfig
         config = ModelConfig(**(saved["model_config"] | {"pretrained": False, "weights": None}))
         transform = TransformConfig(**saved["transform"])
         build_transform(transform, train=False)
-        space = model_space(config)
+        space = config.labels
         model = CountingModel(config)
     except (TypeError, ValueError, KeyError, ConfigError) as e:
         raise DataError(file, f"model settings this version of bintally cannot use ({' '.join(str(e).split())})") from None
@@ -179,18 +175,3 @@ def build_model(file: Path, saved: dict) -> tuple[CountingModel, TransformConfig
                               f"{space.n_classes} classes): {problem}")
     model.load_state_dict(saved["state_dict"])
     return model, transform
-
-
-def weights_problem(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
-    """Why `given` cannot be loaded into a model whose state_dict is `expected` ('' when it can)."""
-    wrong = [k for k in expected if k in given and given[k].shape != expected[k].shape]
-    missing = [k for k in expected if k not in given]
-    extra = [k for k in given if k not in expected]
-    if wrong:
-        k = wrong[0]
-        return f"{k} has shape {list(given[k].shape)}, the model needs {list(expected[k].shape)}"
-    if missing:
-        return f"{len(missing)} weight(s) missing, such as {missing[0]}"
-    if extra:
-        return f"{len(extra)} weight(s) the model does not have, such as {extra[0]}"
-    return ""

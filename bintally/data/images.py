@@ -17,10 +17,6 @@ from bintally.errors import DataError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 @dataclass
 class ImageFacts:
     bytes: int = 0

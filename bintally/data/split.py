@@ -106,10 +106,6 @@ def file_list_counts(path: str | Path) -> list[int]:
     return sorted(int(k) for k in keys)
 
 
-def assign_labels(counts: pd.Series, max_count: int, overflow: str, min_count: int = 0) -> pd.Series:
-    return LabelSpace.of(min_count, max_count, overflow).label_of(counts)
-
-
 def assign_folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
     """The fold of each row (whole groups to one fold) and the number of folds: FOLDS, or fewer with fewer groups."""
     n_folds = min(FOLDS, len(np.unique(groups)))

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
-from bintally.data.dataset import BinPhotos, collate_photos
+from bintally.data.dataset import BinPhotos, photo_loader
 from bintally.data.index import read_or_index
 from bintally.data.manifest import manifest_name, usable
 from bintally.data.verify import STALE, drop_stale
@@ -148,16 +147,12 @@ def drop_unusable(df: pd.DataFrame, source: str, info: dict) -> pd.DataFrame:
 def predict_probs(predictor: Predictor, photos: pd.DataFrame, batch_size: int = 64, workers: int = 2,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, row index of each) for the photos that could be read; unreadable ones are left out."""
-    loader = DataLoader(BinPhotos(photos, predictor.transform, train=False), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_photos)
+    loader = photo_loader(BinPhotos(photos, predictor.transform, train=False), batch_size, workers)
     probs, kept = [], []
-    # the bar is not given the loader: tqdm.auto calls iter() on it once more, starting a second set of workers
-    with progress_bar(total=len(loader), desc="predicting", unit="batch", enabled=progress) as bar:
-        for x, _, index in loader:
-            if len(index):
-                probs.append(predictor.predict_tensor(x)["probs"])
-                kept.append(index)
-            bar.update()
+    for x, _, index in progress_bar(loader, desc="predicting", unit="batch", enabled=progress):
+        if len(index):
+            probs.append(predictor.predict_tensor(x)["probs"])
+            kept.append(index)
     if not probs:
         return np.empty((0, predictor.space.n_classes), np.float32), np.empty(0, int)
     return torch.cat(probs).numpy(), torch.cat(kept).numpy()

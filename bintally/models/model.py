@@ -61,3 +61,18 @@ def describe_probs(probs: torch.Tensor, decode: str = "argmax") -> dict[str, tor
     count = decode_counts(probs, decode)
     return {"probs": probs, "count": count, "confidence": probs.gather(-1, count[:, None])[:, 0],
             "expected_count": (probs * values).sum(-1)}
+
+
+def weights_problem(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """Why `given` cannot be loaded into a model whose state_dict is `expected` ('' when it can)."""
+    wrong = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    if wrong:
+        k = wrong[0]
+        return f"{k} has shape {list(given[k].shape)}, the model needs {list(expected[k].shape)}"
+    if missing:
+        return f"{len(missing)} weight(s) missing, such as {missing[0]}"
+    if extra:
+        return f"{len(extra)} weight(s) the model does not have, such as {extra[0]}"
+    return ""

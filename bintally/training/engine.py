@@ -35,7 +35,7 @@ from bintally.evaluation.metrics import count_metrics
 from bintally.io import atomic_path, check_output_folder
 from bintally.labels import LabelSpace
 from bintally.models.backbones import weights_description
-from bintally.models.model import CountingModel, decode_counts
+from bintally.models.model import CountingModel, decode_counts, weights_problem
 from bintally.progress import progress_bar
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
 from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
@@ -503,8 +503,6 @@ def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag
 
 def check_checkpoint_fits(checkpoint: dict, path: Path, model: nn.Module) -> None:
     """The checkpoint's weights fit the model its run's config.json describes (checked before anything is written)."""
-    from bintally.predict import weights_problem
-
     weights = checkpoint["model"]
     problem = weights_problem(model.state_dict(), weights) if isinstance(weights, dict) else "it holds no weights"
     if problem:
@@ -513,8 +511,7 @@ def check_checkpoint_fits(checkpoint: dict, path: Path, model: nn.Module) -> Non
 
 
 def restore_checkpoint(checkpoint: dict, path: Path, model, optimizer, scheduler, ema, monitor) -> None:
-    """Load a resumed run's state; a checkpoint that does not fit the run's config.json is a DataError naming it."""
-    check_checkpoint_fits(checkpoint, path, model)
+    """Load a resumed run's state (its weights were checked by `check_checkpoint_fits`); a mismatch is a DataError naming it."""
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
