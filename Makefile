@@ -8,7 +8,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 export MALLOC_TOP_PAD_ := 1000000000
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,18 @@ demo: $(VENV)/.installed
 	$(BIN)/bintally evaluate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --split test --json $(DEMO)/test.json --report $(DEMO)/evaluation
 	$(BIN)/bintally tune --data $(DEMO)/manifest.parquet --n-trials 10 --jobs 2 --out $(DEMO)/tune
 
-test: $(VENV)/.installed-dev
+# Headless Chromium and its driver (Debian's packages) for the Selenium tests of the web page. Checked on every run
+# (cheap) rather than stamped, so a machine that lost them gets them back. CI runs as root on a fresh machine; a
+# developer without root gets sudo; without apt-get it only warns (the browser tests then skip, except under CI=true).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing chromium and chromium-driver with apt-get"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "warning: chromium/chromedriver missing and no apt-get to install them" >&2; fi
+
+test: $(VENV)/.installed-dev browser
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-dev

@@ -3,6 +3,9 @@
 Class i is the count `min_count + i` for counts min_count..max_count; with `overflow`, one last
 class stands for "more than max_count" and is scored as max_count + 1 items. Counts outside the
 space (below min_count, or above max_count without overflow) have no label.
+
+`decode` and `describe` turn a model's probabilities into counts and into the one result shape that
+predict, evaluate, the server and the audit all report.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pandas as pd
 from bintally.errors import ConfigError
 
 OVERFLOW_POLICIES = ("class", "exclude")
+DECODINGS = ("argmax", "median", "expected")  # class per photo: the most likely, the distribution's median, the rounded mean
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,28 @@ class LabelSpace:
     def missing_classes(self, labels) -> list[str]:
         present = set(np.asarray(labels, dtype=int).tolist())
         return [name for i, name in enumerate(self.names) if i not in present]
+
+    def decode(self, probs: np.ndarray, method: str = "argmax") -> np.ndarray:
+        """Class index per row of probabilities [N, n_classes]."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if method == "argmax":
+            return probs.argmax(-1)
+        if method == "median":
+            return np.minimum((np.cumsum(probs, -1) < 0.5).sum(-1), probs.shape[-1] - 1)
+        if method == "expected":
+            return np.rint(probs @ np.arange(probs.shape[-1])).astype(int)
+        raise ConfigError(f"unknown decoding {method!r}: use one of {', '.join(DECODINGS)}")
+
+    def expected_counts(self, probs: np.ndarray) -> np.ndarray:
+        """The mean count of each row's distribution (the overflow class counted as max_count + 1)."""
+        return np.asarray(probs, dtype=np.float64) @ self.count_of(np.arange(self.n_classes))
+
+    def describe(self, probs: np.ndarray, method: str = "argmax") -> list[dict]:
+        """The result for each row: count, label, confidence, expected count and every class's probability."""
+        probs = np.asarray(probs, dtype=np.float64)
+        labels = self.decode(probs, method)
+        expected = self.expected_counts(probs)
+        names = self.names
+        return [{"count": int(self.count_of(label)), "label": names[label], "confidence": round(float(row[label]), 4),
+                 "expected_count": round(float(mean), 3), "probabilities": {n: round(float(p), 4) for n, p in zip(names, row)}}
+                for row, label, mean in zip(probs, labels, expected)]

@@ -58,3 +58,26 @@ def tiny_manifest(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tiny.parquet"
     write_manifest(small, path, info=df.attrs["info"])
     return path
+
+
+def make_artifact(out: Path, backbone: str = "test_efficientnet_gn", image_size: int = 64, head: str = "linear",
+                  pretrained: bool = False, seed: int = 0):
+    """A model artifact written as training writes one (untrained head: its counts are arbitrary but deterministic)."""
+    import torch
+
+    from bintally.data.transforms import TransformConfig
+    from bintally.models.artifact import save_model
+    from bintally.models.config import ModelConfig
+    from bintally.models.model import CountingModel
+
+    torch.manual_seed(seed)
+    model = CountingModel(ModelConfig(backbone=backbone, head=head, pretrained=pretrained)).eval()
+    transform = TransformConfig(image_size, model.normalization.mean, model.normalization.std)
+    return save_model(out, model, transform, tta=True, train_config={"backbone": backbone, "image_size": image_size},
+                      metrics={"val_accuracy": 0.0})
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """A small model artifact (timm's test_efficientnet_gn, 64 px): fast to load, export and serve."""
+    return make_artifact(tmp_path_factory.mktemp("tiny-model") / "model")

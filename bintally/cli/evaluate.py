@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_err, show_progress
 from bintally.io import check_output_file, check_output_folder
 
+MODEL_HELP = "Run directory, its model/ folder, or an export folder."
+BackendOpt = Annotated[Literal["torch", "onnx"], Opt(help="Inference backend: PyTorch, or ONNX Runtime (a run is exported first, once).")]
+
 
 @command(app, "evaluate")
 def evaluate_cmd(
-    model: Annotated[Optional[Path], Opt("--model", "-m", help="Run directory or best.pt.")] = None,
+    model: Annotated[Optional[Path], Opt("--model", "-m", help=MODEL_HELP)] = None,
     data: Annotated[Optional[Path], Opt(help="Manifest, bucket folder or class folders. Default: the bundled sample.")] = None,
     split: Annotated[str, Opt(help="Split to score: train, val, test or all. Data without a split column is scored whole.")] = "test",
     predictions: Annotated[Optional[Path], Opt(help="Recompute every metric from a saved predictions file instead.")] = None,
@@ -23,6 +26,7 @@ def evaluate_cmd(
     save_predictions: Annotated[Optional[Path], Opt(help="Save per-photo predictions (.csv or .parquet).")] = None,
     bootstrap: Annotated[int, Opt(min=1, help="Bootstrap resamples for the 95% intervals.")] = 1000,
     workers: Annotated[int, Opt(min=0, help="Data-loader processes.")] = 2,
+    backend: BackendOpt = "torch",
     progress: ProgressOpt = True,
 ):
     """Score a trained model: accuracy, RMSE, per-class metrics, calibration and confidence intervals."""
@@ -36,7 +40,7 @@ def evaluate_cmd(
         check_output_file(save_predictions, (".csv", ".parquet"))
     if report:
         check_output_folder(report)
-    options = {"resamples": bootstrap} | ({} if predictions else {"workers": workers, "progress": show_progress(progress)})
+    options = {"resamples": bootstrap} | ({} if predictions else {"workers": workers, "backend": backend, "progress": show_progress(progress)})
     result = evaluate(model=model, data=data, split=None if split == "all" else split, predictions=predictions,
                       json_out=json_out, report=report, save_to=save_predictions, **options)
     m = result.metrics
@@ -57,21 +61,22 @@ def evaluate_cmd(
 @command(app, "predict")
 def predict_cmd(
     images: Annotated[list[Path], typer.Argument(help="Photos to count.")],
-    model: Annotated[Path, Opt("--model", "-m", help="Run directory or best.pt.")],
+    model: Annotated[Path, Opt("--model", "-m", help=MODEL_HELP)],
     as_json: Annotated[bool, Opt("--json", help="Full output: probabilities of every count.")] = False,
     batch_size: Annotated[int, Opt(min=1, help="Photos per forward pass.")] = 32,
+    backend: BackendOpt = "torch",
     progress: ProgressOpt = True,
 ):
     """Count the items in each photo. Photos that cannot be read are reported one per line (exit 1)."""
-    from bintally.predict import Predictor
+    from bintally.inference import Counter
 
-    predictor = Predictor.load(model)
-    results, failures = predictor.predict_paths(images, batch_size=batch_size, progress=show_progress(progress))
+    counter = Counter.load(model, backend)
+    results, failures = counter.count_paths(images, batch_size=batch_size, progress=show_progress(progress))
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:
         for r in results:
-            typer.echo(f"{r['image']}\t{r['count']}\t(p={r['probability']:.2f}, expected {r['expected_count']:.2f})")
+            typer.echo(f"{r['image']}\t{r['label']}\t(p={r['confidence']:.2f}, expected {r['expected_count']:.2f})")
     for failure in failures:
         echo_err(f"{failure}")
     if failures:

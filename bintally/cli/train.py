@@ -9,7 +9,8 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_stopped, int_list, show_progress, split_list
-from bintally.models.config import DECODINGS, HEADS
+from bintally.labels import DECODINGS
+from bintally.models.config import HEADS
 from bintally.training.config import BALANCING, MODES, OPTIMIZERS, OVERFLOW, PRESETS, SCHEDULES
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from bintally.data.dataset import BinPhotos, photo_loader
 from bintally.data.index import read_or_index
@@ -25,8 +24,7 @@ from bintally.evaluation.metrics import bootstrap_intervals, calibration, check_
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
 from bintally.io import atomic_path, check_output_file, check_output_folder
 from bintally.labels import LabelSpace
-from bintally.models.model import decode_counts
-from bintally.predict import Predictor
+from bintally.inference import Counter
 from bintally.progress import progress_bar
 
 log = logging.getLogger("bintally.evaluation")
@@ -143,19 +141,18 @@ def drop_unusable(df: pd.DataFrame, source: str, info: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------- the model's predictions
 
 
-@torch.no_grad()
-def predict_probs(predictor: Predictor, photos: pd.DataFrame, batch_size: int = 64, workers: int = 2,
+def predict_probs(counter: Counter, photos: pd.DataFrame, batch_size: int = 64, workers: int = 2,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, row index of each) for the photos that could be read; unreadable ones are left out."""
-    loader = photo_loader(BinPhotos(photos, predictor.transform, train=False), batch_size, workers)
+    loader = photo_loader(BinPhotos(photos, counter.artifact.transform, train=False), batch_size, workers)
     probs, kept = [], []
     for x, _, index in progress_bar(loader, desc="predicting", unit="batch", enabled=progress):
         if len(index):
-            probs.append(predictor.predict_tensor(x)["probs"])
-            kept.append(index)
+            probs.append(counter.probabilities(x.numpy()))
+            kept.append(index.numpy())
     if not probs:
-        return np.empty((0, predictor.space.n_classes), np.float32), np.empty(0, int)
-    return torch.cat(probs).numpy(), torch.cat(kept).numpy()
+        return np.empty((0, counter.labels.n_classes), np.float32), np.empty(0, int)
+    return np.concatenate(probs), np.concatenate(kept)
 
 
 def keep_readable(photos: pd.DataFrame, kept: np.ndarray, info: dict) -> pd.DataFrame:
@@ -178,20 +175,21 @@ def read_data(data: str | Path | None, progress: bool) -> pd.DataFrame:
 
 
 def evaluate_model(model: str | Path, data: str | Path | None, split: str | None = "test", batch_size: int = 64,
-                   workers: int = 2, resamples: int = 1000, progress: bool = True) -> Evaluation:
+                   workers: int = 2, resamples: int = 1000, progress: bool = True, backend: str = "torch") -> Evaluation:
     """Predict every photo of the split with the trained model and compute every metric."""
-    predictor = Predictor.load(model)
-    space = predictor.space
+    counter = Counter.load(model, backend)
+    space = counter.labels
     photos, info = evaluation_photos(read_data(data, progress), split, space)
-    probs, kept = predict_probs(predictor, photos, batch_size, workers, progress)
+    probs, kept = predict_probs(counter, photos, batch_size, workers, progress)
     photos = keep_readable(photos, kept, info)
-    predicted = decode_counts(torch.from_numpy(probs), predictor.model.decode).numpy()
+    predicted = space.decode(probs, counter.artifact.decoding)
     if not space.overflow:  # such a model never predicts "N+1+", but photos above N are still scored
         probs = np.pad(probs, ((0, 0), (0, 1)))
     scoring = LabelSpace(space.min_count, space.max_count, overflow=True)
     frame = predictions_frame(photos, probs, predicted, scoring)
-    info |= {"model": str(model), "decode": predictor.model.decode, "tta": predictor.tta,
-             "backbone": predictor.model.config.backbone, "head": predictor.model.config.head}
+    info |= {"model": str(model), "model_version": counter.artifact.version, "backend": counter.backend_name,
+             "decode": counter.artifact.decoding, "tta": counter.artifact.tta,
+             "backbone": counter.artifact.model.backbone, "head": counter.artifact.model.head}
     return evaluate_predictions(frame, info, resamples)
 
 

@@ -5,12 +5,13 @@ Names load on first use, so that what needs only `ModelConfig` (the command line
 
 from importlib import import_module
 
-from bintally.models.config import DECODINGS, HEADS, ModelConfig
+from bintally.labels import DECODINGS
+from bintally.models.config import HEADS, ModelConfig
 
 LAZY = {"build_backbone": "backbones", "efficientnet_lite": "backbones", "build_head": "heads",
-        "CountingModel": "model", "describe_probs": "model"}
+        "CountingModel": "model", "ProbabilityModel": "model"}
 
-__all__ = ["DECODINGS", "HEADS", "CountingModel", "ModelConfig", "build_backbone", "build_head", "describe_probs", "efficientnet_lite"]
+__all__ = ["DECODINGS", "HEADS", "CountingModel", "ModelConfig", "build_backbone", "ProbabilityModel", "build_head", "efficientnet_lite"]
 
 
 def __getattr__(name: str):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bintally.labels import LabelSpace
+from bintally.labels import DECODINGS, LabelSpace
 
 HEADS = ("linear", "mlp", "ordinal")
-DECODINGS = ("argmax", "median", "expected")
 
 
 @dataclass
@@ -21,6 +20,12 @@ class ModelConfig:
     dropout: float = 0.2
     decode: str = "auto"  # argmax | median | expected (rounded); auto: median for ordinal, else argmax
     overflow: bool = True  # a last class for "more than max_count"; without it the model only knows 0..max_count
+
+    @property
+    def decoding(self) -> str:
+        if self.decode == "auto":
+            return "median" if self.head == "ordinal" else "argmax"
+        return self.decode
 
     @property
     def labels(self) -> LabelSpace:

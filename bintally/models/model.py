@@ -1,15 +1,16 @@
-"""The counting model: backbone + head over the label space counts 0..N plus "more than N"."""
+"""The counting model (backbone + head over a label space) and the one probability path every stage uses."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from bintally.errors import ConfigError
 from bintally.models.backbones import build_backbone
-from bintally.models.config import DECODINGS, ModelConfig
+from bintally.models.config import ModelConfig
 from bintally.models.heads import build_head
 
 
@@ -31,36 +32,58 @@ class CountingModel(nn.Module):
 
     @property
     def decode(self) -> str:
-        if self.config.decode == "auto":
-            return "median" if self.config.head == "ordinal" else "argmax"
-        return self.config.decode
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Probability of each count, the predicted count and the expected count (overflow counted as N+1)."""
-        return describe_probs(self.probs(self(images)), self.decode)
+        return self.config.decoding
 
     def export_config(self) -> dict:
         return asdict(self.config)
 
 
-def decode_counts(probs: torch.Tensor, decode: str = "argmax") -> torch.Tensor:
-    """Class per row: the most likely, the median of the distribution, or the rounded expected count."""
-    if decode == "argmax":
-        return probs.argmax(-1)
-    if decode == "median":
-        return (probs.cumsum(-1) < 0.5).sum(-1).clamp_max(probs.shape[-1] - 1)
-    if decode == "expected":
-        values = torch.arange(probs.shape[-1], dtype=probs.dtype, device=probs.device)
-        return (probs * values).sum(-1).round().long()
-    raise ConfigError(f"unknown decoding {decode!r}: use one of {', '.join(DECODINGS)}")
+def average_views(head: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Probabilities of each count, averaged over the backbone features of a photo's views (the photo, its mirror image)."""
+    return torch.stack([head.probs(head(features).float()) for features in views]).mean(0)
 
 
-def describe_probs(probs: torch.Tensor, decode: str = "argmax") -> dict[str, torch.Tensor]:
-    values = torch.arange(probs.shape[-1], dtype=probs.dtype, device=probs.device)
-    count = decode_counts(probs, decode)
-    return {"probs": probs, "count": count, "confidence": probs.gather(-1, count[:, None])[:, 0],
-            "expected_count": (probs * values).sum(-1)}
+class ProbabilityModel(nn.Module):
+    """The one probability path: photos [B, 3, H, W] -> probabilities [B, n_classes].
+
+    With test-time augmentation, the prediction is averaged with the mirrored photo's. Training's
+    validation, evaluate, predict, the ONNX export (this module is what is exported) and the server
+    all compute probabilities this way; frozen-mode validation applies `average_views` to the same
+    two views' cached features.
+    """
+
+    def __init__(self, model: CountingModel, tta: bool = True):
+        super().__init__()
+        self.model, self.tta = model, tta
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.tta:
+            return average_views(self.model.head, [self.model.backbone(images)])
+        # one backbone pass over both views (in eval mode each photo is computed on its own, so this equals two passes;
+        # an ONNX export then holds each weight once, which int8 quantisation needs)
+        features = self.model.backbone(torch.cat([images, torch.flip(images, dims=[-1])]))
+        return average_views(self.model.head, features.chunk(2))
+
+
+class CachedViewProbs(nn.Module):
+    """`ProbabilityModel` for frozen-mode validation: the same averaging over cached view features [B, V, D]."""
+
+    def __init__(self, head: nn.Module, tta: bool = True):
+        super().__init__()
+        self.head, self.tta = head, tta
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return average_views(self.head, views.unbind(1) if self.tta else [views[:, 0]])
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A digest of a module's actual weights and buffers (two randomly initialised backbones differ)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()[:24]
 
 
 def weights_problem(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:

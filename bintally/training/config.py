@@ -8,7 +8,8 @@ from pathlib import Path
 
 from bintally.errors import ConfigError
 from bintally.labels import LabelSpace
-from bintally.models.config import DECODINGS, HEADS, ModelConfig
+from bintally.labels import DECODINGS
+from bintally.models.config import HEADS, ModelConfig
 from bintally.settings import check_range, check_types
 
 MODES = ("frozen", "partial", "full")

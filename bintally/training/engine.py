@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +35,9 @@ from bintally.evaluation.metrics import count_metrics
 from bintally.io import atomic_path, check_output_folder
 from bintally.labels import LabelSpace
 from bintally.models.backbones import weights_description
-from bintally.models.model import CountingModel, decode_counts, weights_problem
+from bintally.models.artifact import RUN_SUBDIR, read_artifact
+from bintally.models.artifact import save_model as save_artifact
+from bintally.models.model import CachedViewProbs, CountingModel, ProbabilityModel, weights_problem
 from bintally.progress import progress_bar
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
 from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
@@ -181,25 +183,16 @@ def epoch_indices(labels: np.ndarray, config: TrainConfig, epoch: int, d: Dist) 
 # ---------------------------------------------------------------- evaluation
 
 
-def flip(x: torch.Tensor) -> torch.Tensor:
-    return torch.flip(x, dims=[-1])
-
-
 @torch.no_grad()
-def predict_probs(forward, head, loader: DataLoader, device, tta: bool, amp: bool, progress: bool = False,
+def predict_probs(probability_model: nn.Module, loader: DataLoader, device, amp: bool, progress: bool = False,
                   desc="eval") -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of each photo the loader could read, and those photos' indices."""
+    """Probabilities of each photo (or cached views) the loader could read, and those photos' indices."""
     probs, indices = [], []
     for x, _, index in progress_bar(loader, desc=desc, leave=False, enabled=progress):
         if not len(index):
             continue
-        x = x.to(device, non_blocking=True)
         with autocast(device, amp):
-            p = head.probs(forward(x).float())
-            if x.dim() == 3:  # cached feature views [B, V, D]: average their predictions
-                p = p.mean(1) if tta else p[:, 0]
-            elif tta:
-                p = (p + head.probs(forward(flip(x)).float())) / 2
+            p = probability_model(x.to(device, non_blocking=True))
         probs.append(p.float().cpu())
         indices.append(index)
     if not probs:
@@ -542,18 +535,19 @@ def train_step(model: CountingModel, forward, x: torch.Tensor, y: torch.Tensor, 
     if ema is not None:
         ema.update_parameters(model)
     with torch.no_grad():
-        right = int((decode_counts(model.head.probs(out), model.decode) == y).sum())
+        predicted = config.labels.decode(model.head.probs(out).cpu().numpy(), model.decode)
+        right = int((predicted == y.cpu().numpy()).sum())
     return loss.item(), grad_norm, right
 
 
 def validate(model: CountingModel, config: TrainConfig, photos: pd.DataFrame, loader: DataLoader, device, amp: bool) -> dict:
     """Validation metrics (prefixed val_) over the photos the loader could read, counted in the run's label space."""
-    forward = model.head if config.mode == "frozen" else model
-    probs, indices = predict_probs(forward, model.head, loader, device, config.tta, amp)
+    probability_model = CachedViewProbs(model.head, config.tta) if config.mode == "frozen" else ProbabilityModel(model, config.tta)
+    probs, indices = predict_probs(probability_model, loader, device, amp)
     if not len(indices):
         raise DataError(photos.attrs.get("source", "the val split"), "no validation photo could be read")
-    predicted = decode_counts(torch.from_numpy(probs), model.decode).numpy()
     labels = config.labels
+    predicted = labels.decode(probs, model.decode)
     true = labels.count_of(photos["label"].to_numpy(dtype=int)[indices])
     return {f"val_{k}": v for k, v in count_metrics(true, labels.count_of(predicted), config.max_count).items()}
 
@@ -580,16 +574,14 @@ def make_profiler(config: TrainConfig, run: Run):
 
 
 def save_model(model: CountingModel, transform: TransformConfig, config: TrainConfig, metrics: dict, run: Run) -> None:
-    """best.pt: what inference needs, nothing more."""
+    """RUN/model: the model artifact (safetensors weights and model.json) that evaluate, predict, export and serve load."""
     if run.main:
-        save_atomic({"model_config": model.export_config(), "transform": asdict(transform), "state_dict": model.state_dict(),
-                     "classes": config.labels.names, "labels": config.labels.to_dict(), "metrics": metrics,
-                     "train_config": config.to_dict()}, run.dir / "best.pt")
+        save_artifact(run.dir / RUN_SUBDIR, model, transform, config.tta, config.to_dict(), metrics)
         run.saved()
 
 
 def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, result: dict) -> None:
-    best = torch.load(run.dir / "best.pt", map_location="cpu", weights_only=True)["metrics"]
+    best = read_artifact(run.dir / RUN_SUBDIR).metrics
     split_counts = df["split"].value_counts().to_dict()
     lines = [
         "# Model card", "",

@@ -16,9 +16,10 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from bintally.data.dataset import BinPhotos, photo_loader
-from bintally.data.transforms import TransformConfig
+from bintally.data.transforms import PREPROCESS_VERSION, TransformConfig
 from bintally.errors import DataError
 from bintally.io import atomic_path
+from bintally.models.model import fingerprint
 from bintally.paths import cache_dir
 from bintally.progress import progress_bar
 
@@ -54,8 +55,9 @@ class FeatureViews:
 
 
 def cache_key(model, transform: TransformConfig, photos: pd.DataFrame) -> str:
+    """Features depend on the backbone's actual weights (a randomly initialised one differs per seed), the pre-processing and the photos."""
     h = hashlib.sha256()
-    h.update(json.dumps([model.config.backbone, model.config.pretrained, model.config.weights, vars(transform)]).encode())
+    h.update(json.dumps([model.config.backbone, fingerprint(model.backbone), transform.to_dict(), PREPROCESS_VERSION]).encode())
     for digest in photos["sha256"]:
         h.update(digest.encode())
     return h.hexdigest()[:24]

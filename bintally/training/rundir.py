@@ -1,6 +1,6 @@
 """Run directories: never clobbered, never shared by two live runs, never left looking like a run after a failed start.
 
-A run directory holds config.json, metrics.jsonl, checkpoints/last.pt, best.pt and the rest. The
+A run directory holds config.json, metrics.jsonl, checkpoints/last.pt, model/ and the rest. The
 process that trains into it holds an exclusive lock on RUN/.lock (an flock: the kernel drops it
 when the process dies, kill -9 included); the lock file names the holder for the error message.
 """
@@ -20,9 +20,9 @@ from bintally.errors import ConfigError, DataError
 from bintally.io import check_output_folder, remove_stale_temp_files
 
 DEFAULT_PARENT = Path("runs") / "train"
-RUN_MARKERS = ("config.json", "best.pt", "metrics.jsonl", "checkpoints/last.pt", "result.json")
+RUN_MARKERS = ("config.json", "model/model.json", "best.pt", "metrics.jsonl", "checkpoints/last.pt", "result.json")
 # everything a run writes: what --overwrite deletes (other files in the folder are left alone)
-RUN_FILES = (*RUN_MARKERS, "checkpoints", "health.json", "model_card.md", "manifest.parquet", "profile")
+RUN_FILES = (*RUN_MARKERS, "model", "checkpoints", "health.json", "model_card.md", "manifest.parquet", "profile")
 LOCK_NAME = ".lock"
 
 

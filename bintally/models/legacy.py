@@ -1,7 +1,7 @@
-"""Loading a trained model and counting the items in photos (the same transform as in training).
+"""Models saved by bintally before the model artifact (a run's best.pt), and their one-command conversion.
 
-A model file is loaded with `weights_only=True`: loading a model someone hands you must not run
-their code. Every way a model path can be wrong is a DataError naming the file.
+A best.pt is loaded with `weights_only=True`: loading a model someone hands you must not run
+their code. Every way it can be wrong is a DataError naming the file.
 """
 
 from __future__ import annotations
@@ -9,18 +9,15 @@ from __future__ import annotations
 import pickle
 import pickletools
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bintally.data.images import decode_image
-from bintally.data.transforms import TransformConfig, build_transform
+from bintally.data.transforms import TransformConfig
 from bintally.errors import ConfigError, DataError
 from bintally.io import given_path
-from bintally.labels import LabelSpace
-from bintally.models.model import CountingModel, ModelConfig, describe_probs, weights_problem
-from bintally.progress import progress_bar
+from bintally.models.artifact import ModelArtifact, save_model
+from bintally.models.model import CountingModel, ModelConfig, weights_problem
 
 MODEL_FILE = "best.pt"
 # what best.pt holds, and the type of each entry
@@ -31,60 +28,15 @@ FILE_KINDS = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"{": 
 CHECKPOINT_HINT = "a training checkpoint, not a model: pass the run directory or its best.pt"
 
 
-@dataclass
-class Predictor:
-    model: CountingModel
-    transform: TransformConfig
-    classes: list[str]
-    tta: bool = True
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Predictor":
-        """From a run directory (its best.pt) or a best.pt file."""
-        file = model_file(given_path(path, "model path"))
-        saved = read_model_file(file)
-        check_fields(file, saved)
-        model, transform = build_model(file, saved)
-        train_config = saved.get("train_config")
-        tta = train_config.get("tta", True) if isinstance(train_config, dict) else True
-        return cls(model.eval(), transform, list(saved["classes"]), tta=bool(tta))
-
-    @property
-    def space(self) -> LabelSpace:
-        return self.model.config.labels
-
-    @torch.no_grad()
-    def predict_tensor(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        probs = self.model.probs(self.model(x))
-        if self.tta:
-            probs = (probs + self.model.probs(self.model(torch.flip(x, dims=[-1])))) / 2
-        return describe_probs(probs, self.model.decode)
-
-    def predict_paths(self, paths: list[str | Path], batch_size: int = 32,
-                      progress: bool = True) -> tuple[list[dict], list[str]]:
-        """(results, failures): a result per readable photo, in order, and "path: problem" per photo that is not."""
-        transform = build_transform(self.transform, train=False)
-        results, failures, batch = [], [], []
-        for p in progress_bar(paths, desc="predicting", unit="img", enabled=progress):
-            try:
-                batch.append((str(p), transform(decode_image(p))))
-            except DataError as e:
-                failures.append(str(e))
-            if len(batch) == batch_size:
-                results += self.describe(batch)
-                batch = []
-        return results + (self.describe(batch) if batch else []), failures
-
-    def describe(self, batch: list[tuple[str, torch.Tensor]]) -> list[dict]:
-        out = self.predict_tensor(torch.stack([x for _, x in batch]))
-        results = []
-        for i, (path, _) in enumerate(batch):
-            label = int(out["count"][i])
-            results.append({"image": path, "count": self.classes[label], "label": label,
-                            "probability": round(float(out["confidence"][i]), 4),
-                            "expected_count": round(float(out["expected_count"][i]) + self.space.min_count, 3),
-                            "probs": {c: round(float(v), 4) for c, v in zip(self.classes, out["probs"][i])}})
-        return results
+def convert_legacy(path: str | Path, out: str | Path) -> ModelArtifact:
+    """Convert a best.pt written by bintally before the model artifact into one (safetensors + model.json) in `out`."""
+    file = model_file(given_path(path, "model path"))
+    saved = read_model_file(file)
+    check_fields(file, saved)
+    model, transform = build_model(file, saved)
+    train_config = saved.get("train_config") if isinstance(saved.get("train_config"), dict) else {}
+    metrics = saved.get("metrics") if isinstance(saved.get("metrics"), dict) else {}
+    return save_model(out, model, transform, bool(train_config.get("tta", True)), train_config, metrics)
 
 
 # ---------------------------------------------------------------- reading and checking a model file
@@ -161,8 +113,7 @@ def build_model(file: Path, saved: dict) -> tuple[CountingModel, TransformConfig
     """The model and transform best.pt describes, with its weights; DataError if they do not fit together."""
     try:
         config = ModelConfig(**(saved["model_config"] | {"pretrained": False, "weights": None}))
-        transform = TransformConfig(**saved["transform"])
-        build_transform(transform, train=False)
+        transform = TransformConfig.from_dict(saved["transform"])
         space = config.labels
         model = CountingModel(config)
     except (TypeError, ValueError, KeyError, ConfigError) as e:

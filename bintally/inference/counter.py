@@ -1,0 +1,106 @@
+"""`Counter`: a loaded model artifact plus a backend; photos in, the one result shape out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bintally.data.images import decode_image
+from bintally.data.transforms import preprocess, preprocess_batch
+from bintally.errors import ConfigError, DataError
+from bintally.labels import LabelSpace
+from bintally.models.artifact import ModelArtifact, read_artifact
+from bintally.progress import progress_bar
+
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class Counter:
+    artifact: ModelArtifact
+    backend: object  # TorchBackend | OnnxBackend
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None) -> "Counter":
+        """The model at `path` (a run, its model/ folder or an export) on the named backend.
+
+        A PyTorch model runs on `onnx` after an export (cached by model version); an ONNX export
+        runs only on `onnx`.
+        """
+        artifact = read_artifact(path)
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        if backend == "torch":
+            if artifact.runtime == "onnx":
+                raise ConfigError(f"{artifact.path} is an ONNX export: use --backend onnx, or give the training run for --backend torch")
+            from bintally.inference.backends import TorchBackend
+
+            return cls(artifact, TorchBackend(artifact, device, threads))
+        from bintally.inference.backends import OnnxBackend
+
+        model_file = None
+        if artifact.runtime == "torch":
+            from bintally.export.onnx import cached_onnx
+
+            model_file = cached_onnx(artifact)
+        return cls(artifact, OnnxBackend(artifact, threads, model_file))
+
+    @property
+    def labels(self) -> LabelSpace:
+        return self.artifact.labels
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return preprocess(image, self.artifact.transform)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities [N, n_classes] of pre-processed photos [N, 3, H, W]."""
+        size = self.artifact.transform.image_size
+        if images.ndim != 4 or images.shape[1:] != (3, size, size):
+            raise ValueError(f"expected pre-processed photos of shape [N, 3, {size}, {size}], got {list(images.shape)}")
+        if not len(images):
+            return np.zeros((0, self.labels.n_classes), np.float32)
+        return self.backend.probabilities(images)
+
+    def describe(self, probs: np.ndarray) -> list[dict]:
+        return self.labels.describe(probs, self.artifact.decoding)
+
+    def count_arrays(self, images: np.ndarray) -> list[dict]:
+        return self.describe(self.probabilities(images))
+
+    def count_images(self, images: list[Image.Image]) -> list[dict]:
+        return self.count_arrays(preprocess_batch(images, self.artifact.transform))
+
+    def count_paths(self, paths: list[str | Path], batch_size: int = 32, progress: bool = True) -> tuple[list[dict], list[str]]:
+        """(results, failures): a result per readable photo, in order, each with its "image"; "path: problem" per photo that is not."""
+        results, failures, names, batch = [], [], [], []
+
+        def flush() -> None:
+            results.extend({"image": name, **result} for name, result in zip(names, self.count_arrays(np.stack(batch))))
+            names.clear()
+            batch.clear()
+
+        for path in progress_bar(paths, desc="counting", unit="img", enabled=progress):
+            try:
+                batch.append(self.preprocess(decode_image(path)))
+                names.append(str(path))
+            except DataError as e:
+                failures.append(str(e))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        return results, failures
+
+    def info(self) -> dict:
+        """What a client may want to know about the model being served."""
+        a = self.artifact
+        return {"name": a.name, "version": a.version, "backend": self.backend_name, "runtime": a.runtime,
+                "backbone": a.model.backbone, "head": a.model.head, "classes": a.labels.names, "decoding": a.decoding,
+                "tta": a.tta, "image_size": a.transform.image_size, "metrics": a.metrics}
