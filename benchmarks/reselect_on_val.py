@@ -1,8 +1,10 @@
 """Re-select a run's saved model on the validation split with the current decoding.
 
 The documented fine-tuning run was trained before the ordinal head decoded by the median; its
-best.pt had been chosen by argmax accuracy. This scores best.pt and the final checkpoint on the
-validation split (never the test split) and keeps the better one as best.pt.
+saved model had been chosen by argmax accuracy. This scores the saved model (RUN/model) and the
+final checkpoint on the validation split (never the test split) and keeps the better one as RUN/model.
+(A run saved before the model artifact needs `bintally export --model RUN/best.pt --format safetensors
+--out RUN/model` first.)
 
     .venv/bin/python benchmarks/reselect_on_val.py runs/abid-finetune runs/abid.parquet
 """
@@ -18,31 +20,34 @@ import torch
 
 from bintally.data.manifest import read_manifest
 from bintally.evaluation.metrics import count_metrics
-from bintally.predict import Predictor
+from bintally.inference import Counter
+from bintally.models.artifact import RUN_SUBDIR, load_model, read_artifact, save_model
 
 
-def val_metrics(model_file: Path, val) -> dict:
-    preds, _ = Predictor.load(model_file).predict_paths(val["path"].tolist())
-    return count_metrics(val["label"].to_numpy(dtype=int), [p["label"] for p in preds])
+def val_metrics(model_dir: Path, val) -> dict:
+    counter = Counter.load(model_dir)
+    preds, _ = counter.count_paths(val["path"].tolist())
+    labels = counter.labels
+    return count_metrics(labels.count_of(val["label"].to_numpy(dtype=int)), [p["count"] for p in preds], labels.max_count)
 
 
 def main(run: str, manifest: str) -> None:
     run = Path(run)
     val = read_manifest(manifest).query("split == 'val'")
-    best = torch.load(run / "best.pt", weights_only=False)
+    best = read_artifact(run / RUN_SUBDIR)
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    final = dict(best, state_dict=last["model"], metrics={"epoch": last["epoch"]})
-    torch.save(final, run / "final.pt")
-    scores = {name: val_metrics(run / name, val) for name in ("best.pt", "final.pt")}
+    model = load_model(best)
+    model.load_state_dict(last["model"])
+    save_model(run / "final-model", model, best.transform, best.tta, best.train_config, {"epoch": last["epoch"]})
+    scores = {name: val_metrics(run / name, val) for name in (RUN_SUBDIR, "final-model")}
     for name, m in scores.items():
         print(name, json.dumps({k: round(v, 4) for k, v in m.items()}))
     key = lambda name: (scores[name]["accuracy_0_5"], -scores[name]["rmse_0_5"])  # noqa: E731
     chosen = max(scores, key=key)
-    if chosen == "final.pt":
-        shutil.copy(run / "best.pt", run / "best-by-argmax.pt")
-        saved = torch.load(run / "final.pt", weights_only=False)
-        saved["metrics"] = {f"val_{k}": v for k, v in scores["final.pt"].items()}
-        torch.save(saved, run / "best.pt")
+    if chosen == "final-model":
+        shutil.copytree(run / RUN_SUBDIR, run / "model-by-argmax", dirs_exist_ok=True)
+        save_model(run / RUN_SUBDIR, model, best.transform, best.tta, best.train_config,
+                   {f"val_{k}": v for k, v in scores["final-model"].items()})
     (run / "reselection.json").write_text(json.dumps({"chosen": chosen, "val": scores}, indent=2))
     print("kept", chosen)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 
 from bintally.errors import ConfigError
 
@@ -85,8 +84,10 @@ class LabelSpace:
         extra = f" and {self.max_count + 1}+" if self.overflow else ""
         return f"counts {self.min_count}-{self.max_count}{extra}"
 
-    def label_of(self, counts: pd.Series) -> pd.Series:
-        """Class index of each count (nullable Int64); <NA> where the count has no class."""
+    def label_of(self, counts):
+        """Class index of each count, a pandas Series (nullable Int64); <NA> where the count has no class."""
+        import pandas as pd  # here, so that the count server does not import pandas
+
         counts = pd.Series(counts).astype("Int64")
         labels = counts.clip(upper=self.max_count + 1) - self.min_count
         outside = (counts < self.min_count) | ((counts > self.max_count) & (not self.overflow))

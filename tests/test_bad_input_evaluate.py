@@ -8,6 +8,7 @@ import json
 import shutil
 import struct
 import zlib
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -17,12 +18,14 @@ from PIL import Image
 
 from bintally.data import index_to_manifest, read_manifest, split_manifest, write_manifest
 from bintally.data.split import SplitConfig
-from bintally.errors import DataError
+from bintally.errors import ConfigError, DataError
 from bintally.evaluation import evaluate, evaluate_model, evaluate_predictions, load_predictions
 from bintally.evaluation.evaluate import evaluation_photos
+from bintally.inference import Counter
 from bintally.labels import LabelSpace
+from bintally.models.artifact import load_model, read_artifact
+from bintally.models.legacy import convert_legacy
 from bintally.paths import SAMPLE_DIR
-from bintally.predict import Predictor
 from bintally.training import train
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import copy_bucket
@@ -41,7 +44,25 @@ def run(tiny_manifest, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved_model(run) -> dict:
-    return torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    """The run's model.json, as written by training."""
+    return json.loads((run / "model" / "model.json").read_text())
+
+
+def write_legacy_model(run, path):
+    """A best.pt exactly as bintally wrote one before the model artifact (torch.save of plain data and tensors)."""
+    artifact = read_artifact(run)
+    model = load_model(artifact)
+    torch.save({"model_config": asdict(artifact.model), "transform": asdict(artifact.transform), "state_dict": model.state_dict(),
+                "classes": artifact.labels.names, "labels": artifact.labels.to_dict(), "metrics": artifact.metrics,
+                "train_config": artifact.train_config}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def legacy_model(run, tmp_path_factory) -> dict:
+    """An old run's best.pt, loaded as bintally loads one (weights only)."""
+    path = write_legacy_model(run, tmp_path_factory.mktemp("legacy") / "best.pt")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -87,68 +108,266 @@ def bad_images(folder) -> dict:
 # ---------------------------------------------------------------- loading a model
 
 
-def test_real_model_loads_without_running_code(run, saved_model):
-    assert {"model_config", "transform", "state_dict", "classes"} <= set(saved_model)  # loaded with weights_only=True
-    for path in (run, run / "best.pt"):
-        predictor = Predictor.load(path)
-        assert predictor.classes == ["0", "1", "2", "3", "4", "5", "6+"] and predictor.space == LabelSpace(0, 5, True)
+def test_real_model_loads_without_running_code_from_any_path_naming_it(run):
+    weights = next((run / "model").glob("weights-*.safetensors"))
+    data = weights.read_bytes()
+    header = json.loads(data[8: 8 + struct.unpack("<Q", data[:8])[0]])  # safetensors: a JSON header and raw tensors, no pickle
+    assert header["__metadata__"] == {"format": "bintally-model"}
+    versions = set()
+    for path in (run, run / "model", run / "model" / "model.json", weights):
+        counter = Counter.load(path)
+        assert counter.labels.names == ["0", "1", "2", "3", "4", "5", "6+"] and counter.labels == LabelSpace(0, 5, True)
+        versions.add(counter.artifact.version)
+    assert versions == {weights.stem.removeprefix("weights-")}
 
 
-def write_model(path, saved: dict):
+def copy_model(run, folder):
+    shutil.copytree(run / "model", folder)
+    return folder
+
+
+def edit_meta(folder, change) -> None:
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps(change(meta)))
+
+
+def weights_of(folder):
+    return next(folder.glob("weights-*.safetensors"))
+
+
+def meta_case(change, names_weights: bool = False):
+    """A copy of the run's model whose model.json is changed; the error names model.json (or the weights file)."""
+    def make(d, run):
+        edit_meta(copy_model(run, d), change)
+        return d, weights_of(d) if names_weights else d / "model.json"
+    return make
+
+
+def damaged_weights(damage):
+    def make(d, run):
+        copy_model(run, d)
+        damage(weights_of(d))
+        return d, weights_of(d)
+    return make
+
+
+def without(key):
+    return lambda m: {k: v for k, v in m.items() if k != key}
+
+
+def model_json(text: bytes):
+    def make(d, run):
+        copy_model(run, d)
+        (d / "model.json").write_bytes(text)
+        return d, d / "model.json"
+    return make
+
+
+def legacy_run(d, run):
+    d.mkdir()
+    write_legacy_model(run, d / "best.pt")
+    return d, d
+
+
+def legacy_file(d, run):
+    legacy_run(d, run)
+    return d / "best.pt", d / "best.pt"
+
+
+def photo_as_model(d, run):
+    d.mkdir()
+    shutil.copy(SAMPLE_PHOTOS[0], d / "model.jpg")
+    return d / "model.jpg", d / "model.jpg"
+
+
+def weights_removed(d, run):
+    copy_model(run, d)
+    missing = weights_of(d)
+    missing.unlink()
+    return d, missing
+
+
+def folder_as_model_json(d, run):
+    copy_model(run, d)
+    (d / "model.json").unlink()
+    (d / "model.json").mkdir()
+    return d, d / "model.json"
+
+
+BAD_MODELS = {  # case: (make(folder, run) -> (path to pass, the file the error names), what the error says)
+    "missing": (lambda d, run: (d / "no-such-run", d / "no-such-run"), "no such model"),
+    "folder without a model": (lambda d, run: (d.mkdir() or d, d), "no model here: expected model.json"),
+    "model.json not JSON": (model_json(b"{not json"), "not valid JSON"),
+    "model.json empty": (model_json(b""), "not valid JSON"),
+    "model.json not UTF-8": (model_json(b"\xff\xfe\x00junk"), "not valid JSON"),
+    "model.json a folder": (folder_as_model_json, "cannot read"),
+    "model.json not an object": (model_json(b"[1, 2]"), "expected a JSON object, got list"),
+    "wrong format": (meta_case(lambda m: m | {"format": "keras"}), "not a bintally model description (format is 'keras'"),
+    "newer format version": (meta_case(lambda m: m | {"format_version": 99}), "written by a newer bintally (format version 99"),
+    "missing weights field": (meta_case(without("weights")), "missing 'weights'"),
+    "missing model_config": (meta_case(without("model_config")), "missing 'model_config'"),
+    "missing tta": (meta_case(without("tta")), "missing 'tta'"),
+    "tta not a bool": (meta_case(lambda m: m | {"tta": "yes"}), 'tta is "yes", expected bool'),
+    "format_version a string": (meta_case(lambda m: m | {"format_version": "1"}), 'format_version is "1", expected int'),
+    "model_config a list": (meta_case(lambda m: m | {"model_config": [1]}), "model_config is [1], expected dict"),
+    "unknown runtime": (meta_case(lambda m: m | {"runtime": "tensorflow"}), "unknown runtime 'tensorflow'"),
+    "unknown decoding": (meta_case(lambda m: m | {"decoding": "mode"}), "unknown decoding 'mode'"),
+    "decoding not the model's": (meta_case(lambda m: m | {"decoding": "expected"}),
+                                 "decoding 'expected' does not match the model's settings (model_config decodes by 'median')"),
+    "metrics a list": (meta_case(lambda m: m | {"metrics": [0.5]}), "metrics is [0.5], expected dict"),
+    "train_config a string": (meta_case(lambda m: m | {"train_config": "lr=1"}), 'train_config is "lr=1", expected dict'),
+    "labels a list": (meta_case(lambda m: m | {"labels": ["0", "1"]}), 'labels is ["0", "1"], expected dict'),
+    "name with a slash": (meta_case(lambda m: m | {"name": "../x"}), "name '../x' must be"),
+    "unknown model setting": (meta_case(lambda m: m | {"model_config": m["model_config"] | {"colour": 1}}),
+                              "model settings this version of bintally cannot use (unknown model settings ['colour'])"),
+    "model setting of a wrong type": (meta_case(lambda m: m | {"model_config": m["model_config"] | {"max_count": "five"}}),
+                                      "model settings this version of bintally cannot use"),
+    "unknown transform setting": (meta_case(lambda m: m | {"transform": m["transform"] | {"blur": 2}}),
+                                  "model settings this version of bintally cannot use (not a transform"),
+    "image size out of range": (meta_case(lambda m: m | {"transform": m["transform"] | {"image_size": 3}}),
+                                "image_size must be a whole number from 16 to 4096"),
+    "labels mismatch": (meta_case(lambda m: m | {"labels": m["labels"] | {"names": ["0", "1"]}}),
+                        "labels ['0', '1'] do not match the model's label space"),
+    "weights a relative path": (meta_case(lambda m: m | {"weights": "../x.safetensors"}),
+                                "weights must name a .safetensors or .onnx file in the same folder, got '../x.safetensors'"),
+    "weights an absolute path": (meta_case(lambda m: m | {"weights": "/etc/passwd.safetensors"}), "in the same folder"),
+    "weights not a model file": (meta_case(lambda m: m | {"weights": "config.json"}), "in the same folder, got 'config.json'"),
+    "weights file missing": (weights_removed, "missing: model.json names it as the model's weights"),
+    "weights truncated": (damaged_weights(lambda w: w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])),
+                          "truncated or damaged weights file"),
+    "weights junk": (damaged_weights(lambda w: w.write_bytes(np.random.default_rng(0).bytes(4000))), "truncated or damaged weights file"),
+    "weights empty": (damaged_weights(lambda w: w.write_bytes(b"")), "truncated or damaged weights file"),
+    "weights a pickle": (damaged_weights(lambda w: shutil.copy(w.parent.parent / "legacy.pt", w)), "truncated or damaged weights file"),
+    "weights do not fit": (meta_case(lambda m: m | {"model_config": m["model_config"] | {"backbone": "resnet18"}}, names_weights=True),
+                           "weights do not fit the model model.json describes (resnet18"),
+    "weights of another label space": (meta_case(lambda m: m | {"model_config": m["model_config"] | {"max_count": 3},
+                                                               "labels": {"min_count": 0, "max_count": 3, "overflow": "class",
+                                                                          "names": ["0", "1", "2", "3", "4+"]}},
+                                                 names_weights=True), "weights do not fit"),
+    "run with only an old best.pt": (legacy_run, "bintally export --model"),
+    "an old best.pt": (legacy_file, "--format safetensors"),
+    "training checkpoint": (lambda d, run: (run / "checkpoints" / "last.pt",) * 2, "a training checkpoint, not a model"),
+    "a photo": (photo_as_model, "not a bintally model: pass the folder holding model.json"),
+}
+
+
+def make_bad_model(case: str, folder, run):
+    """(path to pass, file the error must name)."""
+    legacy = folder.parent / "legacy.pt"
+    if not legacy.exists():
+        write_legacy_model(run, legacy)
+    return BAD_MODELS[case][0](folder, run)
+
+
+@pytest.mark.parametrize("case", list(BAD_MODELS))
+def test_bad_model_is_one_line_naming_the_file(case, run, tiny_manifest, tmp_path):
+    path, named = make_bad_model(case, tmp_path / "model", run)
+    with pytest.raises(DataError) as error:
+        Counter.load(path)
+    assert error.value.path == str(named)
+    assert "\n" not in str(error.value)
+    result = run_cli("predict", "--model", path, "--no-progress", SAMPLE_PHOTOS[0])
+    assert_one_line_error(result, str(named), BAD_MODELS[case][1])
+    assert result.stdout == ""
+    result = run_cli("evaluate", "--model", path, "--data", tiny_manifest, "--split", "val", *FAST)
+    assert_one_line_error(result, str(named), BAD_MODELS[case][1])
+    assert result.stdout == ""
+
+
+def test_old_run_error_gives_the_command_that_converts_it(run, tmp_path):
+    old, _ = legacy_run(tmp_path / "old", run)
+    line = assert_one_line_error(run_cli("predict", "--model", old, "--no-progress", SAMPLE_PHOTOS[0]))
+    command = line[line.index("`") + 1: line.rindex("`")]
+    assert command == f"bintally export --model {old / 'best.pt'} --format safetensors --out {old / 'model'}"
+
+
+def test_an_onnx_export_on_the_torch_backend_is_one_line(run, tmp_path):
+    folder = copy_model(run, tmp_path / "export")
+    edit_meta(folder, lambda m: m | {"runtime": "onnx"})
+    with pytest.raises(ConfigError, match="is an ONNX export: use --backend onnx"):
+        Counter.load(folder)
+    assert_one_line_error(run_cli("predict", "--model", folder, "--no-progress", SAMPLE_PHOTOS[0]), str(folder), "--backend onnx")
+
+
+def test_unknown_backend_is_refused(run):
+    with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
+        Counter.load(run, backend="tensorrt")
+    result = run_cli("predict", "--model", run, "--backend", "tensorrt", SAMPLE_PHOTOS[0])
+    assert result.returncode == 2 and "tensorrt" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- old models (best.pt) and their conversion
+
+
+def test_a_good_best_pt_converts_to_the_same_model(run, tmp_path):
+    (tmp_path / "old").mkdir()
+    legacy = write_legacy_model(run, tmp_path / "old" / "best.pt")
+    converted = convert_legacy(tmp_path / "old", tmp_path / "old" / "model")  # the old run's folder, or its best.pt
+    original = read_artifact(run)
+    assert (converted.model, converted.transform, converted.tta) == (original.model, original.transform, original.tta)
+    assert converted.metrics == original.metrics and converted.train_config == original.train_config
+    assert converted.version == original.version  # the same weights, byte for byte
+    assert read_artifact(tmp_path / "old").to_json() == converted.to_json()  # the old run now loads as a run
+    again = convert_legacy(legacy, tmp_path / "again")
+    assert again.version == original.version and read_artifact(tmp_path / "again").to_json() == again.to_json()
+    photos = np.stack([Counter.load(run).preprocess(Image.open(p).convert("RGB")) for p in SAMPLE_PHOTOS[:4]])
+    assert np.array_equal(Counter.load(tmp_path / "old").probabilities(photos), Counter.load(run).probabilities(photos))
+
+
+def test_a_best_pt_without_tta_or_metrics_converts(run, legacy_model, tmp_path):
+    old = {k: v for k, v in legacy_model.items() if k not in ("metrics", "labels")}
+    old["train_config"] = old["train_config"] | {"tta": False}
+    torch.save(old, tmp_path / "best.pt")
+    converted = convert_legacy(tmp_path / "best.pt", tmp_path / "model")
+    assert converted.tta is False and converted.metrics == {} and Counter.load(tmp_path / "model").artifact.tta is False
+
+
+def write_model(path, saved):
     torch.save(saved, path)
     return path
 
 
-BAD_MODELS = {
-    "missing": (lambda d, s, run: d / "no-such-run", "no such model"),
-    "folder without best.pt": (lambda d, s, run: d, "no best.pt in this folder"),
-    "empty file": (lambda d, s, run: d / "best.pt", "empty file"),
-    "truncated": (lambda d, s, run: d / "best.pt", "truncated or damaged"),
-    "random bytes": (lambda d, s, run: d / "best.pt", "not a PyTorch model file"),
-    "a JPEG": (lambda d, s, run: d / "best.pt", "it is a JPEG image"),
-    "JSON": (lambda d, s, run: d / "best.pt", "it is JSON text"),
-    "training checkpoint": (lambda d, s, run: run / "checkpoints" / "last.pt", "a training checkpoint, not a model: pass the run directory"),
-    "renamed checkpoint": (lambda d, s, run: d / "best.pt", "a training checkpoint, not a model"),
-    "code inside": (lambda d, s, run: write_model(d / "best.pt", s | {"made": datetime.date(2024, 1, 1)}), "could run code"),
-    "not a dict": (lambda d, s, run: write_model(d / "best.pt", [s["state_dict"]]), "not a bintally model: it holds a list"),
-    "missing key": (lambda d, s, run: write_model(d / "best.pt", {k: v for k, v in s.items() if k != "state_dict"}),
+BAD_LEGACY = {  # what is written as best.pt, and what the error says
+    "empty file": (lambda p, s, run: p.write_bytes(b""), "empty file"),
+    "truncated": (lambda p, s, run: p.write_bytes(write_model(p, s).read_bytes()[:3000]), "truncated or damaged"),
+    "random bytes": (lambda p, s, run: p.write_bytes(b"\x07" + np.random.default_rng(0).bytes(4000)), "not a PyTorch model file"),
+    "a JPEG": (lambda p, s, run: shutil.copy(SAMPLE_PHOTOS[0], p), "it is a JPEG image"),
+    "JSON": (lambda p, s, run: shutil.copy(run / "config.json", p), "it is JSON text"),
+    "renamed checkpoint": (lambda p, s, run: shutil.copy(run / "checkpoints" / "last.pt", p), "a training checkpoint, not a model"),
+    "code inside": (lambda p, s, run: write_model(p, s | {"made": datetime.date(2024, 1, 1)}), "could run code"),
+    "not a dict": (lambda p, s, run: write_model(p, [s["state_dict"]]), "not a bintally model: it holds a list"),
+    "missing key": (lambda p, s, run: write_model(p, {k: v for k, v in s.items() if k != "state_dict"}),
                     "not a bintally model: missing state_dict"),
-    "wrong type": (lambda d, s, run: write_model(d / "best.pt", s | {"classes": "0123456+"}), "classes is a str, expected a list"),
-    "unknown setting": (lambda d, s, run: write_model(d / "best.pt", s | {"model_config": s["model_config"] | {"colour": 1}}),
+    "wrong type": (lambda p, s, run: write_model(p, s | {"classes": "0123456+"}), "classes is a str, expected a list"),
+    "unknown setting": (lambda p, s, run: write_model(p, s | {"model_config": s["model_config"] | {"colour": 1}}),
                         "model settings this version of bintally cannot use"),
-    "classes differ": (lambda d, s, run: write_model(d / "best.pt", s | {"classes": ["0", "1"]}), "do not match the model's label space"),
-    "weights do not fit": (lambda d, s, run: write_model(d / "best.pt", s | {
-        "model_config": s["model_config"] | {"backbone": "resnet18"}}), "weights do not fit the model it describes (resnet18"),
+    "classes differ": (lambda p, s, run: write_model(p, s | {"classes": ["0", "1"]}), "do not match the model's label space"),
+    "weights do not fit": (lambda p, s, run: write_model(p, s | {"model_config": s["model_config"] | {"backbone": "resnet18"}}),
+                           "weights do not fit the model it describes (resnet18"),
 }
 
 
-def make_bad_model(case: str, folder, saved: dict, run):
-    folder.mkdir()
-    if case == "empty file":
-        (folder / "best.pt").write_bytes(b"")
-    elif case == "truncated":
-        data = (run / "best.pt").read_bytes()
-        (folder / "best.pt").write_bytes(data[: len(data) // 2])
-    elif case == "random bytes":
-        (folder / "best.pt").write_bytes(b"\x07" + np.random.default_rng(0).bytes(4000))
-    elif case == "a JPEG":
-        shutil.copy(SAMPLE_PHOTOS[0], folder / "best.pt")
-    elif case == "JSON":
-        shutil.copy(run / "config.json", folder / "best.pt")
-    elif case == "renamed checkpoint":
-        shutil.copy(run / "checkpoints" / "last.pt", folder / "best.pt")
-    return BAD_MODELS[case][0](folder, saved, run)
-
-
-@pytest.mark.parametrize("case", list(BAD_MODELS))
-def test_bad_model_path_is_one_line_naming_the_file(case, run, saved_model, tmp_path):
-    path = make_bad_model(case, tmp_path / "model", saved_model, run)
+@pytest.mark.parametrize("case", list(BAD_LEGACY))
+def test_a_damaged_best_pt_is_refused_with_one_line_and_nothing_written(case, run, legacy_model, tmp_path):
+    path = tmp_path / "old" / "best.pt"
+    path.parent.mkdir()
+    BAD_LEGACY[case][0](path, legacy_model, run)
     with pytest.raises(DataError) as error:
-        Predictor.load(path)
-    assert path.name in error.value.path
-    result = run_cli("predict", "--model", path, "--no-progress", SAMPLE_PHOTOS[0])
-    assert_one_line_error(result, path.name, BAD_MODELS[case][1])
-    assert result.stdout == ""
+        convert_legacy(tmp_path / "old", tmp_path / "old" / "model")
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and BAD_LEGACY[case][1] in message and "\n" not in message, message
+    assert not (tmp_path / "old" / "model").exists()
+
+
+def test_converting_what_is_no_best_pt_is_refused(run, tmp_path):
+    with pytest.raises(DataError, match="no such model"):
+        convert_legacy(tmp_path / "nothing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no best.pt in this folder"):
+        convert_legacy(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(DataError, match="a training checkpoint, not a model"):
+        convert_legacy(run / "checkpoints" / "last.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- predicting photos, some of them bad
@@ -157,22 +376,22 @@ def test_bad_model_path_is_one_line_naming_the_file(case, run, saved_model, tmp_
 def test_predict_paths_counts_every_good_photo_and_names_every_bad_one(run, tmp_path):
     bad = bad_images(tmp_path)
     good = [SAMPLE_PHOTOS[2], SAMPLE_PHOTOS[3], SAMPLE_PHOTOS[4]]
-    predictor = Predictor.load(run)
+    counter = Counter.load(run)
     paths = [good[0], *(p for p, _ in bad.values()), good[1], good[2]]
-    results, failures = predictor.predict_paths(paths, batch_size=2, progress=False)
+    results, failures = counter.count_paths(paths, batch_size=2, progress=False)
     assert [r["image"] for r in results] == [str(p) for p in good]
     assert len(failures) == len(bad)
     for failure, (path, problem) in zip(failures, bad.values()):
         assert failure.startswith(f"{path}: ") and problem in failure, failure
-    alone, none_failed = predictor.predict_paths(good, progress=False)
-    assert none_failed == [] and [r["probs"] for r in alone] == [r["probs"] for r in results]
+    alone, none_failed = counter.count_paths(good, progress=False)
+    assert none_failed == [] and [r["probabilities"] for r in alone] == [r["probabilities"] for r in results]
 
 
 def test_unusual_image_modes_are_counted(run, tmp_path):
     paths = unusual_images(tmp_path)
-    results, failures = Predictor.load(run).predict_paths(paths, progress=False)
+    results, failures = Counter.load(run).count_paths(paths, progress=False)
     assert failures == [] and [r["image"] for r in results] == [str(p) for p in paths]
-    assert all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in results)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in results)
 
 
 def test_cli_predict_reports_each_bad_photo_counts_the_rest_and_exits_1(run, tmp_path):

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from bintally.cli import app
@@ -17,6 +16,7 @@ from bintally.data.split import SplitConfig
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation import evaluate, evaluate_model, evaluate_saved, load_predictions
 from bintally.evaluation.metrics import bootstrap_intervals, calibration, count_metrics, per_class_metrics
+from bintally.models.artifact import read_artifact
 from bintally.training import train
 from tests.training_helpers import tiny_config
 
@@ -112,6 +112,8 @@ def test_class_folder_dataset_is_evaluated_with_counts_from_folder_names(tiny_mo
 
 def test_saved_predictions_recompute_the_same_metrics(tiny_model, tiny_manifest, tmp_path):
     first = evaluate_model(tiny_model, tiny_manifest, split="val", workers=0, progress=False, resamples=200)
+    model = read_artifact(tiny_model)
+    assert (first.info["model_version"], first.info["backend"], first.info["decode"]) == (model.version, "torch", "median")
     for suffix in (".csv", ".parquet"):
         path = tmp_path / f"predictions{suffix}"
         evaluate(model=tiny_model, data=tiny_manifest, split="val", save_to=path, workers=0, progress=False, resamples=200)
@@ -136,8 +138,8 @@ def test_cli_evaluate_writes_json_and_recomputes_from_predictions(tiny_model, ti
 
 def test_a_model_trained_on_counts_0_5_only_is_scored_on_every_photo(tiny_manifest, tmp_path):
     train(tiny_config(tiny_manifest, tmp_path / "run", mode="frozen", head="ordinal", epochs=1, overflow="exclude"))
-    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # a model loads without running code
-    assert saved["classes"] == ["0", "1", "2", "3", "4", "5"]
+    saved = read_artifact(tmp_path / "run")  # model.json and safetensors: a model loads without running code
+    assert saved.labels.names == ["0", "1", "2", "3", "4", "5"] and not saved.model.overflow
     result = evaluate_model(tmp_path / "run", tiny_manifest, split="val", workers=0, progress=False, resamples=50)
     frame = result.predictions
     assert (frame["true_label"] == 6).any() and not (frame["predicted_label"] == 6).any()

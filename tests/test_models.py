@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 
 from bintally.errors import ConfigError
+from bintally.labels import LabelSpace
 from bintally.models import CountingModel, ModelConfig, build_head, efficientnet_lite
 from bintally.models.backbones import build_backbone
+from bintally.models.model import ProbabilityModel, fingerprint
 
 CAT_CLASSES = range(281, 286)  # ImageNet's domestic cats
 
@@ -66,13 +68,47 @@ def test_ordinal_cumulative_probabilities_are_monotone():
     assert (above[:, 1:] <= above[:, :-1] + 1e-6).all()
 
 
-def test_prediction_fields():
+def test_probability_model_and_the_result_shape():
     model = CountingModel(ModelConfig(backbone="resnet18", head="linear", pretrained=False)).eval()
-    out = model.predict(torch.randn(3, 3, 64, 64))
-    assert out["probs"].shape == (3, 7)
-    values = torch.arange(7.0)
-    assert torch.allclose(out["expected_count"], (out["probs"] * values).sum(-1))
-    assert torch.equal(out["count"], out["probs"].argmax(-1))
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        plain = ProbabilityModel(model, tta=False)(x)
+        tta = ProbabilityModel(model, tta=True)(x)
+        mirrored = ProbabilityModel(model, tta=False)(torch.flip(x, dims=[-1]))
+    assert plain.shape == (3, 7) and torch.allclose(plain.sum(-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-6)  # TTA: the mean of the photo's and its mirror's
+    assert not torch.allclose(tta, plain)
+    results = LabelSpace().describe(plain.numpy(), "argmax")
+    assert len(results) == 3
+    for row, r in zip(plain.numpy(), results):
+        assert set(r) == {"count", "label", "confidence", "expected_count", "probabilities"}
+        assert isinstance(r["count"], int) and r["label"] == LabelSpace().names[int(row.argmax())]
+        assert r["count"] == int(row.argmax()) and r["confidence"] == pytest.approx(row.max(), abs=1e-4)
+        assert r["expected_count"] == pytest.approx(float(row @ np.arange(7)), abs=1e-3)
+        assert list(r["probabilities"]) == ["0", "1", "2", "3", "4", "5", "6+"]
+        assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_the_overflow_class_is_counted_as_max_count_plus_one():
+    space = LabelSpace(1, 5, overflow=True)  # classes 1..5 and "6+"
+    probs = np.array([[0.0, 0.0, 0.0, 0.0, 0.1, 0.9], [0.7, 0.3, 0.0, 0.0, 0.0, 0.0]])
+    first, second = space.describe(probs)
+    assert (first["count"], first["label"]) == (6, "6+") and first["expected_count"] == pytest.approx(5.9)
+    assert (second["count"], second["label"]) == (1, "1") and second["expected_count"] == pytest.approx(1.3)
+    assert space.expected_counts(probs) == pytest.approx([5.9, 1.3])
+
+
+def test_weights_fingerprint_tells_random_initialisations_apart():
+    torch.manual_seed(1)
+    a = CountingModel(ModelConfig(backbone="test_efficientnet_gn", pretrained=False))
+    torch.manual_seed(1)
+    b = CountingModel(ModelConfig(backbone="test_efficientnet_gn", pretrained=False))
+    torch.manual_seed(2)
+    c = CountingModel(ModelConfig(backbone="test_efficientnet_gn", pretrained=False))
+    assert fingerprint(a.backbone) == fingerprint(b.backbone) != fingerprint(c.backbone)
+    with torch.no_grad():
+        next(iter(b.backbone.parameters())).view(-1)[0] += 1e-3
+    assert fingerprint(a.backbone) != fingerprint(b.backbone)
 
 
 def test_unknown_backbone_and_head_are_refused():
@@ -95,12 +131,14 @@ def test_weights_file_that_does_not_fit(tmp_path):
 
 
 def test_decodings():
-    from bintally.models.model import decode_counts
-
-    probs = torch.tensor([[0.3, 0.05, 0.05, 0.0, 0.0, 0.0, 0.6], [0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.0]])
-    assert decode_counts(probs, "argmax").tolist() == [6, 3]
-    assert decode_counts(probs, "median").tolist() == [6, 2]
-    assert decode_counts(probs, "expected").tolist() == [4, 2]
+    space = LabelSpace()
+    probs = np.array([[0.3, 0.05, 0.05, 0.0, 0.0, 0.0, 0.6], [0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.0]])
+    assert space.decode(probs, "argmax").tolist() == [6, 3]
+    assert space.decode(probs, "median").tolist() == [6, 2]
+    assert space.decode(probs, "expected").tolist() == [4, 2]
+    assert [r["label"] for r in space.describe(probs, "median")] == ["6+", "2"]
+    assert [r["count"] for r in space.describe(probs, "expected")] == [4, 2]
     with pytest.raises(ConfigError, match="unknown decoding"):
-        decode_counts(probs, "mode")
+        space.decode(probs, "mode")
     assert CountingModel(ModelConfig(backbone="resnet18", head="ordinal", pretrained=False)).decode == "median"
+    assert ModelConfig(head="linear").decoding == "argmax" and ModelConfig(head="ordinal", decode="expected").decoding == "expected"

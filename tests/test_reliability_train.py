@@ -19,6 +19,7 @@ import torch
 from bintally.data import write_manifest
 from bintally.data.manifest import read_manifest
 from bintally.errors import ConfigError
+from bintally.models.artifact import read_artifact
 from bintally.training import train
 from tests.cli_helpers import assert_one_line_error, bintally, run_cli
 from tests.training_helpers import TINY, assert_same_weights, state_of, tiny_config
@@ -152,7 +153,8 @@ def test_leftovers_of_a_killed_writer_are_removed_on_resume(tiny_manifest, tmp_p
     train(tiny_config(tiny_manifest, out, max_steps=2, epochs=2))
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid is gone: what it "wrote" is a leftover
-    leftovers = [out / "checkpoints" / f".last.pt.{dead.pid}.0123abcd.tmp", out / f".best.pt.{dead.pid}.89abcdef.tmp"]
+    leftovers = [out / "checkpoints" / f".last.pt.{dead.pid}.0123abcd.tmp", out / "model" / f".model.json.{dead.pid}.89abcdef.tmp",
+                 out / "model" / f".weights-0123456789ab.safetensors.{dead.pid}.456789ab.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a checkpoint")
     train(tiny_config(tiny_manifest, out, epochs=2), resume=str(out))
@@ -188,8 +190,8 @@ def test_bad_settings_files_and_runs_get_one_line(tiny_manifest, tmp_path):
     assert_one_line_error(run_cli("train", "--resume", out), "config.json", "malformed JSON")
     (out / "config.json").unlink()
     assert_one_line_error(run_cli("train", "--resume", out), "config.json", "missing")
-    assert (out / "checkpoints" / "last.pt").exists() and (out / "best.pt").exists()  # nothing was lost
-    assert_one_line_error(run_cli("train", "--resume", out / "best.pt"), "best.pt", "is a file", "run directory")
+    assert (out / "checkpoints" / "last.pt").exists() and (out / "model" / "model.json").exists()  # nothing was lost
+    assert_one_line_error(run_cli("train", "--resume", out / "model" / "model.json"), "model.json", "is a file", "run directory")
     for bad in (["--workers", "-1"], ["--epochs", "0"], ["--mode", "fast"], ["--preset", "nope"], ["--image-size", "abc"],
                 ["--lr", "-1"], ["--label-smoothing", "1.5"]):
         assert_one_line_error(run_cli("train", *bad), bad[0], code=2)
@@ -223,8 +225,8 @@ def test_labels_1_to_5_from_a_file_list_train_end_to_end(tiny_manifest, tmp_path
     result = train(tiny_config(tmp_path / "m.parquet", tmp_path / "run", epochs=1))
     assert result.labels.names == ["1", "2", "3", "4", "5"]
     assert result.model.config.n_classes == 5
-    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    assert saved["classes"] == ["1", "2", "3", "4", "5"]
+    saved = read_artifact(tmp_path / "run")
+    assert saved.labels.names == ["1", "2", "3", "4", "5"] and saved.to_json()["labels"]["names"] == ["1", "2", "3", "4", "5"]
     assert pd.Series(read_manifest(tmp_path / "m.parquet")["label"]).dropna().between(0, 4).all()
     with pytest.raises(ConfigError, match="batch size 10000"):
         train(tiny_config(tmp_path / "m.parquet", tmp_path / "run2", min_count=1, max_count=5, overflow="exclude", batch_size=10_000))

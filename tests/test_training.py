@@ -14,9 +14,9 @@ import torch
 
 from bintally.data import write_manifest
 from bintally.errors import ConfigError, DataError
+from bintally.inference import Counter
 from bintally.models import CountingModel
 from bintally.paths import SAMPLE_DIR, cache_dir
-from bintally.predict import Predictor
 from bintally.training import TrainConfig, resolve_config, train
 from bintally.training.engine import lr_factor
 from bintally.training.health import HealthMonitor
@@ -26,24 +26,34 @@ from tests.training_helpers import assert_same_weights, state_of, tiny_config
 def test_one_step_smoke_run(tiny_manifest, tmp_path):
     result = train(tiny_config(tiny_manifest, tmp_path / "run", max_steps=1, epochs=1))
     run = tmp_path / "run"
-    for name in ("config.json", "metrics.jsonl", "best.pt", "model_card.md", "health.json", "checkpoints/last.pt"):
+    for name in ("config.json", "metrics.jsonl", "model/model.json", "model_card.md", "health.json", "checkpoints/last.pt"):
         assert (run / name).exists(), name
+    assert not (run / "best.pt").exists()
+    assert len(list((run / "model").glob("weights-*.safetensors"))) == 1
     assert result.final["val_n"] == 56 and 0 <= result.final["val_accuracy"] <= 1
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(ckpt)
     assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (0, 1, 1)
     photos = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))[:3]
-    preds, failures = Predictor.load(run).predict_paths(photos)
+    counter = Counter.load(run)
+    assert counter.artifact.decoding == "median" and counter.artifact.metrics == result.final
+    preds, failures = counter.count_paths(photos)
     assert len(preds) == 3 and failures == []
     for p in preds:
-        assert abs(sum(p["probs"].values()) - 1) < 1e-3
-        probs = list(p["probs"].values())
-        assert p["probability"] == p["probs"][p["count"]]
-        assert sum(probs[: p["label"]]) < 0.5 <= sum(probs[: p["label"] + 1]) + 1e-3  # ordinal head: the median
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-3
+        probs = list(p["probabilities"].values())
+        index = counter.labels.names.index(p["label"])
+        assert p["count"] == index and p["confidence"] == p["probabilities"][p["label"]]
+        assert sum(probs[:index]) < 0.5 <= sum(probs[: index + 1]) + 1e-3  # ordinal head: the median
     cli = subprocess.run([sys.executable, "-m", "bintally", "predict", "--model", run, "--json", photos[0]],
                          capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout)[0]["probs"] == preds[0]["probs"]
+    assert json.loads(cli.stdout)[0] == preds[0]
+    lines = subprocess.run([sys.executable, "-m", "bintally", "predict", "--model", run / "model", "--no-progress", *photos],
+                           capture_output=True, text=True)
+    assert lines.returncode == 0, lines.stderr
+    for line, p in zip(lines.stdout.splitlines(), preds, strict=True):
+        assert line == f"{p['image']}\t{p['label']}\t(p={p['confidence']:.2f}, expected {p['expected_count']:.2f})"
 
 
 def test_resume_mid_epoch_gives_identical_weights(tiny_manifest, tmp_path):

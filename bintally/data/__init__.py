@@ -1,12 +1,21 @@
-"""The data stage: fetch photos, index them into a manifest, split, check and report."""
+"""The data stage: fetch photos, index them into a manifest, split, check and report.
 
-from bintally.data.check import CheckReport, check_manifest
-from bintally.data.index import build_manifest, index_to_manifest
-from bintally.data.manifest import read_manifest, write_manifest
-from bintally.data.split import SplitConfig, class_names, split_manifest
+Names load on first use, so that what needs only the image decoder (the count server) does not
+import pandas and scikit-learn.
+"""
+
+from importlib import import_module
+
 from bintally.errors import DataError
 
-__all__ = [
-    "CheckReport", "DataError", "SplitConfig", "build_manifest", "check_manifest", "class_names",
-    "index_to_manifest", "read_manifest", "split_manifest", "write_manifest",
-]
+LAZY = {"CheckReport": "check", "check_manifest": "check", "build_manifest": "index", "index_to_manifest": "index",
+        "read_manifest": "manifest", "write_manifest": "manifest", "SplitConfig": "split", "class_names": "split",
+        "split_manifest": "split"}
+
+__all__ = ["DataError", *LAZY]
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(import_module(f"bintally.data.{LAZY[name]}"), name)
+    raise AttributeError(f"module 'bintally.data' has no attribute {name!r}")

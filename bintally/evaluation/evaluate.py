@@ -22,9 +22,9 @@ from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
+from bintally.inference import Counter
 from bintally.io import atomic_path, check_output_file, check_output_folder
 from bintally.labels import LabelSpace
-from bintally.inference import Counter
 from bintally.progress import progress_bar
 
 log = logging.getLogger("bintally.evaluation")

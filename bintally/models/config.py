@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bintally.labels import DECODINGS, LabelSpace
+from bintally.labels import LabelSpace
 
 HEADS = ("linear", "mlp", "ordinal")
 

@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from bintally.errors import ConfigError
-from bintally.labels import LabelSpace
-from bintally.labels import DECODINGS
+from bintally.labels import DECODINGS, LabelSpace
 from bintally.models.config import HEADS, ModelConfig
 from bintally.settings import check_range, check_types
 

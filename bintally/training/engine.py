@@ -34,9 +34,9 @@ from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import count_metrics
 from bintally.io import atomic_path, check_output_folder
 from bintally.labels import LabelSpace
-from bintally.models.backbones import weights_description
 from bintally.models.artifact import RUN_SUBDIR, read_artifact
 from bintally.models.artifact import save_model as save_artifact
+from bintally.models.backbones import weights_description
 from bintally.models.model import CachedViewProbs, CountingModel, ProbabilityModel, weights_problem
 from bintally.progress import progress_bar
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic

@@ -1,0 +1,83 @@
+"""The web page at GET /: drop a bin photo (or pick a bundled sample) and see the count.
+
+The page is one static file (static/index.html: HTML, CSS and JavaScript, no CDN, no build step) that posts
+the photo to POST /v1/count. GET /samples lists the bundled ABID sample photos (with the quantity their
+metadata records) and GET /samples/{name} serves one; only names in that folder are served.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+from bintally.paths import SAMPLE_DIR
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE = STATIC_DIR / "index.html"
+CONFIG_MARK = "/*PAGE_CONFIG*/{}"
+SAMPLE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.(jpg|jpeg|png)$")
+MEDIA_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
+
+
+@lru_cache(maxsize=4)
+def sample_index(folder: str = str(SAMPLE_DIR)) -> dict[str, dict]:
+    """name -> {"name", "expected_quantity"} for each photo in the sample's bin-images folder (sorted by name)."""
+    root = Path(folder)
+    photos = root / "bin-images"
+    if not photos.is_dir():
+        return {}
+    index = {}
+    for path in sorted(photos.iterdir()):
+        if not SAMPLE_NAME.match(path.name) or not path.is_file() or path.is_symlink():
+            continue
+        quantity = None
+        meta = root / "metadata" / f"{path.stem}.json"
+        try:
+            value = json.loads(meta.read_text()).get("EXPECTED_QUANTITY")
+            quantity = value if isinstance(value, int) and not isinstance(value, bool) else None
+        except (OSError, ValueError, AttributeError):
+            pass
+        index[path.name] = {"name": path.name, "expected_quantity": quantity}
+    return index
+
+
+def page_config(plane, config) -> dict:
+    loaded = bool(getattr(plane, "loaded", False))
+    return {"apiKeyRequired": bool(getattr(config, "api_key", None)), "countUrl": "/v1/count",
+            "model": plane.name if loaded else None, "version": plane.version if loaded else None,
+            "backend": plane.counter.backend_name if loaded else None, "maxBodyBytes": getattr(config, "max_body_bytes", None)}
+
+
+def render_page(plane, config) -> str:
+    text = PAGE.read_text(encoding="utf-8")
+    blob = json.dumps(page_config(plane, config)).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text.replace(CONFIG_MARK, blob, 1)
+
+
+def web_router(plane, config) -> APIRouter:
+    router = APIRouter(tags=["Web page"])
+
+    @router.get("/", response_class=HTMLResponse, summary="The web page: drop a bin photo, see the count")
+    async def index():
+        return HTMLResponse(render_page(plane, config), headers={"Cache-Control": "no-cache"})
+
+    @router.get("/samples", summary="The bundled sample photos (ABID, CC BY-NC-SA 3.0 US)")
+    async def samples():
+        return {"samples": list(sample_index().values()),
+                "attribution": "Amazon Bin Image Dataset, Amazon.com, Inc. (CC BY-NC-SA 3.0 US)"}
+
+    @router.get("/samples/{name}", summary="One bundled sample photo", response_class=FileResponse,
+                responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such sample"}})
+    async def sample(name: str):
+        entry = sample_index().get(name)  # only names listed from the folder: no path is ever built from the request
+        if entry is None:
+            return JSONResponse({"error": f"no sample photo named {name!r}: see GET /samples"}, status_code=404)
+        return FileResponse(SAMPLE_DIR / "bin-images" / entry["name"], media_type=MEDIA_TYPES[name.rsplit(".", 1)[1].lower()],
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    return router
