@@ -10,7 +10,7 @@ from bintally.training.config import PRESETS
 from tests.cli_helpers import run_cli
 from tests.training_helpers import TINY
 
-COMMANDS = [["data", "index"], ["data", "split"], ["data", "check"], ["data", "report"], ["data", "fetch"],
+COMMANDS = [["export"], ["serve"], ["data", "index"], ["data", "split"], ["data", "check"], ["data", "report"], ["data", "fetch"],
             ["train"], ["evaluate"], ["predict"], ["tune"], ["data"], []]
 BAR = re.compile(r"\d+%\|")  # tqdm's "37%|####" bar
 

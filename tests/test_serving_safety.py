@@ -193,6 +193,14 @@ def test_undecodable_image_is_400_naming_the_problem(server):
     assert_refused(count(server, items), 400, "image 2")
 
 
+def test_malformed_json_is_400_on_every_endpoint(server):
+    for path in ("/v1/count", "/invocations"):
+        for body in (b"[" * 100_000, b"{", b"\xff\xfe", b'{"image_b64": 3}', b'{"images": "x"}', b"null"):
+            response = httpx.post(server.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=30)
+            assert response.status_code == 400, (path, body[:20], response.status_code, response.text)
+            assert response.json()["error"]
+
+
 def png_bomb(width: int, height: int) -> bytes:
     """A valid, tiny PNG whose header declares width x height pixels (the pixel data would be gigabytes)."""
     buffer = io.BytesIO()

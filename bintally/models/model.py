@@ -61,8 +61,9 @@ class ProbabilityModel(nn.Module):
             return average_views(self.model.head, [self.model.backbone(images)])
         # one backbone pass over both views (in eval mode each photo is computed on its own, so this equals two passes;
         # an ONNX export then holds each weight once, which int8 quantisation needs)
+        n = images.shape[0]
         features = self.model.backbone(torch.cat([images, torch.flip(images, dims=[-1])]))
-        return average_views(self.model.head, features.chunk(2))
+        return average_views(self.model.head, [features[:n], features[n:]])  # slices, not chunk(): the ONNX batch stays dynamic
 
 
 class CachedViewProbs(nn.Module):

@@ -106,6 +106,8 @@ async def read_inputs(request: Request, plane: DataPlane) -> tuple[list[bytes], 
             doc = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(400, f"the body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise RequestError(400, "the body is not valid JSON (nested too deeply)") from None
         return await json_inputs(doc, plane)
     if not kind:
         raise RequestError(415, f"no Content-Type: send {ACCEPTED}")
