@@ -231,3 +231,16 @@ def test_overwriting_a_run_deletes_its_model_folder(tiny_manifest, tmp_path):
     second = read_artifact(out)
     assert second.version != first.version and second.train_config["max_steps"] == 2
     assert sorted(p.name for p in (out / "model").iterdir()) == sorted([META_FILE, second.weights])
+
+
+def test_a_torch_backend_with_its_own_thread_count_leaves_the_process_setting_alone(tiny_artifact):
+    import numpy as np
+    import torch
+
+    from bintally.inference.backends import TorchBackend
+
+    before = torch.get_num_threads()
+    backend = TorchBackend(tiny_artifact, threads=1 if before > 1 else 2)
+    probs = backend.probabilities(np.zeros((2, 3, 64, 64), np.float32))
+    assert probs.shape == (2, tiny_artifact.labels.n_classes)
+    assert torch.get_num_threads() == before  # training later in the same process keeps its own arithmetic

@@ -20,14 +20,19 @@ class TorchBackend:
 
         from bintally.models.model import ProbabilityModel
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.torch, self.device = torch, torch.device(device)
+        self.torch, self.device, self.threads = torch, torch.device(device), threads
         self.net = ProbabilityModel(load_model(artifact), artifact.tta).eval().to(self.device)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.net(self.torch.from_numpy(images).to(self.device)).float().cpu().numpy()
+        torch = self.torch
+        previous = torch.get_num_threads()
+        if self.threads:  # for this call only: a backend inside a bigger program (tests, notebooks) leaves its setting alone
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                return self.net(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
+        finally:
+            torch.set_num_threads(previous)
 
 
 class OnnxBackend:
