@@ -354,3 +354,25 @@ def test_killed_export_leaves_no_folder(tiny_artifact, small_data, tmp_path):
     done = run_cli("export", "-m", tiny_artifact.path, "--format", "safetensors", "-o", out)
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob(".killed.*"))
+
+
+def test_no_tta_export_counts_the_photo_alone(tiny_artifact, small_data, tmp_path):
+    from bintally.data.images import decode_image
+    from bintally.inference import Counter
+    from bintally.inference.backends import TorchBackend
+    from bintally.models.artifact import read_artifact
+
+    out = tmp_path / "no-tta"
+    result = run_cli("export", "--model", tiny_artifact.path, "--out", out, "--no-tta", "--data", small_data, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "same count on 100.0%" in result.stdout
+    exported = read_artifact(out)
+    assert exported.tta is False and tiny_artifact.tta is True
+    counter = Counter.load(out, backend="onnx")
+    images = np.stack([counter.preprocess(decode_image(p)) for p in photos(6)])
+    alone = TorchBackend(replace(tiny_artifact, tta=False)).probabilities(images)
+    averaged = TorchBackend(tiny_artifact).probabilities(images)
+    assert np.abs(counter.probabilities(images) - alone).max() < 1e-4
+    assert np.abs(alone - averaged).max() > 1e-4  # the override changed the computation, not just the label
+    assert_one_line_error(run_cli("export", "--model", tiny_artifact.path, "--out", tmp_path / "st", "--format", "safetensors",
+                                  "--no-tta"), "--format onnx only")

@@ -21,13 +21,16 @@ def export_cmd(
         help="int8: static quantisation calibrated on training photos; records validation accuracy and speed-up of both.")] = None,
     data: Annotated[Optional[Path], Opt(help="Manifest or folder whose val (and train) photos check the export. "
                                              "Default: the run's own data, else the bundled sample.")] = None,
+    tta: Annotated[Optional[bool], Opt("--tta/--no-tta", help="Average each photo with its mirror image (the model's own "
+                                                              "setting if neither is given); --no-tta halves the compute.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing export in --out.")] = False,
     progress: ProgressOpt = True,
 ):
     """Export a trained model: ONNX (optionally int8) for serving, or safetensors."""
     from bintally.export import export
 
-    result = export(model, out, format=format, quantize=quantize, overwrite=overwrite, data=data, progress=show_progress(progress))
+    result = export(model, out, format=format, quantize=quantize, overwrite=overwrite, data=data, progress=show_progress(progress),
+                    tta=tta)
     if result.converted_from:
         typer.echo(f"converted {result.converted_from}")
     for name, p in result.parity.items():

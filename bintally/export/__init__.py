@@ -52,8 +52,14 @@ class ExportResult:
 
 
 def export(model_path: str | Path, out_dir: str | Path, format: str = "onnx", quantize: str | None = None, overwrite: bool = False,
-           data: str | Path | None = None, progress: bool = True) -> ExportResult:
-    """Export the model at `model_path` (a run, its model/ folder, a model folder, or an older run's best.pt) into `out_dir`."""
+           data: str | Path | None = None, progress: bool = True, tta: bool | None = None) -> ExportResult:
+    """Export the model at `model_path` (a run, its model/ folder, a model folder, or an older run's best.pt) into `out_dir`.
+
+    `tta` overrides the model's test-time augmentation in an ONNX export (False: half the compute per photo, and
+    the probabilities of the photo alone); None keeps the model's own setting.
+    """
+    if tta is not None and (format != "onnx" or not isinstance(tta, bool)):
+        raise ConfigError("--tta/--no-tta applies to --format onnx only (a safetensors export is the PyTorch model as it is)")
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -74,6 +80,8 @@ def export(model_path: str | Path, out_dir: str | Path, format: str = "onnx", qu
             result = ExportResult(out, format, artifact, str(model_path), str(legacy) if legacy else None)
         else:
             with source_artifact(source, legacy) as torch_artifact:
+                if tta is not None:
+                    torch_artifact = replace(torch_artifact, tta=tta)
                 result = write_onnx(torch_artifact, model_path, legacy, staging, quantize, data, progress)
         read_artifact(staging)  # the folder reads back as a model before it takes its place
     result.out, result.artifact = out, read_artifact(out)
