@@ -37,7 +37,7 @@ def serve_cmd(
     workers: Annotated[int, Opt(min=1, max=256, help="Server processes on this machine (each loads the model).")] = 1,
     threads: Annotated[Optional[int], Opt(min=1, help="Intra-op threads per forward pass. Default: the runtime's.")] = None,
     max_batch_size: Annotated[int, Opt(min=1, max=4096, help="Most images in one forward pass (dynamic batching).")] = 16,
-    max_wait_ms: Annotated[float, Opt(min=0, help="How long the first image of a batch waits for others.")] = 5.0,
+    max_wait_ms: Annotated[float, Opt(min=0, help="How long the first image of a batch waits for others.")] = 2.0,
     queue_size: Annotated[int, Opt(min=1, help="Images admitted and waiting for the model; beyond: 503 + Retry-After.")] = 256,
     timeout: Annotated[float, Opt(min=0.001, help="Seconds per request; beyond: 504.")] = 30.0,
     max_body_mb: Annotated[float, Opt(min=0.001, help="Largest request body in MB (10^6 bytes); beyond: 413.")] = 20.0,

@@ -41,7 +41,7 @@ class ServeConfig:
     workers: int = 1
     threads: int | None = None  # intra-op threads per inference
     max_batch_size: int = 16  # micro-batching: images per forward pass
-    max_wait_ms: float = 5.0  # how long the first image of a batch waits for company
+    max_wait_ms: float = 2.0  # how long the first image of a batch waits for company (2 vs 5 ms: same throughput, 4 ms less at concurrency 1)
     queue_size: int = 256  # images waiting; beyond -> 503 + Retry-After
     timeout_s: float = 30.0  # per request -> 504
     max_body_bytes: int = 20_000_000  # -> 413
