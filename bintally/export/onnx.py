@@ -166,17 +166,6 @@ def load_photos(paths: Sequence[str | Path], transform, progress: bool = False, 
     return (np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)), kept
 
 
-def onnx_session(model_file: str | Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-
-
 def batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
@@ -308,6 +297,8 @@ def compare_speed(model_files: dict[str, str | Path], images: np.ndarray, batch_
     if not len(images):
         raise ValueError("no photos to time the models on")
     batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])), np.float32)
+    from bintally.inference.backends import onnx_session
+
     sessions = {name: onnx_session(path, threads) for name, path in model_files.items()}
     feed = {INPUT_NAME: batch}
     for session in sessions.values():  # warm up, and find how many runs fill a round

@@ -39,15 +39,9 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, artifact: ModelArtifact, threads: int | None = None, model_file=None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         source = model_file or artifact.weights_file
         try:
-            self.session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(source, threads)
         except Exception as e:  # onnxruntime raises its own exception types for a damaged or foreign file
             raise DataError(source, f"not a loadable ONNX model ({' '.join(str(e).split())[:200]})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -58,3 +52,15 @@ class OnnxBackend:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+def onnx_session(model_file, threads: int | None = None):
+    """An ONNX Runtime CPU session: `threads` intra-op threads (default: the runtime's), one inter-op thread, warnings only."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])

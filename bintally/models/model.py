@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -24,18 +23,12 @@ class CountingModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
-    def probs(self, out: torch.Tensor) -> torch.Tensor:
-        return self.head.probs(out)
-
     def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
         return self.head.loss(out, target, label_smoothing, class_weights)
 
     @property
     def decode(self) -> str:
         return self.config.decoding
-
-    def export_config(self) -> dict:
-        return asdict(self.config)
 
 
 def average_views(head: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:

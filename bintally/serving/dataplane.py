@@ -110,18 +110,6 @@ class DataPlane:
                 raise ConfigError(f"{counter.artifact.path}: the model answers shape {list(probs.shape)} for {n} image(s), "
                                   f"expected [{n}, {counter.labels.n_classes}]")
 
-    def load_in_background(self) -> threading.Thread:
-        """Load in a thread (the server answers /ping with 503 meanwhile); a failure is logged and leaves it not ready."""
-        def target():
-            try:
-                self.load()
-            except Exception as e:  # noqa: BLE001 - reported, and the server stays not ready
-                log.error("error: the model could not be loaded: %s", " ".join(str(e).split()))
-
-        thread = threading.Thread(target=target, name="bintally-load", daemon=True)
-        thread.start()
-        return thread
-
     @property
     def live(self) -> bool:
         return True
