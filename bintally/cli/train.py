@@ -10,8 +10,8 @@ import typer
 
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_stopped, int_list, show_progress, split_list
 from bintally.labels import DECODINGS
-from bintally.models.config import HEADS
-from bintally.training.config import BALANCING, MODES, OPTIMIZERS, OVERFLOW, PRESETS, SCHEDULES
+from bintally.models.config import FEATURES, HEADS
+from bintally.training.config import BALANCING, MODES, OPTIMIZERS, OVERFLOW, PRESETS, SCHEDULES, SELECT
 
 
 def choice(values):
@@ -32,6 +32,8 @@ def train_cmd(
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace the run already in --out (it is deleted first).")] = False,
     backbone: Annotated[Optional[str], Opt(help="efficientnet_lite0/1/2, resnet18/34/50/101 or any timm model name.")] = None,
     head: Annotated[Optional[choice(HEADS)], Opt(help="Head on the backbone's features.")] = None,
+    features: Annotated[Optional[choice(FEATURES)], Opt(help="What the head reads: pooled final features, "
+                                                             "or the stride-16 map through a small conv head.")] = None,
     weights: Annotated[Optional[str], Opt(help="Backbone weights file (.pt/.pth state dict).")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained/--random-init", help="Start from shipped ImageNet weights.")] = None,
     min_count: Annotated[Optional[int], Opt(min=0, help="Smallest count with its own class (default: the manifest's split, else 0).")] = None,
@@ -57,6 +59,9 @@ def train_cmd(
     label_smoothing: Annotated[Optional[float], Opt(min=0.0, max=1.0)] = None,
     balance: Annotated[Optional[choice(BALANCING)], Opt(help="none, sampler (class-balanced sampling) or weights (loss weights).")] = None,
     ema: Annotated[Optional[float], Opt(min=0.0, max=1.0, help="EMA decay of the weights, e.g. 0.999; 0 = off.")] = None,
+    select: Annotated[Optional[choice(SELECT)], Opt(help="Keep the epoch best on validation (counts 0-5), or the last epoch.")] = None,
+    folds: Annotated[Optional[int], Opt(min=0, max=20, help="K >= 2: grouped K-fold cross-validation over train+val; "
+                                                            "RUN/model is the ensemble of the K fold models.")] = None,
     amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: on for GPUs only).")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
     channels_last: Annotated[Optional[bool], Opt("--channels-last/--no-channels-last")] = None,
@@ -91,6 +96,9 @@ def train_cmd(
         typer.echo(f"run {result.run} is already finished ({result.epochs_done} epochs); nothing to do. "
                    f"To train longer: bintally train --resume {result.run} --epochs N (N > {result.epochs_done})")
         return
+    if result.cross_validation is not None:
+        echo_cross_validation(result.cross_validation)
+        return
     final = result.final
     low, high = result.labels.min_count, result.labels.max_count
     typer.echo(f"run: {result.run}  ({result.wall_time_s} s)")
@@ -99,6 +107,21 @@ def train_cmd(
     findings = result.health["findings"]
     if findings:  # each was printed when it was found
         typer.echo(f"health: {len(findings)} finding(s), listed in {Path(result.run) / 'health.json'}")
+
+
+def echo_cross_validation(cv: dict) -> None:
+    """Each fold's validation accuracy and RMSE on counts 0-5, then their mean and standard deviation."""
+    typer.echo(f"cross-validation: {cv['run']}  ({cv['k']} folds; each fold's last epoch, scored on that fold)")
+    typer.echo(f"{'fold':>6} {'photos':>7} {'acc 0-5':>8} {'RMSE 0-5':>9} {'acc 1-5':>8} {'acc all':>8}")
+    for f in cv["folds"]:
+        typer.echo(f"{f['fold']:>6} {f['val_n']:>7} {f['val_accuracy_0_5']:>8.3f} {f['val_rmse_0_5']:>9.3f} "
+                   f"{f['val_accuracy_1_5']:>8.3f} {f['val_accuracy']:>8.3f}")
+    m = cv["summary"]
+    typer.echo(f"{'mean':>6} {'':>7} {m['val_accuracy_0_5']['mean']:>8.3f} {m['val_rmse_0_5']['mean']:>9.3f} "
+               f"{m['val_accuracy_1_5']['mean']:>8.3f} {m['val_accuracy']['mean']:>8.3f}")
+    typer.echo(f"{'std':>6} {'':>7} {m['val_accuracy_0_5']['std']:>8.3f} {m['val_rmse_0_5']['std']:>9.3f} "
+               f"{m['val_accuracy_1_5']['std']:>8.3f} {m['val_accuracy']['std']:>8.3f}")
+    typer.echo(f"model: {Path(cv['run']) / 'model'} (the ensemble of the {cv['k']} fold models)")
 
 
 @command(app, "tune")

@@ -2,8 +2,9 @@
 
 Evaluation pre-processing (`preprocess`) needs only PIL and NumPy, so that a server running an ONNX
 model never imports torch. Training augmentations run on the same PIL image before the same
-normalisation, and never change how many items are visible: horizontal flip, a mild scale/crop
-that keeps at least 85% of the photo, and colour jitter.
+normalisation, and never change how many items are visible: flips on both axes, a small rotation,
+a zoom out (the whole photo stays in view, down to 85% of its size), colour jitter and a mild blur.
+Crops and cut-outs, which can remove an item, are not used.
 """
 
 from __future__ import annotations
@@ -78,10 +79,14 @@ class PhotoTransform:
             from torchvision.transforms import v2
 
             size = (config.image_size, config.image_size)
+            grey = tuple(round(255 * m) for m in config.mean)  # padding normalises to 0
             self.augment = v2.Compose([
-                v2.RandomResizedCrop(size, scale=(config.min_scale, 1.0), ratio=(0.9, 1.1), antialias=True),
+                v2.Resize(size, antialias=True),
+                v2.RandomAffine(degrees=10, scale=(config.min_scale, 1.0), fill=grey),
                 v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
                 v2.ColorJitter(config.jitter, config.jitter, config.jitter, 0.02),
+                v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2),
             ])
 
     def __call__(self, image: Image.Image):

@@ -20,7 +20,7 @@ from bintally.data.index import read_or_index
 from bintally.data.manifest import manifest_name, usable
 from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
-from bintally.evaluation.metrics import bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets
+from bintally.evaluation.metrics import PUBLISHED_MAX, bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
 from bintally.inference import Counter
 from bintally.io import atomic_path, check_output_file, check_output_folder
@@ -48,7 +48,10 @@ class Evaluation:
     def subset_names(self) -> list[tuple[str, str]]:
         """(name, metric-key suffix) of each summary subset; the suffixes stay _0_N and _1_N whatever the label space."""
         low, n = self.space.min_count, self.space.max_count
-        return [("all", ""), (f"{low}-{n}", f"_0_{n}"), (f"1-{n}", f"_1_{n}")]
+        names = [("all", ""), (f"{low}-{n}", f"_0_{n}"), (f"1-{n}", f"_1_{n}")]
+        if n != PUBLISHED_MAX:  # the published results' subsets, whatever the label space
+            names += [(f"{low}-{PUBLISHED_MAX}", f"_0_{PUBLISHED_MAX}"), (f"1-{PUBLISHED_MAX}", f"_1_{PUBLISHED_MAX}")]
+        return names
 
     def to_json(self) -> dict:
         return {**self.metrics, "info": self.info}
@@ -84,7 +87,6 @@ def evaluation_photos(df: pd.DataFrame, split: str | None, space: LabelSpace) ->
     none: such a model is still scored on photos above its max_count.
     """
     source = manifest_name(df)
-    check_split_space(df, space, source)
     info = {"source": source, "photos": len(df), "no_split_column": "split" not in df}
     df = drop_unusable(drop_stale(select_split(df, split, source, info)), source, info)
     scoring = LabelSpace(space.min_count, space.max_count, overflow=True)
@@ -99,14 +101,6 @@ def evaluation_photos(df: pd.DataFrame, split: str | None, space: LabelSpace) ->
                                 f"the model knows ({space.description})")
     df = df[~outside].assign(label=labels[~outside].astype(int)).reset_index(drop=True)
     return df, info
-
-
-def check_split_space(df: pd.DataFrame, space: LabelSpace, source: str) -> None:
-    split_info = df.attrs.get("info", {}).get("split", {})
-    if "split" in df and split_info.get("max_count", space.max_count) != space.max_count:
-        raise ConfigError(f"the model counts {space.description}, but {source} was split with --max-count "
-                          f"{split_info['max_count']}; evaluate a model trained with that label space, "
-                          f"or re-split the data with --max-count {space.max_count}")
 
 
 def select_split(df: pd.DataFrame, split: str | None, source: str, info: dict) -> pd.DataFrame:

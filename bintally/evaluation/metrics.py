@@ -27,14 +27,19 @@ def summary_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+PUBLISHED_MAX = 5  # the published results and the capstones score counts 0-5 and 1-5
+
+
 def subsets(true: np.ndarray, max_count: int) -> dict[str, np.ndarray]:
-    """Key suffix -> mask over true counts: all photos, counts 0..N, counts 1..N."""
-    return {"": np.ones(len(true), bool), f"_0_{max_count}": true <= max_count,
-            f"_1_{max_count}": (true >= 1) & (true <= max_count)}
+    """Key suffix -> mask over true counts: all photos, counts 0..N and 1..N, and always 0..5 and 1..5."""
+    masks = {"": np.ones(len(true), bool)}
+    for n in dict.fromkeys((max_count, PUBLISHED_MAX)):
+        masks |= {f"_0_{n}": true <= n, f"_1_{n}": (true >= 1) & (true <= n)}
+    return masks
 
 
 def count_metrics(true_labels, pred_labels, max_count: int = 5) -> dict:
-    """n, accuracy, rmse, mae and within1 over all photos, counts 0..N and counts 1..N."""
+    """n, accuracy, rmse, mae and within1 over all photos, counts 0..N and 1..N, and counts 0..5 and 1..5."""
     true, pred = np.asarray(true_labels), np.asarray(pred_labels)
     metrics = {}
     for suffix, mask in subsets(true, max_count).items():

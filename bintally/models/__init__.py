@@ -1,4 +1,5 @@
-"""Counting models: backbones (EfficientNet-Lite, timm, torchvision ResNets) and heads (linear, MLP, ordinal).
+"""Counting models: backbones (EfficientNet-Lite, timm, torchvision ResNets), heads (linear, MLP, ordinal; over pooled
+features or a stride-16 map) and ensembles.
 
 Names load on first use, so that what needs only `ModelConfig` (the command line, say) does not import torch.
 """
@@ -6,12 +7,13 @@ Names load on first use, so that what needs only `ModelConfig` (the command line
 from importlib import import_module
 
 from bintally.labels import DECODINGS
-from bintally.models.config import HEADS, ModelConfig
+from bintally.models.config import FEATURES, HEADS, ModelConfig
 
 LAZY = {"build_backbone": "backbones", "efficientnet_lite": "backbones", "build_head": "heads",
-        "CountingModel": "model", "ProbabilityModel": "model"}
+        "CountingModel": "model", "CountingEnsemble": "model", "ProbabilityModel": "model", "build_model": "model"}
 
-__all__ = ["DECODINGS", "HEADS", "CountingModel", "ModelConfig", "build_backbone", "ProbabilityModel", "build_head", "efficientnet_lite"]
+__all__ = ["DECODINGS", "FEATURES", "HEADS", "CountingEnsemble", "CountingModel", "ModelConfig", "build_model",
+            "build_backbone", "ProbabilityModel", "build_head", "efficientnet_lite"]
 
 
 def __getattr__(name: str):

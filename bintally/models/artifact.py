@@ -26,7 +26,7 @@ from bintally.data.transforms import PREPROCESS_VERSION, TransformConfig
 from bintally.errors import ConfigError, DataError
 from bintally.io import atomic_path, given_path
 from bintally.labels import DECODINGS, LabelSpace
-from bintally.models.config import ModelConfig
+from bintally.models.config import FEATURES, ModelConfig
 
 FORMAT = "bintally-model"
 FORMAT_VERSION = 1
@@ -207,6 +207,10 @@ def model_config(values: dict) -> ModelConfig:
     config = ModelConfig(**values)
     if config.decode not in ("auto", *DECODINGS):
         raise ConfigError(f"unknown decoding {config.decode!r}")
+    if config.features not in FEATURES:
+        raise ConfigError(f"unknown features {config.features!r}")
+    if isinstance(config.members, bool) or not isinstance(config.members, int) or config.members < 1:
+        raise ConfigError(f"members must be a whole number >= 1, got {config.members!r}")
     _ = config.labels  # min/max/overflow checked
     return replace(config, pretrained=False, weights=None)  # the artifact holds every weight
 
@@ -253,11 +257,11 @@ def load_weights(artifact: ModelArtifact) -> dict:
 
 
 def load_model(artifact: ModelArtifact):
-    """The CountingModel an artifact describes, with its weights, in eval mode."""
-    from bintally.models.model import CountingModel, weights_problem
+    """The CountingModel (or CountingEnsemble) an artifact describes, with its weights, in eval mode."""
+    from bintally.models.model import build_model, weights_problem
 
     try:
-        model = CountingModel(artifact.model)
+        model = build_model(artifact.model)
     except ConfigError as e:
         raise DataError(artifact.path / META_FILE, f"model settings this version of bintally cannot use ({e})") from None
     state = load_weights(artifact)

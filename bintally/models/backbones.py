@@ -83,8 +83,37 @@ def weights_description(name: str, pretrained: bool, weights: str | None) -> str
     return "ImageNet weights" if pretrained and has_offline_weights(name) else "random init"
 
 
-def build_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> tuple[nn.Module, int, Normalization]:
-    """Return (feature extractor, feature size, input normalisation) for a backbone name."""
+def build_backbone(name: str, pretrained: bool = True, weights: str | None = None,
+                   features: str = "pooled") -> tuple[nn.Module, int, Normalization]:
+    """Return (feature extractor, feature size or channels, input normalisation) for a backbone name.
+
+    features="pooled": the extractor gives the pooled final features [B, D]; "stride16": it is cut
+    after its last stride-16 stage and gives that feature map [B, C, H/16, W/16] (less compute, and
+    the spatial detail a count needs).
+    """
+    model, dim, norm = full_backbone(name, pretrained, weights)
+    if features == "stride16":
+        model, dim = cut_at_stride16(model, name)
+    elif features != "pooled":
+        raise ConfigError(f"unknown features {features!r}: use pooled or stride16")
+    return model, dim, norm
+
+
+def cut_at_stride16(model: nn.Module, name: str) -> tuple[nn.Module, int]:
+    """A timm EfficientNet without its stride-32 stages, head convolution and pooling: it returns the stride-16 map."""
+    info = getattr(model, "feature_info", None)
+    if not hasattr(model, "blocks") or not info:
+        raise ConfigError(f"backbone {name!r} has no stride-16 feature map bintally can cut out: "
+                          f"use an EfficientNet ({', '.join(LITE_VARIANTS)}) or --features pooled")
+    stage = next(f for f in reversed(info) if f["reduction"] == 16)
+    last = int(stage["module"].split(".")[1])
+    model.blocks = model.blocks[: last + 1]
+    model.conv_head, model.bn2 = nn.Identity(), nn.Identity()
+    model.reset_classifier(0, global_pool="")
+    return model, int(stage["num_chs"])
+
+
+def full_backbone(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, int, Normalization]:
     if name in LITE_VARIANTS:
         model, norm = efficientnet_lite(name, pretrained and weights is None), LITE_NORM
         model.reset_classifier(0)

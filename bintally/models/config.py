@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from bintally.labels import LabelSpace
 
 HEADS = ("linear", "mlp", "ordinal")
+# what the head reads: the backbone's pooled final features, or its stride-16 feature map through a small conv head
+FEATURES = ("pooled", "stride16")
 
 
 @dataclass
@@ -20,6 +22,9 @@ class ModelConfig:
     dropout: float = 0.2
     decode: str = "auto"  # argmax | median | expected (rounded); auto: median for ordinal, else argmax
     overflow: bool = True  # a last class for "more than max_count"; without it the model only knows 0..max_count
+    features: str = "pooled"  # pooled | stride16 (the backbone is cut after its last stride-16 stage)
+    members: int = 1  # an ensemble of this many models, whose probabilities are averaged
+    shared_backbone: bool = False  # ensemble members share one (frozen) backbone and differ only in their heads
 
     @property
     def decoding(self) -> str:

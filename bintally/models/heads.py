@@ -64,7 +64,37 @@ class OrdinalHead(nn.Module):
         return per_sample.mean()
 
 
-def build_head(kind: str, dim: int, n_classes: int, dropout: float = 0.2) -> nn.Module:
+class SpatialHead(nn.Module):
+    """A small conv net over a stride-16 feature map [B, C, H, W], mean- and max-pooled into an output head.
+
+    Counting needs where things are: pooling the backbone's last map first loses what this keeps.
+    `probs` and `loss` are the output head's.
+    """
+
+    def __init__(self, channels: int, output, width: int = 128):
+        super().__init__()
+        layers, size = [], channels
+        for _ in range(3):
+            layers += [nn.Conv2d(size, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            size = width
+        self.body = nn.Sequential(*layers)
+        self.out = output(2 * width)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        z = self.body(maps)
+        return self.out(torch.cat([z.mean((2, 3)), z.amax((2, 3))], 1))
+
+    def probs(self, out: torch.Tensor) -> torch.Tensor:
+        return self.out.probs(out)
+
+    def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
+        return self.out.loss(out, target, label_smoothing, class_weights)
+
+
+def build_head(kind: str, dim: int, n_classes: int, dropout: float = 0.2, features: str = "pooled") -> nn.Module:
+    """The output head for pooled features of size `dim`, or, for a stride-16 map of `dim` channels, a SpatialHead around it."""
+    if features == "stride16":
+        return SpatialHead(dim, lambda pooled: build_head(kind, pooled, n_classes, dropout))
     if kind == "linear":
         return ClassHead(dim, n_classes, dropout=dropout)
     if kind == "mlp":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from bintally.errors import ConfigError
 from bintally.models.backbones import build_backbone
 from bintally.models.config import ModelConfig
 from bintally.models.heads import build_head
@@ -17,11 +19,15 @@ class CountingModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.backbone, self.feature_dim, self.normalization = build_backbone(config.backbone, config.pretrained, config.weights)
-        self.head = build_head(config.head, self.feature_dim, config.n_classes, config.dropout)
+        self.backbone, self.feature_dim, self.normalization = build_backbone(config.backbone, config.pretrained, config.weights,
+                                                                             config.features)
+        self.head = build_head(config.head, self.feature_dim, config.n_classes, config.dropout, config.features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
+
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head.probs(self(images).float())
 
     def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
         return self.head.loss(out, target, label_smoothing, class_weights)
@@ -29,6 +35,59 @@ class CountingModel(nn.Module):
     @property
     def decode(self) -> str:
         return self.config.decoding
+
+
+class CountingEnsemble(nn.Module):
+    """Several counting models over one label space whose probabilities are averaged (e.g. the models of K folds).
+
+    Members trained on one frozen backbone share it (`shared_backbone`): one backbone pass, a head per member.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        member = replace(config, members=1, shared_backbone=False)
+        if config.shared_backbone:
+            self.backbone, self.feature_dim, self.normalization = build_backbone(config.backbone, config.pretrained, config.weights,
+                                                                                 config.features)
+            self.heads = nn.ModuleList(build_head(config.head, self.feature_dim, config.n_classes, config.dropout, config.features)
+                                       for _ in range(config.members))
+        else:
+            self.members = nn.ModuleList(CountingModel(member) for _ in range(config.members))
+            self.normalization = self.members[0].normalization
+
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.shared_backbone:
+            features = self.backbone(images)
+            return torch.stack([head.probs(head(features).float()) for head in self.heads]).mean(0)
+        return torch.stack([member.probs(images) for member in self.members]).mean(0)
+
+    @property
+    def decode(self) -> str:
+        return self.config.decoding
+
+    @classmethod
+    def of(cls, models: Sequence[CountingModel]) -> "CountingEnsemble":
+        """The ensemble of trained models (same backbone, head and label space); one shared backbone when their weights are equal."""
+        configs = [replace(m.config, pretrained=False, weights=None) for m in models]
+        if any(c != configs[0] for c in configs):
+            raise ConfigError("ensemble members must have the same backbone, features, head and label space")
+        shared = len({fingerprint(m.backbone) for m in models}) == 1
+        config = replace(configs[0], members=len(models), shared_backbone=shared)
+        ensemble = cls(config)
+        if shared:
+            ensemble.backbone.load_state_dict(models[0].backbone.state_dict())
+            for head, model in zip(ensemble.heads, models):
+                head.load_state_dict(model.head.state_dict())
+        else:
+            for member, model in zip(ensemble.members, models):
+                member.load_state_dict(model.state_dict())
+        return ensemble.eval()
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A CountingModel, or a CountingEnsemble when the config has several members."""
+    return CountingEnsemble(config) if config.members > 1 else CountingModel(config)
 
 
 def average_views(head: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -42,21 +101,21 @@ class ProbabilityModel(nn.Module):
     With test-time augmentation, the prediction is averaged with the mirrored photo's. Training's
     validation, evaluate, predict, the ONNX export (this module is what is exported) and the server
     all compute probabilities this way; frozen-mode validation applies `average_views` to the same
-    two views' cached features.
+    two views' cached features. The model is a CountingModel or a CountingEnsemble.
     """
 
-    def __init__(self, model: CountingModel, tta: bool = True):
+    def __init__(self, model: nn.Module, tta: bool = True):
         super().__init__()
         self.model, self.tta = model, tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.tta:
-            return average_views(self.model.head, [self.model.backbone(images)])
+            return self.model.probs(images)
         # one backbone pass over both views (in eval mode each photo is computed on its own, so this equals two passes;
         # an ONNX export then holds each weight once, which int8 quantisation needs)
         n = images.shape[0]
-        features = self.model.backbone(torch.cat([images, torch.flip(images, dims=[-1])]))
-        return average_views(self.model.head, [features[:n], features[n:]])  # slices, not chunk(): the ONNX batch stays dynamic
+        probs = self.model.probs(torch.cat([images, torch.flip(images, dims=[-1])]))
+        return torch.stack([probs[:n], probs[n:]]).mean(0)  # slices, not chunk(): the ONNX batch stays dynamic
 
 
 class CachedViewProbs(nn.Module):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bintally.errors import ConfigError
 from bintally.labels import DECODINGS, LabelSpace
-from bintally.models.config import HEADS, ModelConfig
+from bintally.models.config import FEATURES, HEADS, ModelConfig
 from bintally.settings import check_range, check_types
 
 MODES = ("frozen", "partial", "full")
@@ -16,7 +16,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "sgdr", "step")
 BALANCING = ("none", "sampler", "weights")
 OVERFLOW = ("class", "exclude")
+SELECT = ("best", "last")  # which epoch's model a run keeps: the best on validation, or the last (cross-validation's honest choice)
 # settings that may change when a run is resumed: they do not change what is computed
+MAX_FOLDS = 20
 RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_steps"}
 # a resumed run may be asked to go on for more epochs than it was started with
 EXTENDABLE = {"epochs"}
@@ -30,6 +32,7 @@ class TrainConfig:
     # model
     backbone: str = "efficientnet_lite0"
     head: str = "ordinal"
+    features: str = "pooled"  # what the head reads: pooled final features, or the stride-16 map (a small conv head)
     # the label space; None: the one the manifest was split with (0-5 and an overflow class if it was not split)
     min_count: int | None = None
     max_count: int | None = None
@@ -58,6 +61,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     balance: str = "none"
     ema: float = 0.0  # decay of the weight EMA; 0 turns it off
+    # model selection
+    select: str = "best"  # keep the epoch best on validation (counts 0-5), or the last one
+    folds: int = 0  # >= 2: grouped K-fold cross-validation over train+val; the K models form the run's ensemble
     # execution
     amp: bool | None = None  # bf16 autocast; None: on for GPUs, off on CPU (where it is slower)
     channels_last: bool = True
@@ -78,6 +84,10 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("balance", self.balance, BALANCING)
         check_choice("decode", self.decode, ("auto", *DECODINGS))
+        check_choice("features", self.features, FEATURES)
+        check_choice("select", self.select, SELECT)
+        if self.folds == 1 or self.folds > MAX_FOLDS:
+            raise ConfigError(f"folds must be 0 (no cross-validation) or 2 to {MAX_FOLDS}, got {self.folds}")
         if self.overflow is not None:
             check_choice("overflow", self.overflow, OVERFLOW)
         for name in ("data", "out", "weights"):  # '' would silently mean the current folder
@@ -85,7 +95,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} is empty: give a file or folder name, or leave it out for the default")
         for name in ("epochs", "batch_size", "restart_epochs", "step_epochs", "max_steps"):
             check_range(name, getattr(self, name), low=1)
-        for name in ("min_count", "max_count", "unfreeze", "workers", "weight_decay", "backbone_lr_scale", "warmup_epochs"):
+        for name in ("min_count", "max_count", "unfreeze", "workers", "folds", "weight_decay", "backbone_lr_scale", "warmup_epochs"):
             check_range(name, getattr(self, name), low=0)
         check_range("seed", self.seed, 0, 2**32 - 1)  # what every random generator accepts (as `data split --seed`)
         check_range("image_size", self.image_size, 16, 2048)
@@ -112,7 +122,7 @@ class TrainConfig:
         labels = self.labels
         return ModelConfig(backbone=self.backbone, head=self.head, min_count=labels.min_count, max_count=labels.max_count,
                            pretrained=self.pretrained, weights=self.weights, dropout=self.dropout, decode=self.decode,
-                           overflow=labels.overflow)
+                           overflow=labels.overflow, features=self.features)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,15 +17,28 @@ from bintally.labels import LabelSpace
 def labelled_manifest(data: str | None, labels: LabelSpace | None) -> pd.DataFrame:
     """A manifest with `split` and `label` in the label space asked for (None: the manifest's own).
 
-    Data without a split, or split with another label space, is split now. Photos that vanished
+    Data without a split is split now; a split manifest keeps its split and is labelled in the label space asked for. Photos that vanished
     or changed since indexing are reported and left out.
     """
     df = drop_stale(read_or_index(data))
-    if "split" in df and (labels is None or manifest_labels(df) == labels):
-        return df
+    if "split" in df:  # the split is kept whatever the label space, so the test photos stay the same photos
+        if labels is None or manifest_labels(df) == labels:
+            return df
+        return relabelled(df, labels)
     labels = labels or LabelSpace()
     df = split_manifest(df, SplitConfig(min_count=labels.min_count, max_count=labels.max_count, overflow=labels.overflow_policy))
     df.attrs["split_here"] = True
+    return df
+
+
+def relabelled(df: pd.DataFrame, labels: LabelSpace) -> pd.DataFrame:
+    """The same split with labels in another label space; photos outside it get no label (they are not trained on)."""
+    df = df.assign(label=labels.label_of(df["count"]).to_numpy())
+    info = dict(df.attrs.get("info", {}))
+    info["split"] = {**info.get("split", {}), "min_count": labels.min_count, "max_count": labels.max_count,
+                     "overflow": labels.overflow_policy}
+    info["classes"] = labels.names
+    df.attrs["info"] = info
     return df
 
 

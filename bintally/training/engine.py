@@ -31,7 +31,7 @@ from bintally.data.dataset import BinPhotos, photo_loader
 from bintally.data.split import manifest_labels
 from bintally.data.transforms import TransformConfig
 from bintally.errors import ConfigError, DataError
-from bintally.evaluation.metrics import count_metrics
+from bintally.evaluation.metrics import PUBLISHED_MAX, count_metrics
 from bintally.io import atomic_path, check_output_folder
 from bintally.labels import LabelSpace
 from bintally.models.artifact import RUN_SUBDIR, read_artifact
@@ -41,6 +41,7 @@ from bintally.models.model import CachedViewProbs, CountingModel, ProbabilityMod
 from bintally.progress import progress_bar
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
 from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
+from bintally.training.crossval import cross_validate
 from bintally.training.data import check_training_data, labelled_manifest, save_split
 from bintally.training.distributed import Dist, any_rank, cleanup, pick_device, setup_distributed
 from bintally.training.features import cached_features
@@ -64,6 +65,7 @@ class TrainResult:
     labels: LabelSpace = field(default_factory=LabelSpace)
     already_finished: bool = False  # --resume of a run that had nothing left to do
     epochs_done: int = 0
+    cross_validation: dict | None = None  # --folds K: per-fold metrics, mean and standard deviation
 
 
 class Interrupted(Exception):
@@ -297,6 +299,8 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
     `on_epoch(epoch, val_metrics)` is called after each epoch's validation (hyperparameter search
     uses it to report and prune); an exception it raises ends the run.
     """
+    if cross_validating(config, resume):
+        return cross_validation_result(cross_validate(config, resume, explicit, overwrite), config)
     d = setup_distributed(config.device)
     folder, ended_cleanly = None, False
     try:
@@ -327,6 +331,22 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
         if folder is not None:  # a run stopped by a signal has saved a checkpoint, so it is kept
             folder.close(failed=not ended_cleanly)
         cleanup(d)
+
+
+def cross_validating(config: TrainConfig, resume: str | None) -> bool:
+    if resume is None:
+        return config.folds >= 2
+    try:
+        return json.loads((Path(resume) / "config.json").read_bytes()).get("folds", 0) >= 2
+    except (OSError, ValueError, AttributeError):
+        return False  # resume() names what is wrong with the run
+
+
+def cross_validation_result(cv, config: TrainConfig) -> TrainResult:
+    means = {k: v["mean"] for k, v in cv.summary.items()}
+    return TrainResult(run=cv.run, best_val=None, final=means, health={"findings": []}, world_size=1, model=None,
+                       wall_time_s=round(sum(f["wall_time_s"] for f in cv.folds), 1), labels=config.labels,
+                       epochs_done=config.epochs, cross_validation=cv.to_json())
 
 
 @dataclass
@@ -467,8 +487,8 @@ def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag
         row = {"epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / max(n_batches, 1), "train_accuracy": train_acc,
                "lr": scheduler.get_last_lr()[0], **metrics, "elapsed_s": round(time.time() - started, 1)}
         run.append_metrics(row)
-        score = (metrics[f"val_accuracy_0_{config.max_count}"], -metrics[f"val_rmse_0_{config.max_count}"])
-        if best is None or score > tuple(best):
+        score = selection_score(metrics)
+        if best is None or score > tuple(best) or config.select == "last":
             best = list(score)
             save_model(eval_model, transform, config, metrics, run)
         stopping = not finished_epoch or epoch + 1 == config.epochs or (config.max_steps is not None and global_step >= config.max_steps)
@@ -550,6 +570,12 @@ def validate(model: CountingModel, config: TrainConfig, photos: pd.DataFrame, lo
     predicted = labels.decode(probs, model.decode)
     true = labels.count_of(photos["label"].to_numpy(dtype=int)[indices])
     return {f"val_{k}": v for k, v in count_metrics(true, labels.count_of(predicted), config.max_count).items()}
+
+
+def selection_score(metrics: dict) -> tuple[float, float]:
+    """What `select best` maximises: validation accuracy on counts 0-5 (the published task), then -RMSE; NaN ranks last."""
+    accuracy, rmse = metrics[f"val_accuracy_0_{PUBLISHED_MAX}"], metrics[f"val_rmse_0_{PUBLISHED_MAX}"]
+    return (-1.0, 0.0) if math.isnan(accuracy) else (accuracy, -rmse)
 
 
 def prepare_features(config: TrainConfig) -> None:

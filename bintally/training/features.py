@@ -27,7 +27,11 @@ N_VIEWS = 2
 
 
 class FeatureSet(Dataset):
-    """(features, label, index); in training one seeded view per epoch, else all views [V, D]."""
+    """(features, label, index); in training one seeded view per epoch, else all views [V, ...].
+
+    Cached stride-16 maps (kept as float16) are also flipped top to bottom at random in training:
+    the mirrored view already gives the left-right flip, and neither changes a count.
+    """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, train: bool, seed: int = 0):
         self.features, self.labels, self.train, self.seed, self.epoch = features, labels, train, seed, 0
@@ -36,10 +40,13 @@ class FeatureSet(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        if self.train:
-            view = hash((self.seed, self.epoch, index)) % self.features.shape[1]
-            return self.features[index, view], self.labels[index], index
-        return self.features[index], self.labels[index], index
+        if not self.train:
+            return self.features[index].float(), self.labels[index], index
+        draw = hash((self.seed, self.epoch, index))
+        features = self.features[index, draw % self.features.shape[1]].float()
+        if features.dim() == 3 and (draw >> 8) % 2:
+            features = torch.flip(features, dims=[-2])
+        return features, self.labels[index], index
 
 
 @dataclass
@@ -66,7 +73,7 @@ def cache_key(model, transform: TransformConfig, photos: pd.DataFrame) -> str:
 @torch.inference_mode()
 def extract_features(backbone, photos: pd.DataFrame, transform: TransformConfig, device, batch_size: int = 32,
                      workers: int = 2, progress: bool = True, desc: str = "features") -> torch.Tensor:
-    """Backbone features [N, 2, D] of each photo and its mirror image."""
+    """Backbone features [N, 2, D] (pooled, float32) or [N, 2, C, H, W] (maps, float16) of each photo and its mirror image."""
     backbone.eval()
     loader = photo_loader(BinPhotos(photos, transform, train=False), batch_size, workers)  # leaves the global RNG alone
     out, done = [], 0
@@ -76,25 +83,34 @@ def extract_features(backbone, photos: pd.DataFrame, transform: TransformConfig,
             raise DataError(photos["path"].iloc[lost[0]], "could not be read while caching features; re-index the data")
         done += len(index)
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        out.append(torch.stack([backbone(x), backbone(torch.flip(x, dims=[-1]))], 1).float().cpu())
+        views = torch.stack([backbone(x), backbone(torch.flip(x, dims=[-1]))], 1)
+        out.append((views.half() if views.dim() > 3 else views.float()).cpu())  # maps are 3.4 KB a view in float16
     if done != len(photos):
         raise DataError(photos["path"].iloc[done], "could not be read while caching features; re-index the data")
     return torch.cat(out)
 
 
 def cached_features(model, parts: dict[str, pd.DataFrame], transform: TransformConfig, config, d) -> FeatureViews:
+    """The train and val features, from one cache over every photo of the manifest's splits.
+
+    The cache is keyed by the photos' contents, not by how they are split, so the folds of a
+    cross-validation (and re-splits of the same photos) compute the features once.
+    """
+    photos = pd.concat([p for p in parts.values() if not p.empty]).drop_duplicates("sha256").sort_values("sha256")
+    photos = photos.reset_index(drop=True)
+    path = cache_dir() / "features" / f"{cache_key(model, transform, photos)}.pt"
+    if d.main and not path.exists():
+        feats = extract_features(model.backbone, photos, transform, d.device, workers=config.workers,
+                                 progress=config.progress, desc="features")
+        with atomic_path(path) as tmp:
+            torch.save(feats, tmp)
+    if d.enabled:
+        dist.barrier()
+    everything = torch.load(path, weights_only=True, mmap=True)
+    row = pd.Series(range(len(photos)), index=photos["sha256"].to_numpy())
     features, labels = {}, {}
-    for split, photos in parts.items():
-        if photos.empty:
-            continue
-        path = cache_dir() / "features" / f"{cache_key(model, transform, photos)}.pt"
-        if d.main and not path.exists():
-            feats = extract_features(model.backbone, photos, transform, d.device, workers=config.workers,
-                                     progress=config.progress, desc=f"{split} features")
-            with atomic_path(path) as tmp:
-                torch.save(feats, tmp)
-        if d.enabled:
-            dist.barrier()
-        features[split] = torch.load(path, weights_only=True)
-        labels[split] = torch.tensor(photos["label"].astype(int).to_numpy())
+    for split in ("train", "val"):
+        rows = torch.as_tensor(row[parts[split]["sha256"].to_numpy()].to_numpy())
+        features[split] = everything[rows]
+        labels[split] = torch.tensor(parts[split]["label"].astype(int).to_numpy())
     return FeatureViews(features, labels)

@@ -1,0 +1,173 @@
+"""Grouped K-fold cross-validation: honest model selection on a few thousand photos.
+
+`bintally train --folds K` splits the manifest's train+val photos into K folds of whole duplicate
+groups (the same id blocks, identical bytes and near-identical photos that `data split` keeps
+together), stratified by count, and trains K runs: fold k validates on the k-th fold and trains on
+the others. The test split is never touched. Each fold keeps its last epoch (choosing an epoch on
+the fold that scores it would flatter the score), and reports its validation metrics; the mean and
+standard deviation over the folds are the recipe's estimate. The K fold models together form the
+run's model: an ensemble whose probabilities are averaged (`CountingEnsemble`).
+
+    RUN/config.json             the settings (folds = K)
+    RUN/folds/fold-K.parquet    each fold's manifest: that fold is val, the other folds train, test as it was
+    RUN/fold-K/                 each fold's training run (resumable on its own)
+    RUN/cv.json                 per-fold metrics, mean and standard deviation
+    RUN/model/                  the ensemble of the K fold models
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicate_groups
+from bintally.data.manifest import manifest_name, write_manifest
+from bintally.data.split import manifest_labels
+from bintally.errors import ConfigError, DataError
+from bintally.evaluation.metrics import PUBLISHED_MAX
+from bintally.io import atomic_path
+from bintally.training.config import TrainConfig
+
+log = logging.getLogger("bintally.train")
+POOL = ("train", "val")  # the photos cross-validation may use; test is left alone
+REPORTED = ("accuracy", "rmse", "mae", "within1")
+CV_FILE = "cv.json"
+
+
+@dataclass
+class CrossValidation:
+    run: str
+    folds: list[dict]  # per fold: its run, photo counts, wall time and validation metrics (val_*)
+    summary: dict  # metric -> {"mean", "std"} over the folds
+
+    def to_json(self) -> dict:
+        return {"run": self.run, "k": len(self.folds), "folds": self.folds, "summary": self.summary}
+
+
+def assign_folds(df: pd.DataFrame, k: int, seed: int) -> pd.Series:
+    """The fold (0..k-1) of each labelled train+val photo (NA elsewhere); whole duplicate groups go to one fold."""
+    pool = df["split"].isin(POOL) & df["label"].notna()
+    photos = df[pool].reset_index()
+    groups = duplicate_groups(photos, NEAR_DUPLICATE_DISTANCE, ID_BLOCK)
+    if len(np.unique(groups)) < k:
+        raise DataError(manifest_name(df), f"{len(np.unique(groups))} groups of photos in train+val, fewer than the "
+                                           f"{k} folds asked for; use fewer --folds or more photos")
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = photos["label"].to_numpy(dtype=int)
+    strata = labels if np.bincount(labels).max() >= k else np.zeros_like(labels)
+    folds = np.zeros(len(photos), dtype=int)
+    with warnings.catch_warnings():  # "The least populated class in y has only N members"
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, held_out) in enumerate(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(labels, strata, groups)):
+            folds[held_out] = fold
+    return pd.Series(folds, index=photos["index"]).reindex(df.index).astype("Int64")
+
+
+def fold_manifest(df: pd.DataFrame, folds: pd.Series, fold: int) -> pd.DataFrame:
+    """The manifest for one fold: its photos are val, the other folds' train; test and excluded photos as they were."""
+    split = df["split"].copy()
+    in_pool = folds.notna()
+    split[in_pool] = np.where(folds[in_pool] == fold, "val", "train")
+    out = df.assign(split=split)
+    out.attrs = {**df.attrs, "info": {**df.attrs.get("info", {}), "fold": fold + 1, "folds": int(folds.max()) + 1}}
+    return out
+
+
+def fold_summary(folds: list[dict]) -> dict:
+    """Mean and standard deviation (over folds, ddof 1) of each validation metric on all photos, 0-5 and 1-5."""
+    summary = {}
+    for suffix in ("", f"_0_{PUBLISHED_MAX}", f"_1_{PUBLISHED_MAX}"):
+        for name in REPORTED:
+            key = f"val_{name}{suffix}"
+            values = np.array([f[key] for f in folds if f.get(key) is not None], dtype=float)
+            if len(values):
+                summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return summary
+
+
+def fold_record(fold: int, run_dir: Path, result) -> dict:
+    final = {k: v for k, v in result.final.items() if k.startswith("val_")}
+    return {"fold": fold + 1, "run": str(run_dir), "wall_time_s": result.wall_time_s, **final}
+
+
+def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dict | None = None, overwrite: bool = False,
+                   train_fold=None) -> CrossValidation:
+    """Train the K folds (or go on with those a stopped cross-validation left), then write cv.json and the ensemble."""
+    from bintally.training.engine import resumed_config, train
+    from bintally.training.rundir import RunDir, RunLock, holds_run
+
+    if resume is not None:
+        run_dir = Path(resume)
+        config = resumed_config(run_dir, explicit or {})
+        lock = RunLock(run_dir).acquire()
+    else:
+        folder = RunDir.new(config.out, overwrite)
+        run_dir, lock = folder.path, folder.lock
+    try:
+        k = config.folds
+        manifests = run_dir / "folds"
+        if resume is None:
+            config = write_folds(config, run_dir, manifests)
+        train_fold = train_fold or train
+        records = []
+        started = time.time()
+        for fold in range(k):
+            fold_dir = run_dir / f"fold-{fold + 1}"
+            fold_config = replace(config, folds=0, select="last", data=str(manifests / f"fold-{fold + 1}.parquet"),
+                                  out=str(fold_dir))
+            log.info("fold %d/%d: %s", fold + 1, k, fold_dir)
+            if (fold_dir / "checkpoints" / "last.pt").is_file():
+                result = train_fold(fold_config, resume=str(fold_dir), explicit={})
+            else:
+                result = train_fold(fold_config, overwrite=holds_run(fold_dir))
+            records.append(fold_record(fold, fold_dir, result))
+        cv = CrossValidation(str(run_dir), records, fold_summary(records))
+        with atomic_path(run_dir / CV_FILE) as tmp:
+            tmp.write_text(json.dumps(cv.to_json(), indent=2, default=str))
+        save_ensemble(run_dir, k, config, cv)
+        with atomic_path(run_dir / "result.json") as tmp:
+            tmp.write_text(json.dumps({"run": str(run_dir), "cross_validation": cv.summary, "wall_time_s": round(time.time() - started, 1)},
+                                      indent=2))
+        return cv
+    finally:
+        lock.release()
+
+
+def write_folds(config: TrainConfig, run_dir: Path, manifests: Path) -> TrainConfig:
+    """Split train+val into the folds and write each fold's manifest (before any training); the config with its label space."""
+    from bintally.training.data import labelled_manifest
+
+    df = labelled_manifest(config.data, config.labels if config.max_count is not None else None)
+    config = config.with_labels(manifest_labels(df))
+    if "split" not in df or not df["split"].isin(POOL).any():
+        raise DataError(manifest_name(df), "no train or val photos to cross-validate")
+    folds = assign_folds(df, config.folds, config.seed)
+    manifests.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+    for fold in range(config.folds):
+        part = fold_manifest(df, folds, fold)
+        write_manifest(part, manifests / f"fold-{fold + 1}.parquet", info=part.attrs["info"])
+    return config
+
+
+def save_ensemble(run_dir: Path, k: int, config: TrainConfig, cv: CrossValidation) -> None:
+    """RUN/model: the K fold models as one ensemble (one shared backbone when they were trained on a frozen one)."""
+    from bintally.models.artifact import load_model as load_artifact_model
+    from bintally.models.artifact import read_artifact, save_model
+    from bintally.models.model import CountingEnsemble
+
+    artifacts = [read_artifact(run_dir / f"fold-{fold + 1}") for fold in range(k)]
+    transforms = {json.dumps(a.transform.to_dict(), sort_keys=True) for a in artifacts}
+    if len(transforms) != 1:
+        raise ConfigError(f"{run_dir}: the fold models were trained with different pre-processing")
+    ensemble = CountingEnsemble.of([load_artifact_model(a) for a in artifacts])
+    metrics = {"cross_validation": cv.summary, "folds": k}
+    save_model(run_dir / "model", ensemble, artifacts[0].transform, config.tta, train_config=config.to_dict(), metrics=metrics)
