@@ -64,9 +64,10 @@ def test_a_wider_label_space_keeps_the_manifests_split(mirror_manifest):
     df = labelled_manifest(str(mirror_manifest), None)
     wide = labelled_manifest(str(mirror_manifest), LabelSpace(0, 12, True))
     only = labelled_manifest(str(mirror_manifest), LabelSpace(0, 5, False))
-    assert wide["split"].equals(df["split"]) and only["split"].equals(df["split"])
+    assert wide["split"].equals(df["split"])
     assert wide["label"].max() == 13 and (wide.loc[df["count"] == 9, "label"] == 9).all()
-    assert only.loc[df["count"] > 5, "label"].isna().all()
+    assert only.loc[df["count"] > 5, "label"].isna().all() and (only.loc[df["count"] > 5, "split"] == "excluded").all()
+    assert only.loc[df["count"] <= 5, "split"].equals(df.loc[df["count"] <= 5, "split"])
 
 
 def test_metrics_always_report_counts_0_5_and_1_5():
@@ -154,7 +155,7 @@ def test_cross_validation_trains_every_fold_and_serves_their_ensemble(mirror_man
     run = tmp_path / "cv"
     result = run_cli("train", "--data", str(mirror_manifest), "--out", str(run), "--folds", "3", "--mode", "frozen",
                      "--features", "stride16", "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64",
-                     "--epochs", "2", "--batch-size", "32", "--workers", "0", "--no-progress")
+                     "--epochs", "2", "--batch-size", "32", "--workers", "0", "--overflow", "exclude", "--no-progress")
     assert result.returncode == 0, result.stderr
     cv = json.loads((run / "cv.json").read_text())
     assert cv["k"] == 3 and [f["fold"] for f in cv["folds"]] == [1, 2, 3]
@@ -165,7 +166,7 @@ def test_cross_validation_trains_every_fold_and_serves_their_ensemble(mirror_man
     df = labelled_manifest(str(mirror_manifest), None)
     val_ids = [set(pd.read_parquet(run / "folds" / f"fold-{k}.parquet").query("split == 'val'")["id"]) for k in (1, 2, 3)]
     assert not (val_ids[0] & val_ids[1]) and not (val_ids[1] & val_ids[2])
-    assert set().union(*val_ids) == set(df.loc[df["split"].isin(["train", "val"]), "id"])
+    assert set().union(*val_ids) == set(df.loc[df["split"].isin(["train", "val"]) & (df["count"] <= 5), "id"])
     for k, f in enumerate(cv["folds"], 1):  # the recorded fold score is that fold model's own validation
         assert json.loads((run / f"fold-{k}" / "result.json").read_text())["final"]["val_accuracy_0_5"] == f["val_accuracy_0_5"]
     artifact = read_artifact(run)
@@ -188,3 +189,45 @@ def test_bad_fold_counts_are_one_line_exit_2(tiny_manifest, tmp_path):
         result = run_cli("train", "--data", str(tiny_manifest), "--folds", folds, "--out", str(tmp_path / f"r{folds}"))
         assert_one_line_error(result, "folds")
         assert not (tmp_path / f"r{folds}").exists()
+
+
+def test_overwriting_a_cross_validation_trains_new_folds(mirror_manifest, tmp_path):
+    run = tmp_path / "cv"
+    args = ["train", "--data", str(mirror_manifest), "--out", str(run), "--folds", "2", "--mode", "frozen", "--features", "stride16",
+            "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64", "--batch-size", "32", "--workers", "0",
+            "--no-progress"]
+    assert run_cli(*args, "--epochs", "1").returncode == 0
+    refused = run_cli(*args, "--epochs", "2")
+    assert_one_line_error(refused, "already holds a run")
+    assert run_cli(*args, "--epochs", "2", "--overwrite").returncode == 0
+    for k in (1, 2):  # each fold was trained anew for 2 epochs, not resumed from the old 1-epoch fold
+        rows = [json.loads(line) for line in (run / f"fold-{k}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2]
+    assert json.loads((run / "cv.json").read_text())["k"] == 2
+
+
+def test_a_signal_during_a_fold_stops_cleanly_and_resume_finishes_the_cross_validation(mirror_manifest, tmp_path):
+    import os
+    import signal
+    import time
+
+    from tests.cli_helpers import bintally
+    from tests.test_reliability_train import group_alive, train_process, wait_for
+
+    run = tmp_path / "cv"
+    proc = train_process("--data", mirror_manifest, "--out", run, "--folds", "2", "--mode", "frozen", "--features", "stride16",
+                         "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64", "--epochs", "12",
+                         "--batch-size", "32", "--workers", "0", "--no-progress")
+    wait_for(run / "fold-1" / "metrics.jsonl")
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"bintally train --resume {run}" in err and "Traceback" not in err
+    assert group_alive(proc.pid) == [] and not (run / "cv.json").exists()
+    resumed = bintally("train", "--resume", run, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    cv = json.loads((run / "cv.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == [1, 2]
+    rows = [json.loads(line) for line in (run / "fold-1" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 12 and read_artifact(run).model.members == 2

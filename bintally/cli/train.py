@@ -139,6 +139,7 @@ def tune_cmd(
     config_file: Annotated[Optional[Path], Opt("--config", help="JSON of fixed training settings applied over the preset.")] = None,
     backbones: Annotated[str, Opt(help="Comma-separated backbones to try.")] = "efficientnet_lite0",
     image_sizes: Annotated[str, Opt(help="Comma-separated image sizes to try.")] = "224",
+    features: Annotated[str, Opt(help="Comma-separated: pooled and/or stride16 (the spatial head on the cached stride-16 map).")] = "pooled",
     min_epochs: Annotated[int, Opt(min=1)] = 5,
     max_epochs: Annotated[int, Opt(min=1)] = 30,
     max_count: Annotated[int, Opt(min=0, help="Largest count with its own class.")] = 5,
@@ -158,6 +159,7 @@ def tune_cmd(
     fixed = read_config_file(config_file) if config_file else {}
     config = TuneConfig(data=data, study=study, storage=storage, out=out, n_trials=n_trials, timeout=timeout, jobs=jobs,
                         pruner=pruner, mode=mode, preset=preset, fixed=fixed, backbones=names, image_sizes=sizes,
+                        features=split_list(features),
                         min_epochs=min_epochs, max_epochs=max_epochs, max_count=max_count, seed=seed, progress=show_progress(progress))
     check_output_folder(config.study_dir)
     try:

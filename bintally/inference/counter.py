@@ -102,5 +102,6 @@ class Counter:
         """What a client may want to know about the model being served."""
         a = self.artifact
         return {"name": a.name, "version": a.version, "backend": self.backend_name, "runtime": a.runtime,
-                "backbone": a.model.backbone, "head": a.model.head, "classes": a.labels.names, "decoding": a.decoding,
+                "backbone": a.model.backbone, "head": a.model.head, "features": a.model.features, "members": a.model.members,
+                "classes": a.labels.names, "decoding": a.decoding,
                 "tta": a.tta, "image_size": a.transform.image_size, "metrics": a.metrics}

@@ -29,7 +29,6 @@ import pandas as pd
 
 from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicate_groups
 from bintally.data.manifest import manifest_name, write_manifest
-from bintally.data.split import manifest_labels
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import PUBLISHED_MAX
 from bintally.io import atomic_path
@@ -101,7 +100,7 @@ def fold_record(fold: int, run_dir: Path, result) -> dict:
 def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dict | None = None, overwrite: bool = False,
                    train_fold=None) -> CrossValidation:
     """Train the K folds (or go on with those a stopped cross-validation left), then write cv.json and the ensemble."""
-    from bintally.training.engine import resumed_config, train
+    from bintally.training.engine import Interrupted, resumed_config, train
     from bintally.training.rundir import RunDir, RunLock, holds_run
 
     if resume is not None:
@@ -111,6 +110,7 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
     else:
         folder = RunDir.new(config.out, overwrite)
         run_dir, lock = folder.path, folder.lock
+        clear_folds(run_dir)  # an --overwrite replaces the old cross-validation's folds too (never resumes them)
     try:
         k = config.folds
         manifests = run_dir / "folds"
@@ -124,10 +124,14 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
             fold_config = replace(config, folds=0, select="last", data=str(manifests / f"fold-{fold + 1}.parquet"),
                                   out=str(fold_dir))
             log.info("fold %d/%d: %s", fold + 1, k, fold_dir)
-            if (fold_dir / "checkpoints" / "last.pt").is_file():
-                result = train_fold(fold_config, resume=str(fold_dir), explicit={})
-            else:
-                result = train_fold(fold_config, overwrite=holds_run(fold_dir))
+            try:
+                if (fold_dir / "checkpoints" / "last.pt").is_file():
+                    result = train_fold(fold_config, resume=str(fold_dir), explicit={})
+                else:
+                    result = train_fold(fold_config, overwrite=holds_run(fold_dir))
+            except Interrupted:
+                raise Interrupted(f"stopped by signal in fold {fold + 1} of {k}; its checkpoint is in {fold_dir}. "
+                                  f"Continue the cross-validation with: bintally train --resume {run_dir}") from None
             records.append(fold_record(fold, fold_dir, result))
         cv = CrossValidation(str(run_dir), records, fold_summary(records))
         with atomic_path(run_dir / CV_FILE) as tmp:
@@ -141,17 +145,26 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
         lock.release()
 
 
+def clear_folds(run_dir: Path) -> None:
+    import shutil
+
+    for old in [run_dir / "folds", *run_dir.glob("fold-*")]:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+    (run_dir / CV_FILE).unlink(missing_ok=True)
+
+
 def write_folds(config: TrainConfig, run_dir: Path, manifests: Path) -> TrainConfig:
     """Split train+val into the folds and write each fold's manifest (before any training); the config with its label space."""
-    from bintally.training.data import labelled_manifest
+    from bintally.training.data import config_manifest, save_split
 
-    df = labelled_manifest(config.data, config.labels if config.max_count is not None else None)
-    config = config.with_labels(manifest_labels(df))
+    df, config = config_manifest(config)
     if "split" not in df or not df["split"].isin(POOL).any():
         raise DataError(manifest_name(df), "no train or val photos to cross-validate")
     folds = assign_folds(df, config.folds, config.seed)
     manifests.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")
+    save_split(df, run_dir)  # data split here (a folder, say): RUN/manifest.parquet, so the test split can be scored later
     for fold in range(config.folds):
         part = fold_manifest(df, folds, fold)
         write_manifest(part, manifests / f"fold-{fold + 1}.parquet", info=part.attrs["info"])

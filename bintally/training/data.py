@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bintally.data.index import read_or_index
-from bintally.data.manifest import manifest_name, write_manifest
+from bintally.data.manifest import EXCLUDED, manifest_name, write_manifest
 from bintally.data.split import SPLITS, SplitConfig, manifest_labels, split_manifest
 from bintally.data.verify import drop_stale
 from bintally.errors import ConfigError, DataError
@@ -31,9 +31,23 @@ def labelled_manifest(data: str | None, labels: LabelSpace | None) -> pd.DataFra
     return df
 
 
+def config_manifest(config):
+    """The manifest a training config reads, labelled in its label space, and the config with that space filled in.
+
+    Label-space settings left unset take the manifest's (unsplit data: 0-5 and an overflow class).
+    """
+    given = (config.min_count, config.max_count, config.overflow)
+    df = labelled_manifest(config.data, config.labels if None not in given else None)
+    config = config.with_labels(manifest_labels(df))
+    if manifest_labels(df) != config.labels:
+        df = relabelled(df, config.labels)
+    return df, config
+
+
 def relabelled(df: pd.DataFrame, labels: LabelSpace) -> pd.DataFrame:
-    """The same split with labels in another label space; photos outside it get no label (they are not trained on)."""
-    df = df.assign(label=labels.label_of(df["count"]).to_numpy())
+    """The same split with labels in another label space; photos outside it get no label and are excluded, as `data split` does."""
+    label = labels.label_of(df["count"])
+    df = df.assign(label=label.to_numpy(), split=df["split"].where(label.notna().to_numpy(), EXCLUDED))
     info = dict(df.attrs.get("info", {}))
     info["split"] = {**info.get("split", {}), "min_count": labels.min_count, "max_count": labels.max_count,
                      "overflow": labels.overflow_policy}

@@ -28,7 +28,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from bintally.data.dataset import BinPhotos, photo_loader
-from bintally.data.split import manifest_labels
 from bintally.data.transforms import TransformConfig
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import PUBLISHED_MAX, count_metrics
@@ -42,7 +41,7 @@ from bintally.progress import progress_bar
 from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
 from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
 from bintally.training.crossval import cross_validate
-from bintally.training.data import check_training_data, labelled_manifest, save_split
+from bintally.training.data import check_training_data, config_manifest, save_split
 from bintally.training.distributed import Dist, any_rank, cleanup, pick_device, setup_distributed
 from bintally.training.features import cached_features
 from bintally.training.health import HealthMonitor
@@ -362,8 +361,7 @@ class Setup:
 
 def prepare(config: TrainConfig, d: Dist) -> Setup:
     torch.manual_seed(config.seed)
-    df = labelled_manifest(config.data, config.labels if config.max_count is not None else None)
-    config = config.with_labels(manifest_labels(df))
+    df, config = config_manifest(config)
     model = CountingModel(config.model_config())  # validates backbone, head and weights
     parts = check_training_data(df, config.labels)
     per_process = len(parts["train"]) // d.world_size
@@ -612,14 +610,14 @@ def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, result: di
     lines = [
         "# Model card", "",
         f"- backbone: `{config.backbone}` ({weights_description(config.backbone, config.pretrained, config.weights)}), "
-        f"head: `{config.head}`, mode: `{config.mode}`",
+        f"head: `{config.head}` on `{config.features}` features, mode: `{config.mode}`",
         f"- classes: {', '.join(config.labels.names)}"
         + (f" (last = more than {config.max_count} items)" if config.labels.overflow else f" (trained on {config.labels.description} only)"),
         f"- data: `{df.attrs.get('info', {}).get('source', config.data or 'bundled sample')}`; split sizes: {split_counts}",
         f"- image size {config.image_size}, epochs {config.epochs}, batch {config.batch_size} x {result['world_size']} processes, "
         f"optimizer {config.optimizer} lr {config.lr}, schedule {config.schedule}",
         f"- wall time: {result['wall_time_s']} s; git commit: {git_commit()}", "",
-        "## Validation metrics of the saved (best) model", "",
+        f"## Validation metrics of the saved model ({'the best epoch' if config.select == 'best' else 'the last epoch'})", "",
         "| metric | value |", "|---|---|",
         *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in best.items()], "",
         "## Health checks", "",

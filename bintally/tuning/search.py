@@ -9,6 +9,7 @@ same study name adds trials to it, and workers on other machines can share it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
@@ -32,6 +33,7 @@ from optuna.trial import TrialState
 from bintally.data.manifest import write_manifest
 from bintally.errors import ConfigError, DataError
 from bintally.models.backbones import LITE_VARIANTS, RESNETS
+from bintally.models.config import FEATURES
 from bintally.progress import progress_bar
 from bintally.settings import check_range, check_types
 from bintally.training.config import MODES, TrainConfig, check_choice, resolve_config
@@ -60,6 +62,7 @@ class TuneConfig:
     fixed: dict = field(default_factory=dict)  # ... and changes to them (TrainConfig fields)
     backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
     image_sizes: list[int] = field(default_factory=lambda: [224])
+    features: list[str] = field(default_factory=lambda: ["pooled"])  # what the head reads; stride16 tunes the spatial head
     min_epochs: int = 5
     max_epochs: int = 30
     max_count: int = 5
@@ -83,6 +86,8 @@ class TuneConfig:
             check_range("image_sizes", size, 16, 2048)
         for name in self.backbones:
             check_backbone(name)
+        for name in self.features:
+            check_choice("features", name, FEATURES)
         # an unknown preset or fixed setting is refused here, not by the first trial
         trial_config(self, {"backbone": self.backbones[0], "image_size": self.image_sizes[0]}, self.data, self.out)
 
@@ -107,7 +112,7 @@ def check_backbone(name: str) -> None:
 
 
 def suggest_settings(trial: optuna.Trial, tc: TuneConfig) -> dict:
-    """One trial's training settings. Backbone and image size change the features, so only the listed ones are tried."""
+    """One trial's training settings. Backbone, image size and features change the cache, so only the listed ones are tried."""
     settings = {
         "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 1e-5, 0.2, log=True),
@@ -119,6 +124,7 @@ def suggest_settings(trial: optuna.Trial, tc: TuneConfig) -> dict:
         "balance": trial.suggest_categorical("balance", ["none", "weights", "sampler"]),
         "backbone": trial.suggest_categorical("backbone", tc.backbones),
         "image_size": trial.suggest_categorical("image_size", tc.image_sizes),
+        "features": trial.suggest_categorical("features", tc.features),
     }
     if tc.mode == "partial":
         settings["unfreeze"] = trial.suggest_int("unfreeze", 1, 4)
@@ -405,9 +411,9 @@ def tune(tc: TuneConfig) -> TuneResult:
         study = load_study(tc)  # fails fast on a bad storage URL
         data = prepare_data(tc)
         if tc.mode == "frozen":
-            for backbone in tc.backbones:
-                for size in tc.image_sizes:
-                    prepare_features(trial_config(tc, {"backbone": backbone, "image_size": size}, data, str(tc.study_dir)))
+            for backbone, size, features in itertools.product(tc.backbones, tc.image_sizes, tc.features):
+                prepare_features(trial_config(tc, {"backbone": backbone, "image_size": size, "features": features}, data,
+                                              str(tc.study_dir)))
         target = finished_trials(study) + tc.n_trials
         stop.interruptible = False
         run_workers(tc, data, target, study, stop, helpers)
