@@ -55,6 +55,14 @@ def test_two_workers_share_a_study_and_a_rerun_resumes_it(tiny_manifest, tmp_pat
         assert (tmp_path / "shared" / name).stat().st_size > 0
 
 
+def test_the_spatial_head_is_tuned_on_cached_stride16_maps(tiny_manifest, tmp_path):
+    config = tiny_tune(tiny_manifest, tmp_path, study="spatial", n_trials=2, pruner="none", features=["stride16"])
+    result = tune(config)
+    study = optuna.load_study(study_name="spatial", storage=config.storage_url)
+    assert [t.params["features"] for t in study.trials] == ["stride16", "stride16"]
+    assert read_config_file(result.best_config)["features"] == "stride16"
+
+
 def test_best_config_trains_with_one_command(tiny_manifest, tmp_path):
     result = tune(tiny_tune(tiny_manifest, tmp_path, study="cfg", n_trials=2, pruner="none"))
     saved = read_config_file(result.best_config)
@@ -88,6 +96,7 @@ def test_bad_tune_settings_are_refused(tiny_manifest, tmp_path):
     ({"image_sizes": []}, "at least one backbone and one image size"),
     ({"backbones": []}, "at least one backbone and one image size"),
     ({"backbones": ["resnet18", "no_such_net"]}, "unknown backbone 'no_such_net'"),
+    ({"features": ["pooled", "bogus"]}, "unknown features 'bogus'"),
     ({"min_epochs": 5, "max_epochs": 3}, r"min_epochs \(5\) is more than max_epochs \(3\)"),
     ({"fixed": FIXED | {"bogus": 1}}, "unknown settings"),
 ])
