@@ -231,3 +231,13 @@ def test_a_signal_during_a_fold_stops_cleanly_and_resume_finishes_the_cross_vali
     assert [f["fold"] for f in cv["folds"]] == [1, 2]
     rows = [json.loads(line) for line in (run / "fold-1" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epoch"] == 12 and read_artifact(run).model.members == 2
+
+
+def test_more_folds_than_groups_is_one_line_and_leaves_no_run(small_bucket, tmp_path):
+    run = tmp_path / "cv"
+    result = run_cli("train", "--data", str(small_bucket), "--out", str(run), "--folds", "20", "--mode", "frozen",
+                     "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64", "--workers", "0", "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "5 groups of photos in train+val, fewer than the 20 folds" in errors[0]
+    assert not run.exists()

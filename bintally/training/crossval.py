@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -92,57 +91,66 @@ def fold_summary(folds: list[dict]) -> dict:
     return summary
 
 
-def fold_record(fold: int, run_dir: Path, result) -> dict:
-    final = {k: v for k, v in result.final.items() if k.startswith("val_")}
-    return {"fold": fold + 1, "run": str(run_dir), "wall_time_s": result.wall_time_s, **final}
+def fold_record(fold: int, fold_dir: Path) -> dict:
+    """A finished fold's validation metrics (its last epoch) and training time, from its result.json."""
+    saved = json.loads((fold_dir / "result.json").read_text())
+    final = {k: v for k, v in saved["final"].items() if k.startswith("val_")}
+    return {"fold": fold + 1, "run": str(fold_dir), "wall_time_s": saved.get("wall_time_s"), **final}
 
 
-def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dict | None = None, overwrite: bool = False,
-                   train_fold=None) -> CrossValidation:
+def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dict | None = None,
+                   overwrite: bool = False) -> CrossValidation:
     """Train the K folds (or go on with those a stopped cross-validation left), then write cv.json and the ensemble."""
-    from bintally.training.engine import Interrupted, resumed_config, train
-    from bintally.training.rundir import RunDir, RunLock, holds_run
+    from bintally.training.engine import resumed_config
+    from bintally.training.rundir import RunDir, RunLock
 
     if resume is not None:
-        run_dir = Path(resume)
+        run_dir, folder = Path(resume), None
         config = resumed_config(run_dir, explicit or {})
         lock = RunLock(run_dir).acquire()
     else:
         folder = RunDir.new(config.out, overwrite)
         run_dir, lock = folder.path, folder.lock
         clear_folds(run_dir)  # an --overwrite replaces the old cross-validation's folds too (never resumes them)
+    ended_cleanly = False
     try:
-        k = config.folds
-        manifests = run_dir / "folds"
         if resume is None:
-            config = write_folds(config, run_dir, manifests)
-        train_fold = train_fold or train
-        records = []
-        started = time.time()
-        for fold in range(k):
-            fold_dir = run_dir / f"fold-{fold + 1}"
-            fold_config = replace(config, folds=0, select="last", data=str(manifests / f"fold-{fold + 1}.parquet"),
-                                  out=str(fold_dir))
-            log.info("fold %d/%d: %s", fold + 1, k, fold_dir)
-            try:
-                if (fold_dir / "checkpoints" / "last.pt").is_file():
-                    result = train_fold(fold_config, resume=str(fold_dir), explicit={})
-                else:
-                    result = train_fold(fold_config, overwrite=holds_run(fold_dir))
-            except Interrupted:
-                raise Interrupted(f"stopped by signal in fold {fold + 1} of {k}; its checkpoint is in {fold_dir}. "
-                                  f"Continue the cross-validation with: bintally train --resume {run_dir}") from None
-            records.append(fold_record(fold, fold_dir, result))
+            config = write_folds(config, run_dir)
+            folder.started()  # the fold manifests are written: from here on this is a run to resume
+        records = [train_one_fold(config, run_dir, fold) for fold in range(config.folds)]
         cv = CrossValidation(str(run_dir), records, fold_summary(records))
         with atomic_path(run_dir / CV_FILE) as tmp:
             tmp.write_text(json.dumps(cv.to_json(), indent=2, default=str))
-        save_ensemble(run_dir, k, config, cv)
+        save_ensemble(run_dir, config, cv)
         with atomic_path(run_dir / "result.json") as tmp:
-            tmp.write_text(json.dumps({"run": str(run_dir), "cross_validation": cv.summary, "wall_time_s": round(time.time() - started, 1)},
-                                      indent=2))
+            tmp.write_text(json.dumps({"run": str(run_dir), "cross_validation": cv.summary,
+                                       "wall_time_s": sum(f["wall_time_s"] or 0 for f in records)}, indent=2))
+        ended_cleanly = True
         return cv
     finally:
-        lock.release()
+        if folder is not None:
+            folder.close(failed=not ended_cleanly)  # a failed start (bad data, say) leaves no folder behind
+        else:
+            lock.release()
+
+
+def train_one_fold(config: TrainConfig, run_dir: Path, fold: int) -> dict:
+    """Train fold `fold` (resumed if it has a checkpoint) and return its record; a signal names the cross-validation to resume."""
+    from bintally.training.engine import Interrupted, train
+    from bintally.training.rundir import holds_run
+
+    fold_dir = run_dir / f"fold-{fold + 1}"
+    fold_config = replace(config, folds=0, select="last", data=str(run_dir / "folds" / f"fold-{fold + 1}.parquet"), out=str(fold_dir))
+    log.info("fold %d/%d: %s", fold + 1, config.folds, fold_dir)
+    try:
+        if (fold_dir / "checkpoints" / "last.pt").is_file():
+            train(fold_config, resume=str(fold_dir), explicit={})
+        else:
+            train(fold_config, overwrite=holds_run(fold_dir))
+    except Interrupted:
+        raise Interrupted(f"stopped by signal in fold {fold + 1} of {config.folds}; its checkpoint is in {fold_dir}. "
+                          f"Continue the cross-validation with: bintally train --resume {run_dir}") from None
+    return fold_record(fold, fold_dir)
 
 
 def clear_folds(run_dir: Path) -> None:
@@ -154,7 +162,7 @@ def clear_folds(run_dir: Path) -> None:
     (run_dir / CV_FILE).unlink(missing_ok=True)
 
 
-def write_folds(config: TrainConfig, run_dir: Path, manifests: Path) -> TrainConfig:
+def write_folds(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """Split train+val into the folds and write each fold's manifest (before any training); the config with its label space."""
     from bintally.training.data import config_manifest, save_split
 
@@ -162,6 +170,7 @@ def write_folds(config: TrainConfig, run_dir: Path, manifests: Path) -> TrainCon
     if "split" not in df or not df["split"].isin(POOL).any():
         raise DataError(manifest_name(df), "no train or val photos to cross-validate")
     folds = assign_folds(df, config.folds, config.seed)
+    manifests = run_dir / "folds"
     manifests.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")
     save_split(df, run_dir)  # data split here (a folder, say): RUN/manifest.parquet, so the test split can be scored later
@@ -171,12 +180,13 @@ def write_folds(config: TrainConfig, run_dir: Path, manifests: Path) -> TrainCon
     return config
 
 
-def save_ensemble(run_dir: Path, k: int, config: TrainConfig, cv: CrossValidation) -> None:
+def save_ensemble(run_dir: Path, config: TrainConfig, cv: CrossValidation) -> None:
     """RUN/model: the K fold models as one ensemble (one shared backbone when they were trained on a frozen one)."""
     from bintally.models.artifact import load_model as load_artifact_model
     from bintally.models.artifact import read_artifact, save_model
     from bintally.models.model import CountingEnsemble
 
+    k = config.folds
     artifacts = [read_artifact(run_dir / f"fold-{fold + 1}") for fold in range(k)]
     transforms = {json.dumps(a.transform.to_dict(), sort_keys=True) for a in artifacts}
     if len(transforms) != 1:
