@@ -241,3 +241,18 @@ def test_more_folds_than_groups_is_one_line_and_leaves_no_run(small_bucket, tmp_
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "5 groups of photos in train+val, fewer than the 20 folds" in errors[0]
     assert not run.exists()
+
+
+def test_preset_best_is_a_cross_validated_spatial_ensemble(mirror_manifest, tmp_path):
+    from bintally.training import resolve_config
+
+    best = resolve_config("best")
+    assert (best.folds, best.features, best.mode, best.select) == (5, "stride16", "frozen", "last")
+    run = tmp_path / "best"
+    result = run_cli("train", "--preset", "best", "--data", str(mirror_manifest), "--out", str(run), "--folds", "2",
+                     "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64", "--epochs", "1", "--workers", "0",
+                     "--no-progress")
+    assert result.returncode == 0, result.stderr
+    artifact = read_artifact(run)
+    assert artifact.model.members == 2 and artifact.model.features == "stride16" and artifact.labels == LabelSpace(0, 5, False)
+    assert json.loads((run / "config.json").read_text())["preset"] == "best"
