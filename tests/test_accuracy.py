@@ -256,3 +256,25 @@ def test_preset_best_is_a_cross_validated_spatial_ensemble(mirror_manifest, tmp_
     artifact = read_artifact(run)
     assert artifact.model.members == 2 and artifact.model.features == "stride16" and artifact.labels == LabelSpace(0, 5, False)
     assert json.loads((run / "config.json").read_text())["preset"] == "best"
+
+
+def test_init_continues_each_fold_from_the_same_folds_model(mirror_manifest, tmp_path):
+    common = ["--data", str(mirror_manifest), "--folds", "2", "--features", "stride16", "--backbone", "test_efficientnet_gn",
+              "--random-init", "--image-size", "64", "--batch-size", "32", "--workers", "0", "--overflow", "exclude", "--no-progress"]
+    frozen = tmp_path / "frozen"
+    assert run_cli("train", "--out", frozen, "--mode", "frozen", "--epochs", "2", *common).returncode == 0
+    tuned = tmp_path / "tuned"
+    result = run_cli("train", "--out", tuned, "--mode", "partial", "--unfreeze", "1", "--epochs", "1", "--max-steps", "2",
+                     "--init", frozen, *common)
+    assert result.returncode == 0, result.stderr
+    heads = {(name, k): load_model(read_artifact(run / f"fold-{k}")).state_dict()["head.body.0.weight"]
+             for name, run in (("frozen", frozen), ("tuned", tuned)) for k in (1, 2)}
+    for k, other_fold in ((1, 2), (2, 1)):  # each fold went on from its own fold's model (two small steps away from it)
+        assert not torch.equal(heads["tuned", k], heads["frozen", k])
+        assert (heads["tuned", k] - heads["frozen", k]).norm() < (heads["tuned", k] - heads["frozen", other_fold]).norm()
+    other = run_cli("train", "--out", tmp_path / "other", "--mode", "partial", "--epochs", "1", "--init", frozen,
+                    *[c if c != "2" else "3" for c in common])  # 3 folds: not the same folds as the init run
+    assert_one_line_error(other, "--init", "folds")
+    single = run_cli("train", "--out", tmp_path / "single", "--mode", "partial", "--epochs", "1", "--init", frozen,
+                     *[c for c in common if c not in ("--folds", "2")])
+    assert_one_line_error(single, "--init", "members")

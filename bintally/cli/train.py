@@ -35,6 +35,8 @@ def train_cmd(
     features: Annotated[Optional[choice(FEATURES)], Opt(help="What the head reads: pooled final features, "
                                                              "or the stride-16 map through a small conv head.")] = None,
     weights: Annotated[Optional[str], Opt(help="Backbone weights file (.pt/.pth state dict).")] = None,
+    init: Annotated[Optional[str], Opt(help="Start from a trained model's weights (a run or model folder; with --folds, "
+                                            "a cross-validation run over the same folds).")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained/--random-init", help="Start from shipped ImageNet weights.")] = None,
     min_count: Annotated[Optional[int], Opt(min=0, help="Smallest count with its own class (default: the manifest's split, else 0).")] = None,
     max_count: Annotated[Optional[int], Opt(min=0, help="Largest count with its own class (default: the manifest's split, else 5).")] = None,

@@ -39,6 +39,7 @@ class TrainConfig:
     overflow: str | None = None  # class: counts above max_count form one class; exclude: train and validate on min..max only
     pretrained: bool = True
     weights: str | None = None
+    init: str | None = None  # start from this trained model's weights (with folds: a cross-validation run, fold by fold)
     dropout: float = 0.2
     decode: str = "auto"  # argmax | median | expected; auto: median for the ordinal head
     # what is trained
@@ -90,7 +91,7 @@ class TrainConfig:
             raise ConfigError(f"folds must be 0 (no cross-validation) or 2 to {MAX_FOLDS}, got {self.folds}")
         if self.overflow is not None:
             check_choice("overflow", self.overflow, OVERFLOW)
-        for name in ("data", "out", "weights"):  # '' would silently mean the current folder
+        for name in ("data", "out", "weights", "init"):  # '' would silently mean the current folder
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise ConfigError(f"{name} is empty: give a file or folder name, or leave it out for the default")
         for name in ("epochs", "batch_size", "restart_epochs", "step_epochs", "max_steps"):

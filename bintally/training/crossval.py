@@ -91,6 +91,22 @@ def fold_summary(folds: list[dict]) -> dict:
     return summary
 
 
+def fold_init(init: str | None, run_dir: Path, fold: int) -> str | None:
+    """--init with --folds: a cross-validation run over the same folds, whose fold k starts fold k (no fold sees its val photos)."""
+    if init is None:
+        return None
+    source = Path(init)
+    if not (source / CV_FILE).is_file():
+        raise ConfigError(f"--init {init}: with --folds, give a finished cross-validation run (with {CV_FILE}), "
+                          f"so that each fold starts from the model of the same fold")
+    name = f"fold-{fold + 1}.parquet"
+    theirs, mine = (pd.read_parquet(r / "folds" / name, columns=["id", "split"]) for r in (source, run_dir))
+    if set(theirs.loc[theirs["split"] == "val", "id"]) != set(mine.loc[mine["split"] == "val", "id"]):
+        raise ConfigError(f"--init {init}: its fold {fold + 1} validates on other photos than this run's; "
+                          f"use the same data, label space, --folds and --seed")
+    return str(source / f"fold-{fold + 1}")
+
+
 def fold_record(fold: int, fold_dir: Path) -> dict:
     """A finished fold's validation metrics (its last epoch) and training time, from its result.json."""
     saved = json.loads((fold_dir / "result.json").read_text())
@@ -116,6 +132,8 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
     try:
         if resume is None:
             config = write_folds(config, run_dir)
+            for fold in range(config.folds):  # --init from other folds is refused before any fold trains
+                fold_init(config.init, run_dir, fold)
             folder.started()  # the fold manifests are written: from here on this is a run to resume
         records = [train_one_fold(config, run_dir, fold) for fold in range(config.folds)]
         cv = CrossValidation(str(run_dir), records, fold_summary(records))
@@ -140,7 +158,8 @@ def train_one_fold(config: TrainConfig, run_dir: Path, fold: int) -> dict:
     from bintally.training.rundir import holds_run
 
     fold_dir = run_dir / f"fold-{fold + 1}"
-    fold_config = replace(config, folds=0, select="last", data=str(run_dir / "folds" / f"fold-{fold + 1}.parquet"), out=str(fold_dir))
+    fold_config = replace(config, folds=0, select="last", data=str(run_dir / "folds" / f"fold-{fold + 1}.parquet"), out=str(fold_dir),
+                          init=fold_init(config.init, run_dir, fold))
     log.info("fold %d/%d: %s", fold + 1, config.folds, fold_dir)
     try:
         if (fold_dir / "checkpoints" / "last.pt").is_file():

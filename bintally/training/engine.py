@@ -113,8 +113,9 @@ class StopFlag:
 def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's stages from input to output, for partial unfreezing."""
     if hasattr(backbone, "blocks") and hasattr(backbone, "conv_head"):  # timm EfficientNet family
-        return [nn.ModuleList([backbone.conv_stem, backbone.bn1]), *backbone.blocks,
-                nn.ModuleList([backbone.conv_head, backbone.bn2])]
+        stages = [nn.ModuleList([backbone.conv_stem, backbone.bn1]), *backbone.blocks,
+                  nn.ModuleList([backbone.conv_head, backbone.bn2])]
+        return [s for s in stages if any(True for _ in s.parameters())]  # cut at stride 16, the head conv is gone
     if hasattr(backbone, "layer4"):  # torchvision ResNet
         return [nn.ModuleList([backbone.conv1, backbone.bn1]), backbone.layer1, backbone.layer2,
                 backbone.layer3, backbone.layer4]
@@ -363,6 +364,8 @@ def prepare(config: TrainConfig, d: Dist) -> Setup:
     torch.manual_seed(config.seed)
     df, config = config_manifest(config)
     model = CountingModel(config.model_config())  # validates backbone, head and weights
+    if config.init is not None:
+        start_from(model, config.init)
     parts = check_training_data(df, config.labels)
     per_process = len(parts["train"]) // d.world_size
     if per_process < config.batch_size:
@@ -568,6 +571,22 @@ def validate(model: CountingModel, config: TrainConfig, photos: pd.DataFrame, lo
     predicted = labels.decode(probs, model.decode)
     true = labels.count_of(photos["label"].to_numpy(dtype=int)[indices])
     return {f"val_{k}": v for k, v in count_metrics(true, labels.count_of(predicted), config.max_count).items()}
+
+
+def start_from(model: CountingModel, path: str) -> None:
+    """--init: the weights of a trained model (same backbone, features, head and label space) as the starting point."""
+    from bintally.models.artifact import load_weights
+
+    artifact = read_artifact(path)
+    mine, theirs = model.config, artifact.model
+    for name in ("backbone", "features", "head", "labels", "members"):
+        if getattr(mine, name) != getattr(theirs, name):
+            raise ConfigError(f"--init {path}: its {name} is {getattr(theirs, name)!r}, this run's is {getattr(mine, name)!r}")
+    state = load_weights(artifact)
+    problem = weights_problem(model.state_dict(), state)
+    if problem:
+        raise ConfigError(f"--init {path}: its weights do not fit this model ({problem})")
+    model.load_state_dict(state)
 
 
 def selection_score(metrics: dict) -> tuple[float, float]:
