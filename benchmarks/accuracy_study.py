@@ -32,6 +32,12 @@ RECIPES = {
                                       "--balance", "weights"],
     "stride16-0-5-lite2": FROZEN + ["--features", "stride16", "--overflow", "exclude", "--max-count", "5", "--epochs", "10",
                                     "--backbone", "efficientnet_lite2"],
+    # fine-tuning done in two steps (linear probe, then fine-tune): each fold of stride16-0-5 goes on with its top two
+    # stride-16 stages unfrozen, at a low learning rate, on photos with count-preserving augmentation
+    "lpft-stride16-0-5": ["--mode", "partial", "--unfreeze", "2", "--features", "stride16", "--head", "ordinal", "--overflow", "exclude",
+                          "--max-count", "5", "--epochs", "3", "--batch-size", "32", "--lr", "2e-4", "--backbone-lr-scale", "0.5",
+                          "--warmup-epochs", "0.3", "--weight-decay", "0.05", "--dropout", "0.2", "--workers", "1",
+                          "--init", "runs/cv/stride16-0-5"],
     # fine-tuning the backbone's last stride-16 stages under the spatial head (photos, not cached maps)
     "partial2-stride16-0-5": ["--mode", "partial", "--unfreeze", "2", "--features", "stride16", "--head", "ordinal",
                               "--overflow", "exclude", "--max-count", "5", "--epochs", "3", "--batch-size", "32", "--lr", "1e-3",

@@ -211,6 +211,8 @@ def model_config(values: dict) -> ModelConfig:
         raise ConfigError(f"unknown features {config.features!r}")
     if isinstance(config.members, bool) or not isinstance(config.members, int) or config.members < 1:
         raise ConfigError(f"members must be a whole number >= 1, got {config.members!r}")
+    if not isinstance(config.shared_backbone, bool):
+        raise ConfigError(f"shared_backbone must be true or false, got {config.shared_backbone!r}")
     _ = config.labels  # min/max/overflow checked
     return replace(config, pretrained=False, weights=None)  # the artifact holds every weight
 
