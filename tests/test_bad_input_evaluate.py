@@ -16,8 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bintally.data import index_to_manifest, read_manifest, split_manifest, write_manifest
-from bintally.data.split import SplitConfig
+from bintally.data import index_to_manifest, read_manifest
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation import evaluate, evaluate_model, evaluate_predictions, load_predictions
 from bintally.evaluation.evaluate import evaluation_photos
@@ -619,8 +618,6 @@ def contents(*paths) -> list[bytes]:
 def test_evaluate_mistakes_are_one_line_and_leave_earlier_output_alone(run, tiny_manifest, earlier_output, tmp_path):
     out = earlier_output
     before = contents(out / "m.json", out / "p.csv")
-    max3 = split_manifest(read_manifest(tiny_manifest).drop(columns=["split", "label"]), SplitConfig(max_count=3))
-    write_manifest(max3, tmp_path / "max3.parquet", info=max3.attrs["info"])
     (tmp_path / "fake.parquet").write_text("id,count\n1,2\n")
     (tmp_path / "report-file").write_text("")
     photo = SAMPLE_PHOTOS[0]
@@ -630,7 +627,6 @@ def test_evaluate_mistakes_are_one_line_and_leave_earlier_output_alone(run, tiny
         ([*model, "--data", tiny_manifest, "--split", "test", *save], "tiny.parquet", "split 'test' is empty (splits present: train, val)"),
         ([*model, "--data", photo, *save], photo.name, "expected a folder or a .csv"),
         ([*model, "--data", tmp_path / "fake.parquet", *save], "fake.parquet", "not a readable Parquet manifest"),
-        ([*model, "--data", tmp_path / "max3.parquet", "--split", "val", *save], "max3.parquet", "--max-count 3"),
         ([*model, "--data", tiny_manifest, "--report", tmp_path / "report-file"], "report-file", "is a file"),
         ([*model, "--data", tiny_manifest, "--save-predictions", tmp_path / "x.txt"], "x.txt", "unsupported file type"),
         ([*model, "--data", tiny_manifest, "--json", out], "out.json", "is a folder"),

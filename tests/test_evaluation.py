@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bintally.cli import app
 from bintally.data import read_manifest, split_manifest, write_manifest
 from bintally.data.split import SplitConfig
-from bintally.errors import ConfigError, DataError
+from bintally.errors import DataError
 from bintally.evaluation import evaluate, evaluate_model, evaluate_saved, load_predictions
 from bintally.evaluation.metrics import bootstrap_intervals, calibration, count_metrics, per_class_metrics
 from bintally.models.artifact import read_artifact
@@ -149,11 +149,14 @@ def test_a_model_trained_on_counts_0_5_only_is_scored_on_every_photo(tiny_manife
 # ---------------------------------------------------------------- bad input
 
 
-def test_model_with_another_label_space_is_refused(tiny_model, tiny_manifest, tmp_path):
+def test_a_model_is_scored_on_the_photos_of_a_split_made_with_another_label_space(tiny_model, tiny_manifest, tmp_path):
+    """The split decides which photos are scored; the model's own label space decides how (issue 10: a 0-12 model on a 0-5 split)."""
     df = split_manifest(read_manifest(tiny_manifest).drop(columns=["split", "label"]), SplitConfig(max_count=3))
     path = write_manifest(df, tmp_path / "max3.parquet", info=df.attrs["info"])
-    with pytest.raises(ConfigError, match="max-count 3"):
-        evaluate_model(tiny_model, path, split="val", workers=0, progress=False)
+    result = evaluate_model(tiny_model, path, split="val", workers=0, progress=False, resamples=10)
+    val = df[df["split"] == "val"]
+    assert result.metrics["n"] == len(val) and result.metrics["n_0_5"] == int((val["count"] <= 5).sum())
+    assert sorted(result.predictions["true_count"]) == sorted(val["count"])
 
 
 def test_empty_evaluation_set_is_refused(tiny_model, tiny_manifest, tmp_path):
