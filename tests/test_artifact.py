@@ -90,7 +90,8 @@ def test_model_json_says_what_a_client_needs(tiny_artifact):
     assert meta["model_config"]["pretrained"] is False and meta["model_config"]["weights"] is None
     info = Counter.load(tiny_artifact.path).info()
     assert info | {"metrics": None} == {"name": "bin-counter", "version": tiny_artifact.version, "backend": "torch", "runtime": "torch",
-                                        "backbone": "test_efficientnet_gn", "head": "linear", "classes": meta["labels"]["names"],
+                                        "backbone": "test_efficientnet_gn", "head": "linear", "features": "pooled", "members": 1,
+                                        "classes": meta["labels"]["names"],
                                         "decoding": "argmax", "tta": True, "image_size": 64, "metrics": None}
     assert info["metrics"] == {"val_accuracy": 0.0}
 

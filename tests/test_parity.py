@@ -21,7 +21,8 @@ from bintally.inference import Counter
 from bintally.models.artifact import load_model, read_artifact
 from bintally.paths import cache_dir
 from bintally.training import train
-from bintally.training.features import cache_key, extract_features
+from bintally.training.data import check_training_data
+from bintally.training.features import cache_key, cache_photos, extract_features
 from tests.training_helpers import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -75,8 +76,8 @@ def test_recorded_validation_metrics_equal_evaluate_and_predict_counts_as_evalua
     assert len(rows) == settings["epochs"]  # with more than one validation, the saved model is the best epoch's
     if mode == "frozen":  # validated on cached features, evaluated on photos
         artifact = read_artifact(run)
-        val = read_manifest(tiny_manifest).query("split == 'val'").reset_index(drop=True)
-        assert (cache_dir() / "features" / f"{cache_key(load_model(artifact), artifact.transform, val)}.pt").is_file()
+        photos = cache_photos(check_training_data(read_manifest(tiny_manifest), artifact.labels).values())
+        assert (cache_dir() / "features" / f"{cache_key(load_model(artifact), artifact.transform, photos)}.pt").is_file()
     assert_recorded_equals_evaluated(run, tiny_manifest, tmp_path)
     assert_counter_matches_saved_predictions(run, tmp_path)
 
@@ -96,17 +97,19 @@ def test_frozen_random_init_runs_with_other_seeds_do_not_share_cached_features(t
         run = tmp_path / f"seed{seed}"
         train(tiny_config(tiny_manifest, run, mode="frozen", head="mlp", epochs=2, seed=seed))
         seen[seed] = cached_files(cache) - before
-        assert len(seen[seed]) == 2, (seed, seen)  # train and val features of this run's own backbone: nothing reused
+        assert len(seen[seed]) == 1, (seed, seen)  # one file, of this run's own backbone's features: nothing reused
         assert_recorded_equals_evaluated(run, tiny_manifest, tmp_path / f"eval{seed}")
 
-        # the val features cached under this run's key are its saved backbone's features
+        # the features cached under this run's key are its saved backbone's features of its photos
         artifact = read_artifact(run)
         model = load_model(artifact)
-        key = cache_key(model, artifact.transform, val)
+        photos = cache_photos(check_training_data(df, artifact.labels).values())
+        key = cache_key(model, artifact.transform, photos)
         assert f"{key}.pt" in seen[seed]
         cached = torch.load(cache / "features" / f"{key}.pt", weights_only=True)
+        rows = [photos.index[photos["sha256"] == sha][0] for sha in val["sha256"]]
         fresh = extract_features(model.backbone, val, artifact.transform, "cpu", workers=0, progress=False)
-        assert torch.allclose(cached, fresh, atol=1e-5)
+        assert torch.allclose(cached[rows], fresh, atol=1e-5)
 
     # the same seed again: the same backbone, so its features are reused and nothing is recomputed
     stamps = {name: (cache / "features" / name).stat().st_mtime_ns for name in seen[1]}

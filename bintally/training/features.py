@@ -90,14 +90,19 @@ def extract_features(backbone, photos: pd.DataFrame, transform: TransformConfig,
     return torch.cat(out)
 
 
+def cache_photos(parts) -> pd.DataFrame:
+    """The photos one cache file holds: every photo of the given splits once (by content), in sha256 order."""
+    photos = pd.concat([p for p in parts if not p.empty]).drop_duplicates("sha256").sort_values("sha256")
+    return photos.reset_index(drop=True)
+
+
 def cached_features(model, parts: dict[str, pd.DataFrame], transform: TransformConfig, config, d) -> FeatureViews:
     """The train and val features, from one cache over every photo of the manifest's splits.
 
     The cache is keyed by the photos' contents, not by how they are split, so the folds of a
     cross-validation (and re-splits of the same photos) compute the features once.
     """
-    photos = pd.concat([p for p in parts.values() if not p.empty]).drop_duplicates("sha256").sort_values("sha256")
-    photos = photos.reset_index(drop=True)
+    photos = cache_photos(parts.values())
     path = cache_dir() / "features" / f"{cache_key(model, transform, photos)}.pt"
     if d.main and not path.exists():
         feats = extract_features(model.backbone, photos, transform, d.device, workers=config.workers,
