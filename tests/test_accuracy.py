@@ -25,7 +25,7 @@ from bintally.training.data import labelled_manifest
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.training_helpers import tiny_config
 
-MIRROR_IDS = 600  # consecutive mirror ids: many id blocks and near-duplicate pairs
+MIRROR_IDS = 600  # consecutive mirror ids: many id blocks and near-duplicate pairs, every count 0-5 in every fold
 
 
 @pytest.fixture(scope="module")
