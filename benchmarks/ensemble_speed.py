@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bintally.data.images import decode_image
+from bintally.export.onnx import load_photos
 from bintally.inference import Counter
+from bintally.models.artifact import read_artifact
 
 
 def images_per_second(counter: Counter, arrays: np.ndarray, batch: int, passes: int = 3) -> float:
@@ -43,10 +44,10 @@ def main() -> None:
     manifest = pd.read_parquet(options.run / "folds" / "fold-1.parquet")
     paths = manifest.loc[manifest["split"] == "val", "path"].head(options.photos).tolist()
     rows = []
+    arrays, _ = load_photos(paths, read_artifact(options.run).transform)  # the fold models and the ensemble share it
     for name, model in [("one fold model", options.run / "fold-1"), ("ensemble of the folds", options.run)]:
         for backend in ("torch", "onnx"):
             counter = Counter.load(model, backend=backend, threads=2)
-            arrays = np.stack([counter.preprocess(decode_image(p)) for p in paths])
             rate = images_per_second(counter, arrays, options.batch)
             rows.append({"model": name, "members": counter.artifact.model.members, "backend": backend, "images_per_s": round(rate, 1)})
             print(rows[-1], flush=True)

@@ -780,18 +780,11 @@ def main() -> None:
     only = set(args.only or STAGES)
     if "checks" in only:
         run_checks(exports, photos, args, results)
-    if "matrix" in only:
-        run_matrix(cfg, args, exports, photos_file, results)
-    if "sweep" in only:
-        run_sweep(cfg, args, exports, photos_file, results)
-    if "load" in only:
-        run_load(cfg, args, exports, photos_file, results)
-    if "overload" in only:
-        run_overload(cfg, args, exports, photos_file, results)
-    if "variants" in only:
-        run_variants(cfg, args, exports, photos_file, results)
-    if "profile" in only:
-        run_profile(cfg, args, exports, photos_file, results)
+    server_stages = {"matrix": run_matrix, "sweep": run_sweep, "load": run_load, "overload": run_overload,
+                     "variants": run_variants, "profile": run_profile}
+    for stage, run_stage in server_stages.items():  # in STAGES order
+        if stage in only:
+            run_stage(cfg, args, exports, photos_file, results)
     results["targets"] = targets(results)
     results["load_average_end"] = load_average()
     results["wall_s"] = round(time.perf_counter() - t_start)

@@ -106,9 +106,10 @@ def file_list_counts(path: str | Path) -> list[int]:
     return sorted(int(k) for k in keys)
 
 
-def assign_folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
-    """The fold of each row (whole groups to one fold) and the number of folds: FOLDS, or fewer with fewer groups."""
-    n_folds = min(FOLDS, len(np.unique(groups)))
+def assign_folds(labels: np.ndarray, groups: np.ndarray, seed: int, folds_wanted: int = FOLDS) -> tuple[np.ndarray, int]:
+    """The fold of each row (whole groups to one fold, stratified by label) and the number of folds: `folds_wanted`,
+    or fewer with fewer groups. `data split` assigns 20 folds to splits; `train --folds K` asks for K."""
+    n_folds = min(folds_wanted, len(np.unique(groups)))
     folds = np.zeros(len(labels), dtype=int)
     if n_folds < 2:
         return folds, 1
@@ -117,6 +118,7 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "The least populated class in y has only N members": such classes are seen to by keep_classes_in_train
+        # (in a cross-validation, check_training_data names a class a fold lacks)
         warnings.simplefilter("ignore", UserWarning)
         for fold, (_, test_idx) in enumerate(cv.split(strata, strata, groups)):
             folds[test_idx] = fold

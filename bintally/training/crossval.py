@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pandas as pd
 
 from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicate_groups
 from bintally.data.manifest import manifest_name, write_manifest
+from bintally.data.split import assign_folds as group_folds
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import PUBLISHED_MAX
 from bintally.io import atomic_path
@@ -57,15 +57,7 @@ def assign_folds(df: pd.DataFrame, k: int, seed: int) -> pd.Series:
     if len(np.unique(groups)) < k:
         raise DataError(manifest_name(df), f"{len(np.unique(groups))} groups of photos in train+val, fewer than the "
                                            f"{k} folds asked for; use fewer --folds or more photos")
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    labels = photos["label"].to_numpy(dtype=int)
-    strata = labels if np.bincount(labels).max() >= k else np.zeros_like(labels)
-    folds = np.zeros(len(photos), dtype=int)
-    with warnings.catch_warnings():  # "The least populated class in y has only N members"
-        warnings.simplefilter("ignore", UserWarning)
-        for fold, (_, held_out) in enumerate(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(labels, strata, groups)):
-            folds[held_out] = fold
+    folds, _ = group_folds(photos["label"].to_numpy(dtype=int), groups, seed, k)
     return pd.Series(folds, index=photos["index"]).reindex(df.index).astype("Int64")
 
 
