@@ -82,3 +82,28 @@ def predict_cmd(
     if failures:
         echo_err(f"{len(results)} photo(s) counted, {len(failures)} could not be read")
         raise typer.Exit(1)
+
+
+@command(app, "calibrate")
+def calibrate_cmd(
+    model: Annotated[Path, Opt("--model", "-m", help=MODEL_HELP)],
+    data: Annotated[Optional[Path], Opt(help="The split manifest the model was trained with (its validation photos are used). "
+                                             "Not needed for a cross-validation run: it uses out-of-fold predictions.")] = None,
+    split: Annotated[str, Opt(help="The split to fit on (never test: that is for the final score).")] = "val",
+    overwrite: Annotated[bool, Opt(help="Fit again over an existing calibration.")] = False,
+    workers: Annotated[int, Opt(min=0, help="Data-loader processes.")] = 2,
+    backend: BackendOpt = "torch",
+    progress: ProgressOpt = True,
+):
+    """Fit temperature scaling on validation photos and store it in the model, so its probabilities can be trusted."""
+    from bintally.evaluation.calibration import calibrate_model, cross_validation_run
+
+    if split not in ("train", "val"):
+        raise typer.BadParameter(f"{split!r}: fit on train or val (the test split is for the final score only)", param_hint="--split")
+    if data is None and cross_validation_run(model) is None:
+        raise typer.BadParameter("give the split manifest the model was trained with (e.g. RUN/manifest.parquet)", param_hint="--data")
+    summary = calibrate_model(model, data, split, overwrite, workers=workers, backend=backend, progress=show_progress(progress))
+    typer.echo(f"temperature {summary['temperature']:g} fitted on {summary['photos']} photos of {summary['data']} "
+               f"(split {summary['split']})")
+    typer.echo(f"ECE {summary['ece_before']:.3f} -> {summary['ece_after']:.3f}   NLL {summary['nll_before']:.3f} -> "
+               f"{summary['nll_after']:.3f}   (accuracy unchanged: the most likely count stays the same)")

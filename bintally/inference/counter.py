@@ -11,6 +11,7 @@ from PIL import Image
 from bintally.data.images import decode_image
 from bintally.data.transforms import preprocess, preprocess_batch
 from bintally.errors import ConfigError, DataError
+from bintally.inference.temperature import apply_temperature
 from bintally.labels import LabelSpace
 from bintally.models.artifact import ModelArtifact, read_artifact
 from bintally.progress import progress_bar
@@ -22,9 +23,11 @@ BACKENDS = ("torch", "onnx")
 class Counter:
     artifact: ModelArtifact
     backend: object  # TorchBackend | OnnxBackend
+    calibrated: bool = True  # apply the artifact's temperature (`bintally calibrate`); False: the network's own probabilities
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None) -> "Counter":
+    def load(cls, path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None,
+             calibrated: bool = True) -> "Counter":
         """The model at `path` (a run, its model/ folder or an export) on the named backend.
 
         A PyTorch model runs on `onnx` after an export (cached by model version); an ONNX export
@@ -38,7 +41,7 @@ class Counter:
                 raise ConfigError(f"{artifact.path} is an ONNX export: use --backend onnx, or give the training run for --backend torch")
             from bintally.inference.backends import TorchBackend
 
-            return cls(artifact, TorchBackend(artifact, device, threads))
+            return cls(artifact, TorchBackend(artifact, device, threads), calibrated)
         from bintally.inference.backends import OnnxBackend
 
         model_file = None
@@ -46,7 +49,7 @@ class Counter:
             from bintally.export.onnx import cached_onnx
 
             model_file = cached_onnx(artifact)
-        return cls(artifact, OnnxBackend(artifact, threads, model_file))
+        return cls(artifact, OnnxBackend(artifact, threads, model_file), calibrated)
 
     @property
     def labels(self) -> LabelSpace:
@@ -66,7 +69,8 @@ class Counter:
             raise ValueError(f"expected pre-processed photos of shape [N, 3, {size}, {size}], got {list(images.shape)}")
         if not len(images):
             return np.zeros((0, self.labels.n_classes), np.float32)
-        return self.backend.probabilities(images)
+        probs = self.backend.probabilities(images)
+        return apply_temperature(probs, self.artifact.temperature) if self.calibrated else probs
 
     def describe(self, probs: np.ndarray) -> list[dict]:
         return self.labels.describe(probs, self.artifact.decoding)
@@ -103,5 +107,5 @@ class Counter:
         a = self.artifact
         return {"name": a.name, "version": a.version, "backend": self.backend_name, "runtime": a.runtime,
                 "backbone": a.model.backbone, "head": a.model.head, "features": a.model.features, "members": a.model.members,
-                "classes": a.labels.names, "decoding": a.decoding,
+                "classes": a.labels.names, "decoding": a.decoding, "temperature": a.temperature if self.calibrated else 1.0,
                 "tta": a.tta, "image_size": a.transform.image_size, "metrics": a.metrics}

@@ -52,6 +52,12 @@ class ModelArtifact:
     metrics: dict = field(default_factory=dict)  # validation metrics when the model was saved
     export: dict = field(default_factory=dict)  # for an ONNX export: source, quantisation, parity check
     created: str = ""
+    calibration: dict = field(default_factory=dict)  # temperature scaling fitted on validation photos (`bintally calibrate`)
+
+    @property
+    def temperature(self) -> float:
+        """The probabilities' temperature (1.0: as the network gives them)."""
+        return float(self.calibration.get("temperature", 1.0))
 
     @property
     def labels(self) -> LabelSpace:
@@ -72,7 +78,8 @@ class ModelArtifact:
                 "labels": {**self.labels.to_dict(), "names": self.labels.names}, "decoding": self.decoding, "tta": self.tta,
                 "input": {"name": "images", "datatype": "FP32", "shape": [-1, 3, self.transform.image_size, self.transform.image_size]},
                 "output": {"name": "probabilities", "datatype": "FP32", "shape": [-1, self.labels.n_classes]},
-                "train_config": self.train_config, "metrics": self.metrics, "export": self.export}
+                "train_config": self.train_config, "metrics": self.metrics, "export": self.export,
+                "calibration": self.calibration}
 
     def write_metadata(self) -> None:
         with atomic_path(self.path / META_FILE) as tmp:
@@ -149,7 +156,8 @@ def read_artifact(path: str | Path) -> ModelArtifact:
         raise DataError(folder / weights, f"missing: {META_FILE} names it as the model's weights")
     return ModelArtifact(path=folder, weights=weights, runtime=meta["runtime"], model=model, transform=transform, tta=meta["tta"],
                          name=meta["name"], version=meta["version"], train_config=meta.get("train_config") or {},
-                         metrics=meta.get("metrics") or {}, export=meta.get("export") or {}, created=meta.get("created", ""))
+                         metrics=meta.get("metrics") or {}, export=meta.get("export") or {}, created=meta.get("created", ""),
+                         calibration=meta.get("calibration") or {})
 
 
 def read_json(path: Path) -> dict:
@@ -167,7 +175,8 @@ def read_json(path: Path) -> dict:
 # model.json fields and their JSON types
 REQUIRED = {"format": str, "format_version": int, "name": str, "version": str, "runtime": str, "weights": str,
             "model_config": dict, "transform": dict, "tta": bool}
-OPTIONAL = {"created": str, "labels": dict, "decoding": str, "train_config": dict, "metrics": dict, "export": dict}
+OPTIONAL = {"created": str, "labels": dict, "decoding": str, "train_config": dict, "metrics": dict, "export": dict,
+            "calibration": dict}
 
 
 def type_problem(meta: dict, key: str, kind: type) -> str:
@@ -196,6 +205,9 @@ def format_problem(meta: dict) -> str:
         return f"name {meta['name']!r} must be 1-64 letters, digits, '.', '_' or '-'"
     if meta.get("decoding") is not None and meta["decoding"] not in DECODINGS:
         return f"unknown decoding {meta['decoding']!r}: use one of {', '.join(DECODINGS)}"
+    temperature = (meta.get("calibration") or {}).get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.05 <= temperature <= 20:
+        return f"calibration temperature {json.dumps(temperature)[:40]} is not a number between 0.05 and 20"
     return ""
 
 

@@ -1,0 +1,349 @@
+"""`bintally audit run`: score every bin snapshot with the model, then write the ranked recount worklist.
+
+A run is sharded the way torchrun shards training: each process (RANK of WORLD_SIZE, from the launcher's
+environment; 0 of 1 when run alone) scores every WORLD_SIZE-th snapshot and commits each batch to the shared
+store, so a killed process loses at most one batch and the same command resumes. The process that finishes
+the last shard selects the tasks in one transaction: the top `budget` share of bins by score (or every bin
+over `threshold`) plus a uniformly random `control` share of the rest, which estimates the errors the model
+misses without selection bias. Re-running on the same snapshots finds the run and changes nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import math
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select, update
+
+from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, Task, utcnow
+from bintally.audit.scoring import discrepancy_scores
+from bintally.audit.snapshots import PhotoReader, SnapshotIn, read_source
+from bintally.audit.store import Store, open_store
+from bintally.errors import ConfigError, DataError
+from bintally.progress import progress_bar
+
+BACKENDS = ("onnx", "torch")
+SELECTION_KEYS = ("budget", "threshold", "control", "tolerance", "seed", "snapshots")
+
+
+def default_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass
+class AuditConfig:
+    model: str
+    data: str
+    db: str | None = None
+    name: str | None = None
+    budget: float | None = None  # share of bins to recount, highest scores first (default 0.10 unless threshold)
+    threshold: float | None = None  # or: every bin whose score is at least this
+    control: float = 0.02  # share of the remaining bins recounted at random
+    tolerance: int = 0  # a first count further than this from the record asks for a recount
+    backend: str = "onnx"
+    batch_size: int = 32
+    seed: int = 0
+    created_by: str = field(default_factory=default_user)
+    allow_s3_buckets: tuple[str, ...] = ()
+    allow_https_hosts: tuple[str, ...] = ()
+    file_root: str | None = None
+    progress: bool = True
+
+    def validate(self) -> "AuditConfig":
+        if self.budget is not None and self.threshold is not None:
+            raise ConfigError("give either --budget or --threshold, not both")
+        if self.budget is None and self.threshold is None:
+            self.budget = 0.10
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ConfigError(f"--budget must be a share of the bins above 0 and at most 1 (0.10 = 10%), got {self.budget}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"--threshold must be a score from 0 to 1, got {self.threshold}")
+        if not 0 <= self.control < 1:
+            raise ConfigError(f"--control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int) or self.tolerance < 0:
+            raise ConfigError(f"--tolerance must be a whole number >= 0, got {self.tolerance!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.name is not None and (not self.name.strip() or len(self.name) > 200):
+            raise ConfigError(f"--name {self.name!r}: give 1-200 characters")
+        if not self.created_by or len(self.created_by) > 100:
+            raise ConfigError(f"--by {self.created_by!r}: give a name of 1-100 characters")
+        return self
+
+
+@dataclass
+class AuditResult:
+    run_id: int
+    name: str
+    status: str  # scoring (other shards still working) | open (worklist written)
+    bins: int  # snapshots this process was given (its shard)
+    scored: int  # scored by this process now (0 on a re-run)
+    unreadable: list[str]  # "photo: problem" for each photo of this shard that could not be read
+    reused: bool  # the run already existed
+    tasks: int = 0  # model-selected tasks, once the run is open
+    control: int = 0  # control tasks, once the run is open
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def shard_of_environment() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as torchrun, Slurm wrappers or any launcher set them; (0, 1) alone."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} must be whole numbers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} and WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    return rank, world
+
+
+def snapshots_digest(snapshots: list[SnapshotIn]) -> str:
+    digest = hashlib.sha256()
+    for s in snapshots:
+        digest.update(f"{s.bin_id}\x1f{s.image}\x1f{s.record_qty}\x1f{s.captured_at or ''}\x1e".encode())
+    return digest.hexdigest()
+
+
+def run_settings(config: AuditConfig, snapshots: list[SnapshotIn], temperature: float) -> dict:
+    return {"budget": config.budget, "threshold": config.threshold, "control": config.control, "tolerance": config.tolerance,
+            "seed": config.seed, "snapshots": snapshots_digest(snapshots), "bins": len(snapshots), "backend": config.backend,
+            "temperature": temperature}
+
+
+def default_name(source: str, model_version: str, settings: dict) -> str:
+    chosen = json.dumps({k: settings[k] for k in SELECTION_KEYS}, sort_keys=True)
+    digest = hashlib.sha256(f"{model_version}\x1f{chosen}".encode()).hexdigest()[:10]
+    return f"{Path(source).stem or 'audit'}-{digest}"
+
+
+# ---------------------------------------------------------------- the run
+
+
+def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, counter=None, store: Store | None = None,
+              uploads: dict | None = None, shard: tuple[int, int] | None = None) -> AuditResult:
+    """Score this process's shard of the snapshots and, when every shard is done, write the worklist.
+
+    `snapshots` (else read from config.data), `counter` (else loaded from config.model) and `store` (else opened
+    at config.db) let the server reuse what it already holds; `uploads` maps sha256 -> bytes of uploaded photos.
+    """
+    from bintally.inference import Counter
+
+    config.validate()
+    rank, world = shard or shard_of_environment()
+    reader = PhotoReader(config.allow_s3_buckets, config.allow_https_hosts, config.file_root, uploads)
+    snapshots = snapshots if snapshots is not None else read_source(config.data)
+    counter = counter or Counter.load(config.model, config.backend)
+    warn_about_records_without_class(counter.labels, snapshots)
+    own_store = store is None
+    store = store or open_store(config.db)
+    try:
+        settings = run_settings(config, snapshots, counter.artifact.temperature)
+        run, reused = find_or_create_run(store, config, counter.artifact, settings, world)
+        mine = snapshots[rank::world]
+        result = AuditResult(run.id, run.name, run.status, len(mine), 0, [], reused)
+        if run.status == "scoring":
+            result.scored, result.unreadable = score_shard(store, run.id, mine, counter, reader, config)
+            mark_shard_done(store, run.id, rank, result.scored, len(result.unreadable))
+            open_run_when_complete(store, run.id)
+        return describe_result(store, result)
+    finally:
+        if own_store:
+            store.close()
+
+
+def warn_about_records_without_class(space, snapshots: list[SnapshotIn]) -> None:
+    """Records the model has no class for all score 1: say so, since they crowd the top of the worklist."""
+    import logging
+
+    outside = sum(not space.min_count <= s.record_qty <= space.max_count for s in snapshots) if not space.overflow else \
+        sum(s.record_qty < space.min_count for s in snapshots)
+    if outside:
+        logging.getLogger("bintally.audit").warning(
+            "%d record(s) lie outside the model's label space (%s): the model gives them no probability, so they all score 1; "
+            "audit with a model that has an overflow class (--overflow class) to rank them", outside, space.description)
+
+
+def find_or_create_run(store: Store, config: AuditConfig, artifact, settings: dict, world: int) -> tuple[AuditRun, bool]:
+    """The run of this name (checked to be the same audit), else a new one; (run, existed)."""
+    from sqlalchemy.exc import IntegrityError
+
+    name = config.name or default_name(config.data, artifact.version, settings)
+    for _ in range(2):  # a second try after losing a race to create it
+        with store.session() as session:
+            run = session.scalar(select(AuditRun).where(AuditRun.name == name))
+            if run is not None:
+                check_same_audit(run, artifact, settings, world)
+                return run, True
+        try:
+            with store.session() as session:
+                run = AuditRun(name=name, model_name=artifact.name, model_version=artifact.version, source=str(config.data),
+                               settings=settings, world_size=world, status="scoring", created_by=config.created_by)
+                session.add(run)
+            return run, False
+        except IntegrityError:
+            continue
+    raise ConfigError(f"cannot create the audit run {name!r}: another process keeps replacing it")
+
+
+def check_same_audit(run: AuditRun, artifact, settings: dict, world: int) -> None:
+    if run.model_version != artifact.version:
+        raise ConfigError(f"audit run {run.name!r} exists, scored by model version {run.model_version} (this model is "
+                          f"{artifact.version}): choose another --name")
+    changed = [k for k in SELECTION_KEYS if run.settings.get(k) != settings[k]]
+    if changed:
+        what = "other snapshots" if "snapshots" in changed else "other settings (" + ", ".join(
+            f"{k} {run.settings.get(k)} here {settings[k]}" for k in changed) + ")"
+        raise ConfigError(f"audit run {run.name!r} exists with {what}: choose another --name (runs are never overwritten)")
+    if run.status == "scoring" and run.world_size != world:
+        raise ConfigError(f"audit run {run.name!r} was started by {run.world_size} process(es) (WORLD_SIZE); "
+                          f"resume it with WORLD_SIZE={run.world_size}, not {world}")
+
+
+def score_shard(store: Store, run_id: int, mine: list[SnapshotIn], counter, reader: PhotoReader,
+                config: AuditConfig) -> tuple[int, list[str]]:
+    """Score the snapshots of this shard not yet scored in the run, one committed batch at a time."""
+    with store.session() as session:
+        done = set(session.execute(select(Snapshot.bin_id, Snapshot.image_uri).join(Score, Score.snapshot_id == Snapshot.id)
+                                   .where(Score.run_id == run_id)).all())
+    todo = [s for s in mine if (s.bin_id, s.image) not in done]
+    scored, unreadable = 0, []
+    bar = progress_bar(total=len(todo), desc="scoring bins", unit="bin", enabled=config.progress)
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            loaded = list(pool.map(lambda s: load_photo(s, counter, reader), batch))
+            good = [i for i, (_, array, _) in enumerate(loaded) if array is not None]
+            probs = counter.probabilities(np.stack([loaded[i][1] for i in good])) if good else None
+            rows = score_rows(counter, [batch[i] for i in good], probs)
+            save_batch(store, run_id, batch, loaded, good, rows)
+            scored += len(good)
+            unreadable += [f"{batch[i].image}: {problem}" for i, (_, _, problem) in enumerate(loaded) if problem]
+            bar.update(len(batch))
+    bar.close()
+    return scored, unreadable
+
+
+def load_photo(snapshot: SnapshotIn, counter, reader: PhotoReader) -> tuple[str, np.ndarray | None, str]:
+    """(sha256, pre-processed photo, problem): the problem is "" for a readable photo."""
+    from bintally.data.images import decode_image
+
+    try:
+        data = reader.read(snapshot.image)
+    except DataError as e:
+        return "", None, e.problem
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        return sha, counter.preprocess(decode_image(data, name=snapshot.image)), ""
+    except DataError as e:
+        return sha, None, e.problem
+
+
+def score_rows(counter, snapshots: list[SnapshotIn], probs: np.ndarray | None) -> list[dict]:
+    if probs is None:
+        return []
+    labels = counter.labels
+    scores = discrepancy_scores(labels, probs, [s.record_qty for s in snapshots], counter.artifact.decoding)
+    return [{"p_record": float(scores["p_record"][i]), "score": float(scores["score"][i]), "predicted": int(scores["predicted"][i]),
+             "expected": round(float(scores["expected"][i]), 4),
+             "probabilities": {name: round(float(p), 5) for name, p in zip(labels.names, probs[i])}} for i in range(len(snapshots))]
+
+
+def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list, good: list[int], rows: list[dict]) -> None:
+    """One transaction: the batch's snapshots (shared across runs) and their scores (unreadable ones with their problem)."""
+    by_index = dict(zip(good, rows))
+    with store.session() as session:
+        for i, snapshot in enumerate(batch):
+            sha, _, problem = loaded[i]
+            snapshot_id = upsert_snapshot(session, store.dialect, snapshot, sha)
+            row = by_index.get(i, {})
+            session.merge(Score(run_id=run_id, snapshot_id=snapshot_id, problem=problem or None, **row))
+
+
+def upsert_snapshot(session, dialect: str, snapshot: SnapshotIn, sha: str) -> int:
+    """The snapshot's id, inserting it unless a run (maybe another process, right now) already did."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    key = snapshot.key(sha)
+    session.execute(insert(Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
+                                            captured_at=snapshot.captured_at, record_qty=snapshot.record_qty, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["key"]))
+    return session.scalar(select(Snapshot.id).where(Snapshot.key == key))
+
+
+def mark_shard_done(store: Store, run_id: int, rank: int, scored: int, unreadable: int) -> None:
+    with store.session() as session:
+        shard = session.get(RunShard, (run_id, rank))
+        if shard is None:
+            session.add(RunShard(run_id=run_id, rank=rank, scored=scored, unreadable=unreadable, host=socket.gethostname()[:200]))
+        else:  # a resumed shard: add what this attempt scored
+            shard.scored += scored
+            shard.unreadable += unreadable
+            shard.finished_at = utcnow()
+
+
+def select_tasks(scores: np.ndarray, budget: float | None, threshold: float | None, control: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(model-selected, control) indices into `scores`: the highest scores (a share, or those over a threshold),
+    and a uniformly random share of all bins drawn from the rest."""
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="stable")
+    if threshold is not None:
+        chosen = order[scores[order] >= threshold]
+    else:
+        chosen = order[:min(len(scores), math.ceil(budget * len(scores) - 1e-9))]
+    rest = np.setdiff1d(np.arange(len(scores)), chosen)
+    n_control = min(len(rest), math.ceil(control * len(scores) - 1e-9))
+    picked = np.sort(rng.choice(rest, size=n_control, replace=False)) if n_control else np.empty(0, int)
+    return chosen, picked
+
+
+def open_run_when_complete(store: Store, run_id: int) -> bool:
+    """If every shard is done, select the tasks and open the run (exactly once, whichever process gets here first)."""
+    with store.session() as session:
+        run = session.get(AuditRun, run_id)
+        shards = session.scalar(select(func.count()).select_from(RunShard).where(RunShard.run_id == run_id))
+        if run.status != "scoring" or shards < run.world_size:
+            return False
+        claimed = session.execute(update(AuditRun).where(AuditRun.id == run_id, AuditRun.status == "scoring")
+                                  .values(status="open", opened_at=utcnow())).rowcount
+        if claimed != 1:  # another shard opened it between our read and this update
+            return False
+        rows = session.execute(select(Score.snapshot_id, Score.score, Score.probabilities, Score.predicted, Score.expected)
+                               .join(Snapshot, Snapshot.id == Score.snapshot_id)
+                               .where(Score.run_id == run_id, Score.score.is_not(None))
+                               .order_by(Score.score.desc(), Snapshot.bin_id, Snapshot.id)).all()
+        settings = run.settings
+        seed = int(hashlib.sha256(f"{run.name}\x1f{settings['seed']}".encode()).hexdigest()[:8], 16)
+        chosen, control = select_tasks(np.array([r.score for r in rows]), settings["budget"], settings["threshold"],
+                                       settings["control"], np.random.default_rng(seed))
+        for indices, why in ((chosen, "model"), (control, "control")):
+            session.add_all(Task(run_id=run_id, snapshot_id=rows[i].snapshot_id, rank=int(i) + 1, score=rows[i].score,
+                                 probabilities=rows[i].probabilities, predicted=rows[i].predicted, expected=rows[i].expected,
+                                 selected_by=why, status="requested") for i in indices)
+        return True
+
+
+def describe_result(store: Store, result: AuditResult) -> AuditResult:
+    with store.session() as session:
+        run = session.get(AuditRun, result.run_id)
+        result.status = run.status
+        counts = dict(session.execute(select(Task.selected_by, func.count()).where(Task.run_id == run.id)
+                                      .group_by(Task.selected_by)).all())
+    result.tasks, result.control = counts.get("model", 0), counts.get("control", 0)
+    return result

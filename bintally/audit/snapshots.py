@@ -1,0 +1,193 @@
+"""Where an audit's bin snapshots come from: a bucket-layout folder or a CSV of bin_id,image,record_qty[,captured_at].
+
+In a bucket folder (bin-images/ + metadata/, as ABID and `bintally data fetch` lay it out) the record is each
+photo's EXPECTED_QUANTITY and the bin id is the photo's name. In a CSV, `image` is a path (relative to the
+CSV) or an s3://, https:// or file:// URI fetched under the same allowlist rules as the server. Every row is
+checked before any photo is read: one bad row refuses the whole source, in one line naming file and line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bintally.data.images import IMAGE_SUFFIXES
+from bintally.errors import ConfigError, DataError
+from bintally.io import given_path
+
+REQUIRED_COLUMNS = ("bin_id", "image", "record_qty")
+URI_SCHEMES = ("s3://", "https://", "http://", "file://")
+MAX_RECORD = 10**6
+UPLOAD_SCHEME = "upload:"  # a photo uploaded over HTTP, kept in the store's photos table by its sha256
+
+
+@dataclass(frozen=True)
+class SnapshotIn:
+    """One bin snapshot to audit: the photo (a path or URI) and the quantity the record held."""
+
+    bin_id: str
+    image: str
+    record_qty: int
+    captured_at: datetime | None = None
+
+    def key(self, sha256: str) -> str:
+        """The snapshot's identity: the same bin, photo bytes, record and time are the same snapshot on every re-run."""
+        stamp = self.captured_at.isoformat() if self.captured_at else ""
+        return hashlib.sha256(f"{self.bin_id}\x1f{sha256}\x1f{self.record_qty}\x1f{stamp}".encode()).hexdigest()
+
+
+def is_uri(image: str) -> bool:
+    return image.lower().startswith(URI_SCHEMES) or image.startswith(UPLOAD_SCHEME)
+
+
+def read_source(src: str | Path) -> list[SnapshotIn]:
+    """The snapshots of a bucket-layout folder or a CSV, sorted by bin id and image (every shard sees the same order)."""
+    src = given_path(src, "audit source")
+    if not src.exists():
+        raise DataError(src, "no such file or folder: give a bucket-layout folder (bin-images/, metadata/) or a CSV "
+                             "of bin_id,image,record_qty[,captured_at]")
+    snapshots = bucket_snapshots(src) if src.is_dir() else csv_snapshots(src)
+    if not snapshots:
+        raise DataError(src, "no bin snapshots to audit")
+    return sorted(snapshots, key=lambda s: (s.bin_id, s.image))
+
+
+def bucket_snapshots(src: Path) -> list[SnapshotIn]:
+    from bintally.data.metadata import read_metadata
+
+    photos_dir, meta_dir = src / "bin-images", src / "metadata"
+    if not photos_dir.is_dir():
+        raise DataError(src, "not a bucket-layout folder: expected bin-images/ (photos) and metadata/ (their JSON records)")
+    snapshots = []
+    for photo in sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        meta = meta_dir / f"{photo.stem}.json"
+        if not meta.is_file():
+            raise DataError(meta, f"missing: the record (EXPECTED_QUANTITY) of {photo.name}")
+        record = read_metadata(meta).count
+        snapshots.append(SnapshotIn(photo.stem, str(photo.resolve()), check_record(record, str(meta))))
+    return snapshots
+
+
+def check_record(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(where, f"record quantity {value!r} is not a whole number")
+    if value < 0:
+        raise DataError(where, f"record quantity {value} is below 0")
+    if value > MAX_RECORD:
+        raise DataError(where, f"record quantity {value} is implausibly large (over {MAX_RECORD:,})")
+    return value
+
+
+def parse_record(text: str, where: str) -> int:
+    text = (text or "").strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise DataError(where, f"record_qty {text!r} is not a whole number") from None
+    return check_record(value, where)
+
+
+def parse_time(text: str, where: str) -> datetime | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise DataError(where, f"captured_at {text!r} is not an ISO 8601 time such as 2026-11-25T14:03:00Z") from None
+    return stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
+
+
+def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None, allow_paths: bool = True) -> list[SnapshotIn]:
+    """Rows of a bin_id,image,record_qty[,captured_at] CSV (from `src`, or `text` named `src`); paths relative to `base`."""
+    base = base or src.parent
+    if text is None:
+        try:
+            text = src.read_bytes().decode("utf-8-sig")
+        except OSError as e:
+            raise DataError(src, f"cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise DataError(src, "not a UTF-8 text CSV") from None
+    try:
+        reader = csv.DictReader(text.splitlines())
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise DataError(src, f"CSV needs columns bin_id,image,record_qty[,captured_at]; missing {','.join(missing)} "
+                                 f"(found {','.join(columns) or 'no header'})")
+        reader.fieldnames = columns
+        rows = list(enumerate(reader, start=2))
+    except csv.Error as e:
+        raise DataError(src, f"not a readable CSV ({e})") from None
+    return [csv_row(src, line, row, base, allow_paths) for line, row in rows if any((v or "").strip() for v in row.values())]
+
+
+def csv_row(src: Path, line: int, row: dict, base: Path, allow_paths: bool) -> SnapshotIn:
+    where = f"{src}:{line}"
+    if None in row:
+        raise DataError(where, "more fields than the header has columns")
+    bin_id, image = (row.get("bin_id") or "").strip(), (row.get("image") or "").strip()
+    if not bin_id:
+        raise DataError(where, "empty bin_id")
+    if len(bin_id) > 200:
+        raise DataError(where, "bin_id is longer than 200 characters")
+    if not image:
+        raise DataError(where, "empty image")
+    if not is_uri(image):
+        if "://" in image:
+            raise DataError(where, f"image {image!r}: unsupported URI scheme; use a path, s3://, https:// or file://")
+        if not allow_paths:
+            raise DataError(where, f"image {image!r}: a server reads only uploaded photos and allowlisted URIs, not paths")
+        image = str((base / image).resolve())
+    return SnapshotIn(bin_id, image, parse_record(row.get("record_qty"), where), parse_time(row.get("captured_at"), where))
+
+
+class PhotoReader:
+    """The bytes of a snapshot's photo: a local path as given; URIs only through the server's allowlist rules."""
+
+    def __init__(self, allow_s3_buckets=(), allow_https_hosts=(), file_root: str | None = None, uploads: dict | None = None,
+                 max_bytes: int = 20_000_000):
+        from bintally.serving.config import ServeConfig
+
+        config = ServeConfig(allow_s3_buckets=tuple(allow_s3_buckets), allow_https_hosts=tuple(allow_https_hosts),
+                             file_root=file_root, max_body_bytes=max_bytes)
+        if file_root is not None and not Path(file_root).is_dir():
+            raise ConfigError(f"--file-root {file_root}: not a folder")
+        if file_root is not None:
+            config.file_root = str(Path(file_root).resolve())
+        self.config = config
+        self.uploads = uploads or {}
+        self._sources = None
+
+    def read(self, image: str) -> bytes:
+        """The photo's bytes; DataError naming it when it cannot be had (missing, refused by the allowlist, too large)."""
+        if image.startswith(UPLOAD_SCHEME):
+            data = self.uploads.get(image[len(UPLOAD_SCHEME):])
+            if data is None:
+                raise DataError(image, "no uploaded photo with this digest")
+            return data
+        if not is_uri(image):
+            try:
+                size = Path(image).stat().st_size
+                if size > self.config.max_body_bytes:
+                    raise DataError(image, f"larger than the limit of {self.config.max_body_bytes:,} bytes")
+                return Path(image).read_bytes()
+            except OSError as e:
+                raise DataError(image, f"cannot read ({e.strerror or e})") from None
+        return asyncio.run(self.fetch(image))
+
+    async def fetch(self, uri: str) -> bytes:
+        from bintally.serving.dataplane import RequestError
+        from bintally.serving.sources import Sources
+
+        sources = Sources(self.config)
+        try:
+            return await sources.fetch(uri)
+        except RequestError as e:
+            raise DataError(uri, e.message.removeprefix(f"{uri}: ")) from None
+        finally:
+            await sources.aclose()

@@ -1,0 +1,230 @@
+"""`bintally audit ...`: score bins against their records, list the worklist, count, review, export, labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from bintally.cli.app import HELP, Opt, ProgressOpt, app, command, echo_err, show_progress
+
+audit_app = typer.Typer(help="Reconcile bin photos with the inventory record: a ranked recount worklist, blind counts, "
+                             "reviews, and approved recounts as training labels.", no_args_is_help=True, context_settings=HELP)
+app.add_typer(audit_app, name="audit")
+
+DbOpt = Annotated[Optional[str], Opt("--db", envvar="BINTALLY_AUDIT_DB",
+                                     help="Audit store: a SQLite file path or any SQLAlchemy URL (postgresql+psycopg://...). "
+                                          "Default: ./audit.db.")]
+JsonOpt = Annotated[bool, Opt("--json", help="Print JSON instead of a table.")]
+STATUS_NAMES = Literal["requested", "recount_requested", "in_review", "approved", "rejected"]
+
+
+def positive_id(value: int, what: str) -> int:
+    if value < 1:
+        raise typer.BadParameter(f"{value} is not a {what} id (ids start at 1)", param_hint=what.upper())
+    return value
+
+
+@command(audit_app, "run")
+def run_cmd(
+    model: Annotated[Path, Opt("--model", "-m", help="Run directory, its model/ folder, or an export folder.")],
+    data: Annotated[Path, Opt(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY) or a CSV "
+                                   "of bin_id,image,record_qty[,captured_at] (image: a path or an allowlisted URI).")],
+    budget: Annotated[Optional[float], Opt(help="Share of the bins to recount, highest scores first. Default 0.10.")] = None,
+    threshold: Annotated[Optional[float], Opt(help="Instead of --budget: recount every bin scoring at least this (0-1).")] = None,
+    control: Annotated[float, Opt(help="Share of the bins recounted at random besides (estimates what the model misses).")] = 0.02,
+    tolerance: Annotated[int, Opt(min=0, help="A first count further than this from the record asks for a recount.")] = 0,
+    db: DbOpt = None,
+    name: Annotated[Optional[str], Opt(help="Run name. Default: the source's name and a digest of model and settings "
+                                            "(the same command finds the same run).")] = None,
+    by: Annotated[Optional[str], Opt(help="Who creates the run. Default: the login name.")] = None,
+    backend: Annotated[Literal["onnx", "torch"], Opt(help="Inference backend (a run is exported to ONNX once).")] = "onnx",
+    batch_size: Annotated[int, Opt(min=1, help="Photos per forward pass (and per committed batch).")] = 32,
+    seed: Annotated[int, Opt(help="Seed of the control slice's random draw.")] = 0,
+    allow_s3_bucket: Annotated[Optional[list[str]], Opt(help="Bucket whose s3:// images may be read (repeatable).")] = None,
+    allow_https_host: Annotated[Optional[list[str]], Opt(help="Host whose https:// images may be read (repeatable).")] = None,
+    file_root: Annotated[Optional[Path], Opt(help="Folder whose file:// images may be read.")] = None,
+    json_out: JsonOpt = False,
+    progress: ProgressOpt = True,
+):
+    """Score every bin snapshot and write a recount worklist ranked by how likely the record is wrong.
+
+    Under torchrun (or any launcher setting RANK and WORLD_SIZE) each process scores its share into the same store.
+    """
+    from bintally.audit import AuditConfig, audit_run
+    from bintally.audit.run import default_user
+
+    config = AuditConfig(model=str(model), data=str(data), db=db, name=name, budget=budget, threshold=threshold, control=control,
+                         tolerance=tolerance, backend=backend, batch_size=batch_size, seed=seed, created_by=by or default_user(),
+                         allow_s3_buckets=tuple(allow_s3_bucket or ()), allow_https_hosts=tuple(allow_https_host or ()),
+                         file_root=str(file_root) if file_root else None, progress=show_progress(progress))
+    result = audit_run(config)
+    for problem in result.unreadable:
+        echo_err(f"skipped {problem}")
+    if json_out:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    if result.reused and not result.scored:
+        typer.echo(f"audit run {result.run_id} ({result.name}) already holds these snapshots: nothing to do")
+    else:
+        skipped = f", {len(result.unreadable)} unreadable photo(s) skipped" if result.unreadable else ""
+        typer.echo(f"scored {result.scored} of {result.bins} bin(s){skipped}")
+    if result.status == "open":
+        typer.echo(f"audit run {result.run_id} ({result.name}): {result.tasks} bin(s) to recount by score, {result.control} "
+                   f"at random (control); see `bintally audit list --run {result.run_id}`")
+    else:
+        typer.echo(f"audit run {result.run_id} ({result.name}): this shard is done; the worklist is written when every "
+                   f"shard has finished")
+
+
+@command(audit_app, "list")
+def list_cmd(
+    run: Annotated[Optional[int], Opt("--run", help="Only this run's tasks.")] = None,
+    status: Annotated[Optional[STATUS_NAMES], Opt(help="Only tasks in this state.")] = None,
+    runs: Annotated[bool, Opt("--runs", help="List the runs with their metrics instead of tasks.")] = False,
+    limit: Annotated[Optional[int], Opt(min=1, help="At most this many tasks.")] = None,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+):
+    """The runs (--runs) or the recount tasks, most suspicious first: record, prediction, score, status."""
+    from bintally.audit import list_runs, list_tasks, open_store
+
+    store = open_store(db)
+    try:
+        if runs:
+            rows = list_runs(store)
+            if json_out:
+                typer.echo(json.dumps(rows, indent=2))
+            for r in [] if json_out else rows:
+                m = r["metrics"]
+                typer.echo(f"run {r['id']:>3}  {r['name']}  {r['status']:<8} bins {m['bins']}  flagged {m['flagged']}  control "
+                           f"{m['control']}  counted {m['counted']}  confirmed errors {m['confirmed_errors']}")
+            return
+        rows = list_tasks(store, positive_id(run, "run") if run is not None else None, status, limit)
+    finally:
+        store.close()
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no tasks" + (f" in run {run}" if run is not None else "") + (f" with status {status}" if status else ""))
+        return
+    typer.echo(f"{'task':>5} {'run':>4} {'rank':>5} {'bin':<12} {'record':>6} {'pred':>5} {'score':>6}  {'why':<8} status")
+    for t in rows:
+        typer.echo(f"{t['id']:>5} {t['run_id']:>4} {t['rank']:>5} {t['bin_id'][:12]:<12} {t['record_qty']:>6} {t['predicted']:>5} "
+                   f"{t['score']:>6.3f}  {t['selected_by']:<8} {t['status']}")
+
+
+@command(audit_app, "show")
+def show_cmd(
+    task: Annotated[int, typer.Argument(help="Task id.")],
+    blind: Annotated[bool, Opt("--blind", help="Only what a counter may see (no record, no prediction, no earlier count).")] = False,
+    db: DbOpt = None,
+):
+    """One task as JSON: the reviewer's view (record, prediction, counts, resolution) or the counter's blind view."""
+    from bintally.audit import counter_view, open_store, task_detail
+
+    store = open_store(db)
+    try:
+        view = counter_view(store, positive_id(task, "task")) if blind else task_detail(store, positive_id(task, "task"))
+    finally:
+        store.close()
+    typer.echo(json.dumps(view, indent=2))
+
+
+@command(audit_app, "count")
+def count_cmd(
+    task: Annotated[int, typer.Argument(help="Task id.")],
+    qty: Annotated[int, Opt("--qty", min=0, help="How many items the counter found in the bin.")],
+    by: Annotated[str, Opt("--by", help="Who counted.")],
+    recount: Annotated[bool, Opt("--recount", help="This is the recount the task asks for (a second, independent count).")] = False,
+    comment: Annotated[Optional[str], Opt(help="A note on the count.")] = None,
+    db: DbOpt = None,
+):
+    """Record a blind count; a first count that differs from the record (beyond the run's tolerance) asks for a recount."""
+    from bintally.audit import open_store, submit_count
+
+    store = open_store(db)
+    try:
+        outcome = submit_count(store, positive_id(task, "task"), qty, by, comment, count_index=int(recount))
+    finally:
+        store.close()
+    which = "count" if outcome.count_index == 0 else "recount"
+    after = {"recount_requested": "it differs from the record: a recount is requested",
+             "in_review": "the task waits for a review"}[outcome.status]
+    typer.echo(f"task {outcome.task_id}: {which} of {qty} recorded; {after}")
+
+
+@command(audit_app, "review")
+def review_cmd(
+    task: Annotated[int, typer.Argument(help="Task id.")],
+    approve: Annotated[Optional[bool], Opt("--approve/--reject", help="Approve the counts (they become a label) or reject them.")] = None,
+    final: Annotated[Optional[int], Opt(min=0, help="The final quantity in the bin (needed to approve).")] = None,
+    reason: Annotated[Optional[Literal["lost", "found", "damaged", "misplaced", "data_entry", "other"]],
+                      Opt(help="Why the record was wrong (needed when the final quantity differs from it).")] = None,
+    outcome: Annotated[Optional[Literal["record_correct", "record_wrong", "bin_changed", "image_unusable"]],
+                       Opt(help="Default: record_correct when the final quantity equals the record, else record_wrong.")] = None,
+    by: Annotated[str, Opt("--by", help="Who reviews (and approves).")] = "",
+    comment: Annotated[Optional[str], Opt(help="A note on the decision.")] = None,
+    db: DbOpt = None,
+):
+    """Approve or reject a counted task; approved record_correct/record_wrong resolutions become training labels."""
+    from bintally.audit import open_store, review
+
+    if approve is None:
+        raise typer.BadParameter("say --approve or --reject", param_hint="--approve/--reject")
+    if not by.strip():
+        raise typer.BadParameter("say who reviews", param_hint="--by")
+    store = open_store(db)
+    try:
+        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment)
+    finally:
+        store.close()
+    if resolution.decision == "approved":
+        typer.echo(f"task {task}: approved, final quantity {resolution.final_qty} against a record of {resolution.record_qty} "
+                   f"(variance {resolution.variance:+d}, {resolution.outcome})")
+    else:
+        typer.echo(f"task {task}: rejected")
+
+
+@command(audit_app, "export")
+def export_cmd(
+    run: Annotated[int, Opt("--run", help="The run to export.")],
+    out: Annotated[Path, Opt("--out", "-o", help="Output file (.csv or .parquet).")],
+    format: Annotated[Optional[Literal["csv", "parquet"]], Opt("--format", help="Default: from the file's suffix.")] = None,
+    overwrite: Annotated[bool, Opt(help="Replace an existing file.")] = False,
+    db: DbOpt = None,
+):
+    """Write a run's tasks with scores, both counts and the resolution, one row per task."""
+    from bintally.audit import export_run, open_store
+    from bintally.errors import DataError
+
+    if out.exists() and not overwrite:
+        raise DataError(out, "exists: pass --overwrite to replace it")
+    store = open_store(db)
+    try:
+        written = export_run(store, positive_id(run, "run"), out, format)
+    finally:
+        store.close()
+    typer.echo(f"wrote {written}")
+
+
+@command(audit_app, "labels")
+def labels_cmd(
+    out: Annotated[Path, Opt("--out", "-o", help="The path,count CSV to write (`bintally data index` reads it).")],
+    overwrite: Annotated[bool, Opt(help="Replace an existing file.")] = False,
+    db: DbOpt = None,
+):
+    """Approved recounts as training labels: a path,count CSV for `bintally data index`."""
+    from bintally.audit import open_store, write_labels
+
+    store = open_store(db)
+    try:
+        written, n, skipped = write_labels(store, out, overwrite)
+    finally:
+        store.close()
+    for image in skipped:
+        echo_err(f"left out {image}: not a local file (fetch it, then index it with its count)")
+    typer.echo(f"wrote {n} label(s) to {written}" + ("" if n else " (no approved recounts yet)"))
