@@ -322,20 +322,27 @@ def test_a_bucket_folder_is_audited_with_its_expected_quantities(tmp_path, tiny_
         assert record == json.loads((small_bucket / "metadata" / f"{bin_id}.json").read_text())["EXPECTED_QUANTITY"]
 
 
-def test_a_killed_run_resumes_where_it_stopped_and_scores_each_bin_once(tmp_path, tiny_artifact, bins_csv):
+@pytest.mark.parametrize("how", ["SIGTERM to the group", "kill -9"])
+def test_a_stopped_run_resumes_where_it_stopped_and_scores_each_bin_once(tmp_path, tiny_artifact, bins_csv, how):
+    import os
+
     db = tmp_path / "a.db"
     command = [sys.executable, "-m", "bintally", "audit", "run", "--model", str(tiny_artifact.path), "--data", str(bins_csv),
                "--db", str(db), "--backend", "torch", "--batch-size", "1", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if db.exists() and rows_or_zero(db) >= 3:
-            break
+    while time.monotonic() < deadline and process.poll() is None and rows_or_zero(db) < 3:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
+    if how == "kill -9":
+        process.kill()
+    else:
+        os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    if how != "kill -9":
+        assert process.returncode == 130
+        assert stderr.strip().splitlines()[-1].startswith("stopped; the bins scored so far are kept"), stderr
     scored = rows_or_zero(db)
-    assert 3 <= scored < 16, "the run finished before it could be killed"
+    assert 3 <= scored < 16, "the run finished before it could be stopped"
     assert rows(db, "SELECT status FROM audit_runs") == [("scoring",)] and rows(db, "SELECT count(*) FROM tasks") == [(0,)]
     resumed = audit(db, tiny_artifact.path, bins_csv)
     assert resumed.returncode == 0, resumed.stderr

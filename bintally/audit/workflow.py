@@ -6,9 +6,10 @@
 
 A count is blind (the counter's view has neither record nor prediction: `counter_view`). Every transition is
 a conditional UPDATE on the task's version inside one transaction, and counts are unique per (task, count
-index): of two people submitting the same count at once, one succeeds and the other gets a `Conflict`
-(HTTP 409), and nothing is counted twice: each submission names the count it is (0 the count, 1 the recount). A retried request with the same idempotency key gets the first
-answer again. Only approved resolutions become training labels.
+index): each submission names the count it is (0 the count, 1 the recount), so of two people submitting
+the same count at once, one succeeds and the other gets a `Conflict` (HTTP 409), and nothing is counted
+twice. A retried request with the same idempotency key gets the first answer again. Only approved
+resolutions become training labels.
 """
 
 from __future__ import annotations
@@ -61,14 +62,14 @@ def check_qty(qty, what: str = "--qty") -> int:
 
 
 def get_task(session, task_id: int) -> Task:
-    task = session.get(Task, task_id) if isinstance(task_id, int) and 0 < task_id < 2**62 else None
+    task = session.get(Task, task_id) if isinstance(task_id, int) and 0 < task_id < 2**31 else None  # ids are INTEGER (32-bit on PostgreSQL)
     if task is None:
         raise NotFound(f"no task {task_id} in the audit store (see `bintally audit list`)")
     return task
 
 
 def get_run(session, run_id: int) -> AuditRun:
-    run = session.get(AuditRun, run_id) if isinstance(run_id, int) and 0 < run_id < 2**62 else None
+    run = session.get(AuditRun, run_id) if isinstance(run_id, int) and 0 < run_id < 2**31 else None
     if run is None:
         raise NotFound(f"no audit run {run_id} in the audit store (see `bintally audit list`)")
     return run

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from bintally.cli.app import HELP, Opt, ProgressOpt, app, command, echo_err, show_progress
+from bintally.cli.app import HELP, Opt, ProgressOpt, app, command, echo_err, echo_stopped, show_progress
 
 audit_app = typer.Typer(help="Reconcile bin photos with the inventory record: a ranked recount worklist, blind counts, "
                              "reviews, and approved recounts as training labels.", no_args_is_help=True, context_settings=HELP)
@@ -60,7 +60,12 @@ def run_cmd(
                          tolerance=tolerance, backend=backend, batch_size=batch_size, seed=seed, created_by=by or default_user(),
                          allow_s3_buckets=tuple(allow_s3_bucket or ()), allow_https_hosts=tuple(allow_https_host or ()),
                          file_root=str(file_root) if file_root else None, progress=show_progress(progress))
-    result = audit_run(config)
+    try:
+        result = audit_run(config)
+    except KeyboardInterrupt:
+        echo_stopped("stopped; the bins scored so far are kept in the audit store (one batch at most is lost), "
+                     "and the same command goes on with the rest")
+        raise
     for problem in result.unreadable:
         echo_err(f"skipped {problem}")
     if json_out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import os
 import signal
@@ -16,10 +17,11 @@ try:  # typer 0.29 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import ClickException, UsageError
 
-from bintally.cli import app as app_module
 from bintally.cli.app import app, echo_err
 from bintally.errors import ConfigError, DataError
 
+# the module, not the Typer object that bintally.cli re-exports under the same name (its stop_reported flag lives here)
+app_module = importlib.import_module("bintally.cli.app")
 DEBUG_ENV = "BINTALLY_DEBUG"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
