@@ -101,3 +101,38 @@ def shared_server(pytestconfig, model, backend: str = "torch") -> Server:
         _shared[key] = server
         pytestconfig.add_cleanup(lambda: context.__exit__(None, None, None))
     return server
+
+
+# One server with an audit store (test_audit_http, test_audit_dashboard), in a thread of the test process (no second
+# torch import): the API key, a fresh SQLite file per session, and --file-root at the bundled sample's photos (so file://
+# snapshots inside it are served and others refused).
+_audit: dict = {}
+
+
+def audit_server(pytestconfig, model, tmp_path_factory, backend: str = "torch"):
+    """The tiny model behind the app of `bintally serve --audit-db <tmp>/audit.db --file-root <sample photos>` on loopback
+    (a `ServerThread`, started on first use; its `.url` is http://127.0.0.1:PORT)."""
+    from bintally.paths import SAMPLE_DIR
+    from bintally.serving.config import ServeConfig
+    from tests.serving_threads import ServerThread
+
+    server = _audit.get("server")
+    if server is None or not server.thread.is_alive():
+        db = tmp_path_factory.mktemp("audit-db") / "audit.db"
+        config = ServeConfig(model=str(model), backend=backend, threads=1, api_key=API_KEY, audit_db=str(db),
+                             file_root=str(SAMPLE_DIR / "bin-images")).validate()
+        server = ServerThread(config).__enter__()
+        server.audit_db = db
+        _audit["server"] = server
+        pytestconfig.add_cleanup(lambda: server.__exit__(None, None, None))
+    return server
+
+
+def sample_photo(name: str) -> tuple[Path, int]:
+    """A bundled ABID photo and the EXPECTED_QUANTITY its metadata records."""
+    import json
+
+    from bintally.paths import SAMPLE_DIR
+
+    photo = SAMPLE_DIR / "bin-images" / name
+    return photo, json.loads((SAMPLE_DIR / "metadata" / f"{photo.stem}.json").read_text())["EXPECTED_QUANTITY"]

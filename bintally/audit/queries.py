@@ -134,7 +134,7 @@ def resolution_row(r: Resolution) -> dict:
 def snapshot_photo(store: Store, snapshot_id: int) -> tuple[str, bytes | None, str | None]:
     """(image URI, bytes if it was uploaded, media type) of a snapshot's photo."""
     with store.session() as session:
-        snapshot = session.get(Snapshot, snapshot_id) if 0 < snapshot_id < 2**62 else None
+        snapshot = session.get(Snapshot, snapshot_id) if 0 < snapshot_id < 2**31 else None  # ids are INTEGER (32-bit on PostgreSQL)
         if snapshot is None:
             from bintally.audit.workflow import NotFound
 

@@ -25,8 +25,9 @@ from sqlalchemy import func, select, update
 
 from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, Task, utcnow
 from bintally.audit.scoring import discrepancy_scores
-from bintally.audit.snapshots import PhotoReader, SnapshotIn, read_source
+from bintally.audit.snapshots import MAX_PHOTO_BYTES, PhotoReader, SnapshotIn, read_source
 from bintally.audit.store import Store, open_store
+from bintally.audit.workflow import Conflict
 from bintally.errors import ConfigError, DataError
 from bintally.progress import progress_bar
 
@@ -58,6 +59,7 @@ class AuditConfig:
     allow_s3_buckets: tuple[str, ...] = ()
     allow_https_hosts: tuple[str, ...] = ()
     file_root: str | None = None
+    max_photo_bytes: int = MAX_PHOTO_BYTES
     progress: bool = True
 
     def validate(self) -> "AuditConfig":
@@ -144,7 +146,7 @@ def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, co
 
     config.validate()
     rank, world = shard or shard_of_environment()
-    reader = PhotoReader(config.allow_s3_buckets, config.allow_https_hosts, config.file_root, uploads)
+    reader = PhotoReader(config.allow_s3_buckets, config.allow_https_hosts, config.file_root, uploads, config.max_photo_bytes)
     snapshots = snapshots if snapshots is not None else read_source(config.data)
     counter = counter or Counter.load(config.model, config.backend)
     warn_about_records_without_class(counter.labels, snapshots)
@@ -201,13 +203,13 @@ def find_or_create_run(store: Store, config: AuditConfig, artifact, settings: di
 
 def check_same_audit(run: AuditRun, artifact, settings: dict, world: int) -> None:
     if run.model_version != artifact.version:
-        raise ConfigError(f"audit run {run.name!r} exists, scored by model version {run.model_version} (this model is "
+        raise Conflict(f"audit run {run.name!r} exists, scored by model version {run.model_version} (this model is "
                           f"{artifact.version}): choose another --name")
     changed = [k for k in SELECTION_KEYS if run.settings.get(k) != settings[k]]
     if changed:
         what = "other snapshots" if "snapshots" in changed else "other settings (" + ", ".join(
             f"{k} {run.settings.get(k)} here {settings[k]}" for k in changed) + ")"
-        raise ConfigError(f"audit run {run.name!r} exists with {what}: choose another --name (runs are never overwritten)")
+        raise Conflict(f"audit run {run.name!r} exists with {what}: choose another --name (runs are never overwritten)")
     if run.status == "scoring" and run.world_size != world:
         raise ConfigError(f"audit run {run.name!r} was started by {run.world_size} process(es) (WORLD_SIZE); "
                           f"resume it with WORLD_SIZE={run.world_size}, not {world}")
@@ -225,7 +227,8 @@ def score_shard(store: Store, run_id: int, mine: list[SnapshotIn], counter, read
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
         for start in range(0, len(todo), config.batch_size):
             batch = todo[start:start + config.batch_size]
-            loaded = list(pool.map(lambda s: load_photo(s, counter, reader), batch))
+            photos = reader.read_many([s.image for s in batch])
+            loaded = list(pool.map(lambda pair: decode_photo(*pair, counter), zip(batch, photos)))
             good = [i for i, (_, array, _) in enumerate(loaded) if array is not None]
             probs = counter.probabilities(np.stack([loaded[i][1] for i in good])) if good else None
             rows = score_rows(counter, [batch[i] for i in good], probs)
@@ -237,14 +240,12 @@ def score_shard(store: Store, run_id: int, mine: list[SnapshotIn], counter, read
     return scored, unreadable
 
 
-def load_photo(snapshot: SnapshotIn, counter, reader: PhotoReader) -> tuple[str, np.ndarray | None, str]:
+def decode_photo(snapshot: SnapshotIn, data: bytes | DataError, counter) -> tuple[str, np.ndarray | None, str]:
     """(sha256, pre-processed photo, problem): the problem is "" for a readable photo."""
     from bintally.data.images import decode_image
 
-    try:
-        data = reader.read(snapshot.image)
-    except DataError as e:
-        return "", None, e.problem
+    if isinstance(data, DataError):
+        return "", None, data.problem
     sha = hashlib.sha256(data).hexdigest()
     try:
         return sha, counter.preprocess(decode_image(data, name=snapshot.image)), ""

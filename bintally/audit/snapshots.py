@@ -22,6 +22,7 @@ from bintally.io import given_path
 REQUIRED_COLUMNS = ("bin_id", "image", "record_qty")
 URI_SCHEMES = ("s3://", "https://", "http://", "file://")
 MAX_RECORD = 10**6
+MAX_PHOTO_BYTES = 20_000_000  # as the server's default body limit
 UPLOAD_SCHEME = "upload:"  # a photo uploaded over HTTP, kept in the store's photos table by its sha256
 
 
@@ -150,7 +151,7 @@ class PhotoReader:
     """The bytes of a snapshot's photo: a local path as given; URIs only through the server's allowlist rules."""
 
     def __init__(self, allow_s3_buckets=(), allow_https_hosts=(), file_root: str | None = None, uploads: dict | None = None,
-                 max_bytes: int = 20_000_000):
+                 max_bytes: int = MAX_PHOTO_BYTES):
         from bintally.serving.config import ServeConfig
 
         config = ServeConfig(allow_s3_buckets=tuple(allow_s3_buckets), allow_https_hosts=tuple(allow_https_hosts),
@@ -163,31 +164,42 @@ class PhotoReader:
         self.uploads = uploads or {}
         self._sources = None
 
-    def read(self, image: str) -> bytes:
-        """The photo's bytes; DataError naming it when it cannot be had (missing, refused by the allowlist, too large)."""
+    def read_many(self, images: list[str]) -> list[bytes | DataError]:
+        """Each photo's bytes, or the DataError saying why it cannot be had (missing, refused by the allowlist, too large).
+        URIs are fetched concurrently on one event loop with one client per batch."""
+        results: list[bytes | DataError] = [self.read_local(image) if not is_uri(image) or image.startswith(UPLOAD_SCHEME)
+                                            else DataError(image, "pending") for image in images]
+        remote = [i for i, image in enumerate(images) if is_uri(image) and not image.startswith(UPLOAD_SCHEME)]
+        if remote:
+            for i, fetched in zip(remote, asyncio.run(self.fetch_all([images[i] for i in remote]))):
+                results[i] = fetched
+        return results
+
+    def read_local(self, image: str) -> bytes | DataError:
         if image.startswith(UPLOAD_SCHEME):
             data = self.uploads.get(image[len(UPLOAD_SCHEME):])
-            if data is None:
-                raise DataError(image, "no uploaded photo with this digest")
-            return data
-        if not is_uri(image):
-            try:
-                size = Path(image).stat().st_size
-                if size > self.config.max_body_bytes:
-                    raise DataError(image, f"larger than the limit of {self.config.max_body_bytes:,} bytes")
-                return Path(image).read_bytes()
-            except OSError as e:
-                raise DataError(image, f"cannot read ({e.strerror or e})") from None
-        return asyncio.run(self.fetch(image))
+            return data if data is not None else DataError(image, "no uploaded photo with this digest")
+        try:
+            size = Path(image).stat().st_size
+            if size > self.config.max_body_bytes:
+                return DataError(image, f"larger than the limit of {self.config.max_body_bytes:,} bytes")
+            return Path(image).read_bytes()
+        except OSError as e:
+            return DataError(image, f"cannot read ({e.strerror or e})")
 
-    async def fetch(self, uri: str) -> bytes:
+    async def fetch_all(self, uris: list[str]) -> list[bytes | DataError]:
         from bintally.serving.dataplane import RequestError
         from bintally.serving.sources import Sources
 
         sources = Sources(self.config)
+
+        async def fetch(uri: str) -> bytes | DataError:
+            try:
+                return await sources.fetch(uri)
+            except RequestError as e:
+                return DataError(uri, e.message.removeprefix(f"{uri}: "))
+
         try:
-            return await sources.fetch(uri)
-        except RequestError as e:
-            raise DataError(uri, e.message.removeprefix(f"{uri}: ")) from None
+            return await asyncio.gather(*(fetch(uri) for uri in uris))
         finally:
             await sources.aclose()

@@ -51,8 +51,11 @@ def serve_cmd(
     shutdown_delay: Annotated[float, Opt(min=0, help="After SIGTERM: report not ready at once, keep serving this many "
                                                     "seconds (for load balancers), then finish in-flight requests and stop.")] = 0.0,
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], Opt(help="Server log level (debug logs each request).")] = "info",
+    audit_db: Annotated[Optional[str], Opt("--audit-db", help="Audit store (a SQLAlchemy URL, or a SQLite file path): serves the "
+                                                          "audit API (/v1/audit-runs, /v1/tasks, ...) and the dashboard at /audit.")] = None,
 ):
-    """Serve the model over HTTP: POST /v1/count, SageMaker /ping + /invocations, Open Inference Protocol v2, /metrics, /docs."""
+    """Serve the model over HTTP: POST /v1/count, SageMaker /ping + /invocations, Open Inference Protocol v2, /metrics, /docs
+    (and, with --audit-db, the audit API and its dashboard at /audit)."""
     from bintally.serving.config import ServeConfig, default_port
     from bintally.serving.server import serve
 
@@ -63,5 +66,6 @@ def serve_cmd(
         threads=threads, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout,
         max_body_bytes=max(1, int(max_body_mb * 1_000_000)), max_images=max_images, api_key=read_api_key(api_key_file),
         allow_s3_buckets=tuple(allow_s3_bucket or ()), allow_https_hosts=tuple(allow_https_host or ()),
-        file_root=str(file_root) if file_root is not None else None, name=name, shutdown_delay_s=shutdown_delay, log_level=log_level)
+        file_root=str(file_root) if file_root is not None else None, name=name, shutdown_delay_s=shutdown_delay, log_level=log_level,
+        audit_db=audit_db)
     raise typer.Exit(serve(config))

@@ -64,16 +64,21 @@ class ShutdownHook:
         self.previous.clear()
 
 
-def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_startup: bool = False) -> FastAPI:
+def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_startup: bool = False, audit_store=None) -> FastAPI:
     """The app around `plane` (made from `config` if not given); with `load_on_startup`, the model loads before
-    the server accepts connections (a failure stops the server)."""
+    the server accepts connections (a failure stops the server). With `config.audit_db`, the audit store
+    (`audit_store`, else opened at start-up, schema upgraded) backs the audit API and the dashboard at /audit."""
+    from bintally.serving.audit_api import AuditService, audit_router
+
     plane = plane or DataPlane(config)
     hook = ShutdownHook(plane, config.shutdown_delay_s)
+    audit = AuditService(config, plane, audit_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if load_on_startup and not plane.loaded:
             await asyncio.to_thread(plane.load)
+        await asyncio.to_thread(audit.open)
         hook.install()
         try:
             yield
@@ -82,11 +87,12 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
             plane.begin_shutdown()
             await plane.sources.aclose()
             await asyncio.to_thread(plane.close)
+            audit.close()
 
     app = FastAPI(title="bintally count server", version=bintally.__version__, lifespan=lifespan,
                   description="Counts the items in Amazon Bin Image Dataset photos. Errors are JSON {\"error\": ...}. "
                               "See docs/serving.md.")
-    app.state.plane, app.state.config = plane, config
+    app.state.plane, app.state.config, app.state.audit = plane, config, audit
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError) -> JSONResponse:
@@ -118,6 +124,7 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
     app.include_router(rest_router(plane, config))
     app.include_router(v2_router(plane, config))
     app.include_router(web_router(plane, config))
+    app.include_router(audit_router(audit))
 
     # added last = outermost: RequestContext, then ApiKey, then BodyLimit
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=plane.metrics)

@@ -53,6 +53,7 @@ class ServeConfig:
     name: str | None = None  # model name in URLs; default: the artifact's name
     shutdown_delay_s: float = 0.0  # after SIGTERM: not ready at once, keep serving this long, then stop (load balancers)
     log_level: str = "info"
+    audit_db: str | None = None  # the audit store (SQLAlchemy URL or SQLite path): turns on /v1/audit-runs, /v1/tasks, /audit
 
     def __post_init__(self):
         self.allow_s3_buckets = tuple(self.allow_s3_buckets)
@@ -95,6 +96,12 @@ class ServeConfig:
         for bucket in self.allow_s3_buckets:
             if not bucket or "/" in bucket:
                 raise ConfigError(f"--allow-s3-bucket {bucket!r}: give a bucket name such as my-bucket")
+        if self.audit_db is not None:
+            if not isinstance(self.audit_db, str) or not self.audit_db.strip():
+                raise ConfigError("--audit-db: give a SQLAlchemy URL or the path of a SQLite file")
+            from bintally.audit.store import database_url
+
+            self.audit_db = database_url(self.audit_db.strip())  # a relative SQLite path: absolute, the same for every worker
         return self
 
     def to_json(self) -> str:
@@ -117,4 +124,8 @@ class ServeConfig:
         """The settings without the API key (for logs and /v1/models)."""
         values = asdict(self)
         values["api_key"] = "***" if self.api_key else None
+        if self.audit_db:
+            from bintally.audit.store import shown
+
+            values["audit_db"] = shown(self.audit_db)
         return values

@@ -20,7 +20,7 @@ REQUEST_ID_HEADER = "x-request-id"
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 OPEN_PATHS = ("/ping", "/metrics", "/v2/health/live", "/v2/health/ready")  # never need the API key
 OPEN_GET_PREFIXES = ("/static/", "/samples/")  # the web page's own files and the bundled public sample photos
-OPEN_GET_PATHS = ("/", "/favicon.ico", "/samples")  # the web page itself (its POSTs need the key)
+OPEN_GET_PATHS = ("/", "/favicon.ico", "/samples", "/audit")  # the web pages themselves (their API calls need the key)
 
 
 def is_inference(method: str, path: str) -> bool:

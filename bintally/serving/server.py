@@ -32,6 +32,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def open_audit_store(config: ServeConfig):
+    """The audit store of --audit-db (schema upgraded), or None without it; ConfigError in one line if it cannot be opened."""
+    if not config.audit_db:
+        return None
+    from bintally.audit.store import open_store, shown
+
+    store = open_store(config.audit_db)
+    log.info("audit store %s open (dashboard at /audit)", shown(config.audit_db))
+    return store
+
+
 def uvicorn_config(app, config: ServeConfig, **extra):
     import uvicorn
 
@@ -51,12 +62,20 @@ def serve(config: ServeConfig) -> int:
 
     config.validate()
     read_artifact(config.model)  # a missing or damaged model.json: one line, before the port is touched
-    sock = bind(config.host, config.port)  # bound, not listening: nobody can connect before the model is ready
+    store = open_audit_store(config)  # --audit-db: opened and its schema upgraded once, before the port (a bad URL: one line)
+    try:
+        sock = bind(config.host, config.port)  # bound, not listening: nobody can connect before the model is ready
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     try:
         plane = DataPlane(config)
         plane.load()  # with --workers: checks the model (and builds the ONNX cache) once, before the workers load it
     except BaseException:
         sock.close()
+        if store is not None:
+            store.close()
         raise
     shown = f"[{config.host}]" if ":" in config.host else config.host
     log.info("serving http://%s:%d with %d worker%s (API docs at /docs)", shown, config.port, config.workers,
@@ -65,9 +84,11 @@ def serve(config: ServeConfig) -> int:
     previous = {sig: signal.signal(sig, lambda s, f: stops.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if config.workers == 1:
-            server = uvicorn.Server(uvicorn_config(create_app(config, plane), config))
+            server = uvicorn.Server(uvicorn_config(create_app(config, plane, audit_store=store), config))
             server.run(sockets=[sock])
             return 0 if server.started else 2
+        if store is not None:
+            store.close()  # each worker opens its own (the schema is current now)
         from uvicorn.supervisors import Multiprocess
 
         plane.close()  # the workers load their own; the parent only supervises

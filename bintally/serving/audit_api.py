@@ -1,0 +1,417 @@
+"""The audit API (`bintally serve --audit-db URL`) and its dashboard at GET /audit.
+
+    POST /v1/audit-runs                 multipart: csv (bin_id,image,record_qty[,captured_at]) + photos -> score, worklist
+    GET  /v1/audit-runs[/{id}]          runs with their metrics
+    GET  /v1/audit-runs/{id}/tasks      a run's worklist (reviewer view), ?status= to filter
+    GET  /v1/tasks/{id}                 the counter's blind view: bin and photo, never the record or the prediction
+    GET  /v1/tasks/{id}/review          the reviewer's view: record, prediction, probabilities, counts, resolution
+    POST /v1/tasks/{id}/counts          {"qty", "by", "comment"?, "count_index"?} (+ Idempotency-Key header)
+    POST /v1/tasks/{id}/review          {"approve", "final"?, "reason"?, "outcome"?, "by", "comment"?}
+    GET  /v1/labels/export              approved recounts as CSV
+    GET  /v1/snapshots/{id}/image       the photo: uploaded bytes from the store, else fetched under the allowlist
+
+The store calls are synchronous (SQLAlchemy) and run in threads. Every refusal is JSON {"error": ...}: 404 for an
+unknown run, task or snapshot (and for every route when the server has no --audit-db), 409 for a transition the
+task's state does not allow or one lost to a concurrent writer, 400 for a bad body, 503 when the database is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import re
+from pathlib import Path, PurePosixPath
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from bintally.errors import ConfigError, DataError
+from bintally.serving.config import ServeConfig
+from bintally.serving.dataplane import RequestError, not_ready_error
+
+log = logging.getLogger("bintally.serving")
+PAGE = Path(__file__).parent / "static" / "audit.html"
+CONFIG_MARK = "/*PAGE_CONFIG*/{}"
+MAX_PHOTOS = 10_000  # photos in one create-run request (the body limit, --max-body-mb, bounds them first)
+MAX_COMMENT = 2000
+RUN_FIELDS = ("csv", "photos", "name", "budget", "threshold", "control", "tolerance", "created_by")
+COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
+COUNT_KEYS = {"qty", "by", "comment", "count_index"}
+REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
+CLI_FLAG = re.compile(r"--(budget|threshold|control|tolerance|name|qty|final|reason|outcome|by)\b( N)?")
+OFF = "the audit API is off: start the server with --audit-db URL (a SQLAlchemy URL or a SQLite file)"
+
+
+def fail(status: int, message: str, headers: dict | None = None) -> HTTPException:
+    """A refusal the app answers as JSON {"error": message} (its HTTPException handler)."""
+    return HTTPException(status_code=status, detail=message, headers=headers)
+
+
+def http_message(message: str, renames: dict | None = None) -> str:
+    """The store's messages speak the CLI's language (--qty, `bintally audit list`); say it in the API's."""
+    message = message.replace("(see `bintally audit list`)", "(see GET /v1/audit-runs)").replace(", --recount)", ")")
+    return CLI_FLAG.sub(lambda m: (renames or {}).get(m.group(1), m.group(1)), message)
+
+
+class AuditService:
+    """The audit store behind the API: opened at start-up when the server has --audit-db, else every route says 404."""
+
+    def __init__(self, config: ServeConfig, plane, store=None):
+        self.config, self.plane, self.store = config, plane, store
+        # one scoring at a time per process (it uses the CPU the model serves with); waiting requests wait here, on the
+        # event loop, not in the thread pool that every store call shares
+        self.run_gate = asyncio.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.audit_db)
+
+    def open(self) -> None:
+        if self.enabled and self.store is None:
+            from bintally.audit.store import open_store
+
+            self.store = open_store(self.config.audit_db)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def require(self):
+        if not self.enabled:
+            raise fail(404, OFF)
+        if self.store is None:
+            raise fail(503, "the audit store is not open yet", {"Retry-After": "1"})
+        return self.store
+
+    async def call(self, fn, *args, renames: dict | None = None, **kwargs):
+        """fn(store, *args, **kwargs) in a thread; the store's exceptions as JSON refusals (never a 500)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from bintally.audit.workflow import Conflict, NotFound
+
+        store = self.require()
+        try:
+            return await asyncio.to_thread(fn, store, *args, **kwargs)
+        except NotFound as e:
+            raise fail(404, http_message(str(e), renames)) from None
+        except Conflict as e:
+            raise fail(409, http_message(str(e), renames)) from None
+        except (ConfigError, DataError) as e:
+            raise fail(400, http_message(str(e), renames)) from None
+        except SQLAlchemyError as e:
+            from bintally.audit.store import one_line
+
+            log.warning("audit store error: %s", one_line(e))
+            raise fail(503, f"the audit database is busy or unreachable ({e.__class__.__name__}); retry", {"Retry-After": "1"}) from None
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+async def json_object(request: Request, allowed: set[str], required: tuple[str, ...]) -> dict:
+    body = await request.body()
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise fail(400, f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise fail(400, "the body is not valid JSON (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        raise fail(400, f"expected a JSON object with {', '.join(sorted(allowed))}")
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise fail(400, f"unknown field(s) {', '.join(unknown)}: expected {', '.join(sorted(allowed))}")
+    missing = [k for k in required if doc.get(k) is None]
+    if missing:
+        raise fail(400, f"missing field(s) {', '.join(missing)}")
+    return doc
+
+
+def whole_number(doc: dict, key: str) -> int | None:
+    from bintally.audit.workflow import MAX_QTY
+
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(400, f"{key} must be a whole number, got {json.dumps(value)[:40]}")
+    if not 0 <= value <= MAX_QTY:
+        raise fail(400, f"{key} must be from 0 to {MAX_QTY:,}, got {value}")
+    return value
+
+
+def text(doc: dict, key: str, limit: int = 100) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise fail(400, f"{key} must be text of at most {limit} characters")
+    return value
+
+
+def upload_name(filename: str | None) -> str:
+    """The name a photo part is known by in the CSV: its file name without any folder the client sent."""
+    return PurePosixPath((filename or "").replace("\\", "/")).name
+
+
+def bind_uploads(csv_text: str, names: dict[str, str], source: str) -> str:
+    """The CSV with each `image` that names an uploaded photo (by file name) replaced by upload:<sha256>.
+
+    A plain image that is no uploaded photo is refused here (DataError naming the line); URIs are left as they
+    are (fetched under the allowlist), and anything malformed is left for `csv_snapshots` to report."""
+    from bintally.audit.snapshots import REQUIRED_COLUMNS, UPLOAD_SCHEME, is_uri
+
+    reader = csv.reader(csv_text.splitlines())
+    try:
+        header = next(reader, None)
+        columns = [c.strip().lower() for c in header or ()]
+        if any(c not in columns for c in REQUIRED_COLUMNS):
+            return csv_text  # csv_snapshots names the missing columns
+        column = columns.index("image")
+        rows = [header]
+        for row in reader:
+            image = row[column].strip() if len(row) > column else ""
+            if image and not is_uri(image) and "://" not in image:
+                digest = names.get(image) or names.get(upload_name(image))
+                if digest is None:
+                    have = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "") if names else "no photos were uploaded"
+                    raise DataError(f"{source}:{reader.line_num}", f"image {image!r} is not one of the uploaded photos ({have}) "
+                                                                   "nor an s3://, https:// or file:// URI")
+                row[column] = UPLOAD_SCHEME + digest
+            rows.append(row)
+    except csv.Error:
+        return csv_text
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+async def read_run_form(request: Request) -> tuple[str, str, dict[str, str], dict[str, bytes], dict[str, str]]:
+    """(csv name, csv text, text fields, photos by sha256, file name -> sha256) of a create-run request."""
+    from bintally.audit.uploads import sha256_of
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise fail(415, "send multipart/form-data: a 'csv' file (bin_id,image,record_qty[,captured_at]) and 'photos' files")
+    try:
+        form = await request.form(max_files=MAX_PHOTOS + 1, max_fields=len(RUN_FIELDS) + 8)
+    except HTTPException as e:  # python-multipart's limits and parse errors
+        raise fail(413 if "Too many" in str(e.detail) else 400, f"malformed multipart body: {e.detail}") from None
+    try:
+        csv_part, fields, photos, names = None, {}, {}, {}
+        for field, value in form.multi_items():
+            if field not in RUN_FIELDS:
+                raise fail(400, f"unknown form field {field!r}: expected {', '.join(RUN_FIELDS)}")
+            if field in ("csv", "photos"):
+                if not isinstance(value, UploadFile):
+                    raise fail(400, f"form field {field!r} must be a file")
+                data = await value.read()
+                if field == "csv":
+                    if csv_part is not None:
+                        raise fail(400, "more than one 'csv' file: send one")
+                    csv_part = (upload_name(value.filename) or "upload.csv", data)
+                    continue
+                name = upload_name(value.filename)
+                if not name and not data:
+                    continue  # a browser's empty file input
+                if not name:
+                    raise fail(400, "a 'photos' file has no file name: the CSV's image column names photos by file name")
+                digest = sha256_of(data)
+                if names.get(name, digest) != digest:
+                    raise fail(400, f"two different photos are both named {name!r}")
+                names[name], photos[digest] = digest, data
+            else:
+                if isinstance(value, UploadFile):
+                    raise fail(400, f"form field {field!r} must be text, not a file")
+                if field in fields:
+                    raise fail(400, f"form field {field!r} given twice")
+                fields[field] = value
+    finally:
+        await form.close()
+    if csv_part is None:
+        raise fail(400, "no 'csv' file: send the snapshots as a CSV of bin_id,image,record_qty[,captured_at]")
+    csv_name, raw = csv_part
+    try:
+        csv_text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise fail(400, f"{csv_name}: not a UTF-8 text CSV") from None
+    return csv_name, csv_text, fields, photos, names
+
+
+def form_number(fields: dict, key: str, kind):
+    value = (fields.get(key) or "").strip()
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise fail(400, f"{key} must be {'a whole number' if kind is int else 'a number'}, got {value[:40]!r}") from None
+
+
+def with_image_url(row: dict) -> dict:
+    return row | {"image_url": f"/v1/snapshots/{row['snapshot_id']}/image"}
+
+
+# ---------------------------------------------------------------- the router
+
+
+def audit_router(service: AuditService) -> APIRouter:
+    from bintally.audit import queries, workflow
+
+    plane, config = service.plane, service.config
+    router = APIRouter(tags=["Audit"], include_in_schema=service.enabled)  # off: the routes only say how to turn them on
+
+    @router.get("/audit", response_class=HTMLResponse, summary="The audit dashboard: runs, worklists, blind counts, reviews")
+    async def page():
+        return HTMLResponse(render_page(service), headers={"Cache-Control": "no-cache"})
+
+    @router.post("/v1/audit-runs", status_code=201, summary="Score uploaded bin snapshots and write the recount worklist",
+                 openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                     "type": "object", "required": ["csv"], "properties": {
+                         "csv": {"type": "string", "format": "binary", "description": "bin_id,image,record_qty[,captured_at]"},
+                         "photos": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                         "name": {"type": "string"}, "budget": {"type": "number"}, "threshold": {"type": "number"},
+                         "control": {"type": "number"}, "tolerance": {"type": "integer"}, "created_by": {"type": "string"}}}}}}})
+    async def create_run(request: Request):
+        """201 with the run and its metrics; 200 when the same run (name, snapshots, settings) already existed."""
+        from bintally.audit.run import AuditConfig
+        from bintally.audit.snapshots import UPLOAD_SCHEME, csv_snapshots
+
+        service.require()
+        if not plane.loaded:
+            raise not_ready_error()
+        csv_name, csv_text, fields, photos, names = await read_run_form(request)
+        renames = {"by": "created_by"}
+        try:
+            bound = bind_uploads(csv_text, names, csv_name)
+            snapshots = csv_snapshots(Path(csv_name), text=bound, base=Path("/"), allow_paths=False)
+        except DataError as e:
+            raise fail(400, str(e)) from None
+        if not snapshots:
+            raise fail(400, f"{csv_name}: no rows: give one bin_id,image,record_qty row per bin snapshot")
+        snapshots.sort(key=lambda s: (s.bin_id, s.image))  # as `bintally audit run` reads a CSV: the order never matters
+        used = {s.image[len(UPLOAD_SCHEME):] for s in snapshots if s.image.startswith(UPLOAD_SCHEME)}
+        settings = {k: form_number(fields, k, kind) for k, kind in
+                    (("budget", float), ("threshold", float), ("control", float), ("tolerance", int))}
+        audit = AuditConfig(model=str(config.model), data=csv_name, name=(fields.get("name") or "").strip() or None,
+                            **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
+                            created_by=(fields.get("created_by") or "").strip() or "api", allow_s3_buckets=config.allow_s3_buckets,
+                            allow_https_hosts=config.allow_https_hosts, file_root=config.file_root,
+                            max_photo_bytes=config.max_body_bytes, progress=False)
+        try:
+            audit.validate()
+        except ConfigError as e:
+            raise fail(400, http_message(str(e), renames)) from None
+
+        def work(store):
+            from bintally.audit.run import audit_run
+            from bintally.audit.uploads import save_photos, unreadable_photos
+
+            result = audit_run(audit, snapshots=snapshots, counter=plane.counter, store=store, uploads=photos, shard=(0, 1))
+            save_photos(store, {digest: photos[digest] for digest in used})
+            return result, queries.get_run_summary(store, result.run_id), unreadable_photos(store, result.run_id)
+
+        async with service.run_gate:
+            result, summary, problems = await service.call(work, renames=renames)
+        shown_as = {UPLOAD_SCHEME + digest: name for name, digest in names.items()}
+        for problem in problems:
+            problem["image"] = shown_as.get(problem["image"], problem["image"])
+        unused = sorted(name for name, digest in names.items() if digest not in used)
+        body = summary | {"reused": result.reused, "scored": result.scored, "unreadable": problems, "unused_photos": unused}
+        return JSONResponse(body, status_code=200 if result.reused else 201)
+
+    @router.get("/v1/audit-runs", summary="Every audit run with its metrics")
+    async def runs():
+        return {"runs": await service.call(queries.list_runs)}
+
+    @router.get("/v1/audit-runs/{run_id}", summary="One audit run with its metrics")
+    async def run(run_id: int):
+        return await service.call(queries.get_run_summary, run_id)
+
+    @router.get("/v1/audit-runs/{run_id}/tasks", summary="A run's recount worklist (reviewer view: record, prediction, score)")
+    async def tasks(run_id: int, status: str | None = None):
+        rows = await service.call(queries.list_tasks, run_id, status)
+        return {"run_id": run_id, "status": status, "tasks": [with_image_url(r) for r in rows]}
+
+    @router.get("/v1/tasks/{task_id}", summary="The counter's blind view of a task: the bin and its photo only")
+    async def counter_task(task_id: int):
+        view = await service.call(queries.counter_view, task_id)
+        return with_image_url({k: view[k] for k in COUNTER_FIELDS if k in view})
+
+    @router.get("/v1/tasks/{task_id}/review", summary="The reviewer's view of a task: record, prediction, counts, resolution")
+    async def reviewer_task(task_id: int):
+        return with_image_url(await service.call(queries.task_detail, task_id))
+
+    @router.post("/v1/tasks/{task_id}/counts", summary="Submit a blind count (Idempotency-Key: a retry gets the first answer)")
+    async def count(task_id: int, request: Request):
+        """{"qty": N, "by": NAME, "comment"?: TEXT, "count_index"?: 0 | 1}: count_index (default 0) is the count the
+        client means, as GET /v1/tasks/{id} said; a count that lost a race to another is refused (409), never stored
+        as the recount."""
+        service.require()
+        doc = await json_object(request, COUNT_KEYS, ("qty", "by"))
+        qty, by, comment = whole_number(doc, "qty"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
+        index = doc.get("count_index", 0)
+        if index not in (0, 1) or isinstance(index, bool):
+            raise fail(400, f"count_index must be 0 (the first count) or 1 (the recount), got {json.dumps(index)[:40]}")
+        key = request.headers.get("idempotency-key")
+        outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, index)
+        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+        return JSONResponse({"task_id": outcome.task_id, "count_index": outcome.count_index, "status": outcome.status},
+                            headers=headers)
+
+    @router.post("/v1/tasks/{task_id}/review", summary="Approve (with the final quantity) or reject a task in review")
+    async def review(task_id: int, request: Request):
+        service.require()
+        doc = await json_object(request, REVIEW_KEYS, ("approve", "by"))
+        if not isinstance(doc["approve"], bool):
+            raise fail(400, "approve must be true or false")
+        final, by, comment = whole_number(doc, "final"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
+        reason, outcome = text(doc, "reason", 40), text(doc, "outcome", 40)
+        resolution = await service.call(workflow.review, task_id, doc["approve"], by, final, reason, outcome, comment)
+        return {"task_id": task_id, "status": resolution.decision, "resolution": queries.resolution_row(resolution)}
+
+    @router.get("/v1/labels/export", summary="Approved recounts as CSV (image, bin_id, count, record_qty, approved_at, task_id)",
+                response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+    async def labels():
+        body = await service.call(lambda store: queries.labels_csv(queries.approved_labels(store)))
+        return Response(body, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="bintally-labels.csv"', "Cache-Control": "no-store"})
+
+    @router.get("/v1/snapshots/{snapshot_id}/image", summary="A snapshot's photo", response_class=Response,
+                responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
+    async def image(snapshot_id: int):
+        from bintally.audit.snapshots import UPLOAD_SCHEME, is_uri
+        from bintally.audit.uploads import media_type_of
+
+        uri, data, media = await service.call(queries.snapshot_photo, snapshot_id)
+        if data is None:
+            if uri.startswith(UPLOAD_SCHEME):
+                raise fail(404, f"the uploaded photo of snapshot {snapshot_id} is not in the store")
+            try:
+                target = uri if is_uri(uri) else Path(uri).as_uri()  # a path (a CLI run): served only under --file-root
+                data = await plane.with_timeout(plane.sources.fetch(target))
+            except ValueError:
+                raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served ({uri!r} is not a URI or absolute path)") from None
+            except RequestError as e:
+                raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served: {e.message}") from None
+            media = media_type_of(data)
+        return Response(data, media_type=media or media_type_of(data),
+                        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+    return router
+
+
+def render_page(service: AuditService) -> str:
+    plane, config = service.plane, service.config
+    loaded = bool(getattr(plane, "loaded", False))
+    settings = {"apiKeyRequired": bool(config.api_key), "auditEnabled": service.enabled,
+                "model": plane.name if loaded else None, "version": plane.version if loaded else None,
+                "maxBodyBytes": config.max_body_bytes}
+    blob = json.dumps(settings).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return PAGE.read_text(encoding="utf-8").replace(CONFIG_MARK, blob, 1)
