@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := runs/demo
+AUDIT_DB := $(DEMO)/audit.db
 # glibc's default allocator returns memory to the OS after every large tensor; keeping it made PyTorch 1.6-1.7x faster here
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
@@ -32,6 +33,16 @@ demo: $(VENV)/.installed
 	$(BIN)/bintally predict --model $(DEMO)/model bintally/sample/bin-images/00450.jpg bintally/sample/bin-images/00451.jpg
 	$(BIN)/bintally evaluate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --split test --json $(DEMO)/test.json --report $(DEMO)/evaluation
 	$(BIN)/bintally tune --data $(DEMO)/manifest.parquet --n-trials 10 --jobs 2 --out $(DEMO)/tune
+	$(BIN)/bintally calibrate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --overwrite
+	rm -f $(AUDIT_DB) $(AUDIT_DB)-wal $(AUDIT_DB)-shm $(DEMO)/labels.csv  # the demo's own store: a fresh model, a fresh audit
+	$(BIN)/bintally audit run --model $(DEMO)/model --data bintally/sample --budget 0.10 --control 0.02 --db $(AUDIT_DB)
+	$(BIN)/bintally audit list --run 1 --limit 10 --db $(AUDIT_DB)
+	$(BIN)/bintally audit count 1 --qty 2 --by demo-counter --db $(AUDIT_DB)
+	if $(BIN)/bintally audit show 1 --blind --db $(AUDIT_DB) | grep -q recount_requested; then \
+		$(BIN)/bintally audit count 1 --qty 2 --recount --by demo-recounter --db $(AUDIT_DB); fi
+	$(BIN)/bintally audit review 1 --approve --final 2 --reason other --by demo-reviewer --db $(AUDIT_DB)
+	$(BIN)/bintally audit list --runs --db $(AUDIT_DB)
+	$(BIN)/bintally audit labels --out $(DEMO)/labels.csv --db $(AUDIT_DB)
 
 # Headless Chromium and its driver (Debian's packages) for the Selenium tests of the web page. Checked on every run
 # (cheap) rather than stamped, so a machine that lost them gets them back. CI runs as root on a fresh machine; a
@@ -44,7 +55,19 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "warning: chromium/chromedriver missing and no apt-get to install them" >&2; fi
 
-test: $(VENV)/.installed-dev browser
+# PostgreSQL's server binaries (Debian's package) for the tests of the audit store and shared Optuna studies on
+# PostgreSQL; the tests start a throwaway server as an unprivileged user (tests/postgres.py). Checked on every run, like
+# `browser`; without apt-get it only warns (those tests then skip, except under CI=true).
+.PHONY: postgres
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing postgresql with apt-get"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	else echo "warning: PostgreSQL (initdb) missing and no apt-get to install it" >&2; fi
+
+test: $(VENV)/.installed-dev browser postgres
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-dev

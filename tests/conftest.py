@@ -81,3 +81,6 @@ def make_artifact(out: Path, backbone: str = "test_efficientnet_gn", image_size:
 def tiny_artifact(tmp_path_factory):
     """A small model artifact (timm's test_efficientnet_gn, 64 px): fast to load, export and serve."""
     return make_artifact(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+from tests.postgres import fresh_pg_db, postgres_server, postgres_url  # noqa: E402,F401  (a throwaway PostgreSQL server)

@@ -1,4 +1,4 @@
-"""`bintally tune`: a real Optuna study in SQLite, two worker processes sharing it, resume, stop signals, bad input."""
+"""`bintally tune`: a real Optuna study in SQLite (and PostgreSQL), two worker processes sharing it, resume, stop signals, bad input."""
 
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ def tiny_tune(manifest, out, **changes) -> TuneConfig:
     return TuneConfig(data=str(manifest), out=str(out), **(settings | changes))
 
 
-def test_two_workers_share_a_study_and_a_rerun_resumes_it(tiny_manifest, tmp_path):
-    config = tiny_tune(tiny_manifest, tmp_path, study="shared", n_trials=6, jobs=2)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_share_a_study_and_a_rerun_resumes_it(tiny_manifest, tmp_path, request, backend):
+    storage = request.getfixturevalue("fresh_pg_db") if backend == "postgresql" else None  # None: sqlite:///<out>/optuna.db
+    config = tiny_tune(tiny_manifest, tmp_path, study="shared", n_trials=6, jobs=2, storage=storage)
     first = tune(config)
     study = optuna.load_study(study_name="shared", storage=config.storage_url)
     trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -45,7 +47,7 @@ def test_two_workers_share_a_study_and_a_rerun_resumes_it(tiny_manifest, tmp_pat
         expected = t.params["epochs"] if t.state == TrialState.COMPLETE else len(t.intermediate_values)
         assert sorted(t.intermediate_values) == list(range(1, expected + 1))
 
-    second = tune(tiny_tune(tiny_manifest, tmp_path, study="shared", n_trials=2))
+    second = tune(tiny_tune(tiny_manifest, tmp_path, study="shared", n_trials=2, storage=storage))
     assert second.trials >= first.trials + 2
     assert optuna.load_study(study_name="shared", storage=config.storage_url)._study_id == study._study_id
 

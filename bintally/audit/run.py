@@ -266,36 +266,42 @@ def score_rows(counter, snapshots: list[SnapshotIn], probs: np.ndarray | None) -
 def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list, good: list[int], rows: list[dict]) -> None:
     """One transaction: the batch's snapshots (shared across runs) and their scores (unreadable ones with their problem)."""
     by_index = dict(zip(good, rows))
+    insert = dialect_insert(store.dialect)
     with store.session() as session:
         for i, snapshot in enumerate(batch):
             sha, _, problem = loaded[i]
             snapshot_id = upsert_snapshot(session, store.dialect, snapshot, sha)
-            row = by_index.get(i, {})
-            session.merge(Score(run_id=run_id, snapshot_id=snapshot_id, problem=problem or None, **row))
+            row = {"p_record": None, "score": None, "predicted": None, "expected": None, "probabilities": None} | by_index.get(i, {})
+            session.execute(insert(Score).values(run_id=run_id, snapshot_id=snapshot_id, problem=problem or None, **row)
+                            .on_conflict_do_nothing())  # the same shard run twice at once: the first score stays
 
 
-def upsert_snapshot(session, dialect: str, snapshot: SnapshotIn, sha: str) -> int:
-    """The snapshot's id, inserting it unless a run (maybe another process, right now) already did."""
+def dialect_insert(dialect: str):
+    """INSERT with ON CONFLICT DO NOTHING, which PostgreSQL and SQLite both speak."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def upsert_snapshot(session, dialect: str, snapshot: SnapshotIn, sha: str) -> int:
+    """The snapshot's id, inserting it unless a run (maybe another process, right now) already did."""
     key = snapshot.key(sha)
-    session.execute(insert(Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
+    session.execute(dialect_insert(dialect)(Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
                                             captured_at=snapshot.captured_at, record_qty=snapshot.record_qty, created_at=utcnow())
                     .on_conflict_do_nothing(index_elements=["key"]))
     return session.scalar(select(Snapshot.id).where(Snapshot.key == key))
 
 
 def mark_shard_done(store: Store, run_id: int, rank: int, scored: int, unreadable: int) -> None:
+    """Record that shard `rank` finished (what this attempt scored; an attempt that was killed records nothing)."""
     with store.session() as session:
-        shard = session.get(RunShard, (run_id, rank))
-        if shard is None:
-            session.add(RunShard(run_id=run_id, rank=rank, scored=scored, unreadable=unreadable, host=socket.gethostname()[:200]))
-        else:  # a resumed shard: add what this attempt scored
-            shard.scored += scored
-            shard.unreadable += unreadable
-            shard.finished_at = utcnow()
+        session.execute(dialect_insert(store.dialect)(RunShard)
+                        .values(run_id=run_id, rank=rank, scored=0, unreadable=0, host=socket.gethostname()[:200], finished_at=utcnow())
+                        .on_conflict_do_nothing())  # the same rank finishing twice at once: one row
+        session.execute(update(RunShard).where(RunShard.run_id == run_id, RunShard.rank == rank)
+                        .values(scored=RunShard.scored + scored, unreadable=RunShard.unreadable + unreadable, finished_at=utcnow()))
 
 
 def select_tasks(scores: np.ndarray, budget: float | None, threshold: float | None, control: float,
