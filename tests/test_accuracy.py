@@ -182,6 +182,11 @@ def test_cross_validation_trains_every_fold_and_serves_their_ensemble(mirror_man
     again = run_cli("train", "--resume", str(run), "--no-progress")
     assert again.returncode == 0, again.stderr
     assert read_artifact(run).version == version
+    # the ensemble trained on every train+val photo: it is calibrated on out-of-fold predictions, no --data needed
+    calibrated = run_cli("calibrate", "--model", str(run), "--workers", "0", "--no-progress")
+    assert calibrated.returncode == 0, calibrated.stderr
+    calibration = read_artifact(run).calibration
+    assert "out-of-fold" in calibration["data"] and calibration["photos"] == len(set().union(*val_ids))
 
 
 def test_bad_fold_counts_are_one_line_exit_2(tiny_manifest, tmp_path):
