@@ -455,3 +455,11 @@ def test_a_schema_from_a_newer_bintally_is_refused_and_left_alone(opened_run):
     assert_one_line_error(result, "schema revision 9999_future", "newer", "upgrade bintally")
     assert table_sizes(opened_run) == before
     assert rows(opened_run, "SELECT version_num FROM alembic_version") == [("9999_future",)]
+
+
+def test_a_damaged_store_is_one_line_and_names_the_database(opened_run):
+    with sqlite3.connect(opened_run) as connection:
+        connection.execute("DROP TABLE count_observations")
+    result = run_cli("audit", "count", "1", "--qty", "1", "--by", "ann", "--db", opened_run)
+    assert_one_line_error(result, f"the audit database sqlite:///{opened_run} failed", "count_observations")
+    assert rows(opened_run, "SELECT status FROM tasks WHERE id = 1") == [("requested",)]

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bintally.errors import ConfigError
@@ -47,6 +47,10 @@ def one_line(error: BaseException) -> str:
     return text_.split(" (Background on this error")[0][:300]
 
 
+class StoreError(ConfigError):
+    """The database failed under a working command (HTTP 503: it may be busy or unreachable for a while)."""
+
+
 class Store:
     """An engine and a session factory over one audit database (schema at head)."""
 
@@ -61,9 +65,15 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back on an exception."""
-        with self.sessions.begin() as session:
-            yield session
+        """A transaction: committed when the block ends, rolled back on an exception. A database that fails under it
+        (unreachable, locked past the timeout, read-only, tables missing) is a StoreError naming it, in one line."""
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except IntegrityError:
+            raise  # a constraint refused a write: the caller knows what that means (a concurrent writer, a duplicate)
+        except SQLAlchemyError as e:
+            raise StoreError(f"the audit database {shown(self.url)} failed: {one_line(e)}") from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -93,11 +93,15 @@ class AuditService:
         """fn(store, *args, **kwargs) in a thread; the store's exceptions as JSON refusals (never a 500)."""
         from sqlalchemy.exc import SQLAlchemyError
 
+        from bintally.audit.store import StoreError
         from bintally.audit.workflow import Conflict, NotFound
 
         store = self.require()
         try:
             return await asyncio.to_thread(fn, store, *args, **kwargs)
+        except StoreError as e:
+            log.warning("%s", e)
+            raise fail(503, f"{e}; retry", {"Retry-After": "1"}) from None
         except NotFound as e:
             raise fail(404, http_message(str(e), renames)) from None
         except Conflict as e:
