@@ -210,7 +210,7 @@ def test_count_recount_review_and_labels_that_data_index_reads(tmp_path, opened_
     assert rows(opened_run, f"SELECT count_index, counted_qty, counted_by FROM count_observations WHERE task_id = {second['id']} "
                             "ORDER BY count_index") == [(0, wrong, "ann"), (1, wrong, "cy")]
     no_reason = run_cli("audit", "review", second["id"], "--approve", "--final", wrong, "--by", "bo", "--db", opened_run)
-    assert_one_line_error(no_reason, "give a --reason")
+    assert_one_line_error(no_reason, "give a reason")
     for task, final, extra in ((first, first["record_qty"], []), (second, wrong, ["--reason", "misplaced"])):
         reviewed = run_cli("audit", "review", task["id"], "--approve", "--final", final, "--by", "bo", "--db", opened_run, *extra)
         assert reviewed.returncode == 0, reviewed.stderr
@@ -267,7 +267,7 @@ def test_wrong_transitions_are_refused_and_change_nothing(opened_run):
     submit_count(store, task, list_tasks(store)[0]["record_qty"], "ann")
     with pytest.raises(Conflict, match="waits for a review"):
         submit_count(store, task, 3, "cy")
-    with pytest.raises(ConfigError, match="--final"):
+    with pytest.raises(ConfigError, match="needs the final quantity"):
         review(store, task, approve=True, by="bo")
     review(store, task, approve=True, by="bo", final=list_tasks(store)[0]["record_qty"])
     before = table_sizes(opened_run)
@@ -414,10 +414,10 @@ def test_bad_commands_are_one_line_errors_and_change_nothing(tmp_path, opened_ru
 
 
 @pytest.mark.parametrize("options, fragments", [
-    (["--budget", "0.1", "--threshold", "0.5"], ["either --budget or --threshold"]),
-    (["--budget", "1.5"], ["--budget"]),
-    (["--control", "1"], ["--control"]),
-    (["--threshold", "2"], ["--threshold"]),
+    (["--budget", "0.1", "--threshold", "0.5"], ["either a budget or a threshold"]),
+    (["--budget", "1.5"], ["budget must be a share", "1.5"]),
+    (["--control", "1"], ["control must be a share", "1.0"]),
+    (["--threshold", "2"], ["threshold must be a score", "2.0"]),
 ])
 def test_bad_run_settings_are_refused_before_any_work(tmp_path, tiny_artifact, bins_csv, options, fragments):
     db = tmp_path / "a.db"

@@ -64,25 +64,25 @@ class AuditConfig:
 
     def validate(self) -> "AuditConfig":
         if self.budget is not None and self.threshold is not None:
-            raise ConfigError("give either --budget or --threshold, not both")
+            raise ConfigError("give either a budget or a threshold, not both")
         if self.budget is None and self.threshold is None:
             self.budget = 0.10
         if self.budget is not None and not 0 < self.budget <= 1:
-            raise ConfigError(f"--budget must be a share of the bins above 0 and at most 1 (0.10 = 10%), got {self.budget}")
+            raise ConfigError(f"budget must be a share of the bins above 0 and at most 1 (0.10 = 10%), got {self.budget}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
-            raise ConfigError(f"--threshold must be a score from 0 to 1, got {self.threshold}")
+            raise ConfigError(f"threshold must be a score from 0 to 1, got {self.threshold}")
         if not 0 <= self.control < 1:
-            raise ConfigError(f"--control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
+            raise ConfigError(f"control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int) or self.tolerance < 0:
-            raise ConfigError(f"--tolerance must be a whole number >= 0, got {self.tolerance!r}")
+            raise ConfigError(f"tolerance must be a whole number >= 0, got {self.tolerance!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be a whole number >= 1, got {self.batch_size!r}")
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if self.name is not None and (not self.name.strip() or len(self.name) > 200):
-            raise ConfigError(f"--name {self.name!r}: give 1-200 characters")
+            raise ConfigError(f"name {self.name!r}: give 1-200 characters")
         if not self.created_by or len(self.created_by) > 100:
-            raise ConfigError(f"--by {self.created_by!r}: give a name of 1-100 characters")
+            raise ConfigError(f"created_by {self.created_by!r}: give a name of 1-100 characters")
         return self
 
 
@@ -204,12 +204,12 @@ def find_or_create_run(store: Store, config: AuditConfig, artifact, settings: di
 def check_same_audit(run: AuditRun, artifact, settings: dict, world: int) -> None:
     if run.model_version != artifact.version:
         raise Conflict(f"audit run {run.name!r} exists, scored by model version {run.model_version} (this model is "
-                          f"{artifact.version}): choose another --name")
+                          f"{artifact.version}): choose another name")
     changed = [k for k in SELECTION_KEYS if run.settings.get(k) != settings[k]]
     if changed:
         what = "other snapshots" if "snapshots" in changed else "other settings (" + ", ".join(
             f"{k} {run.settings.get(k)} here {settings[k]}" for k in changed) + ")"
-        raise Conflict(f"audit run {run.name!r} exists with {what}: choose another --name (runs are never overwritten)")
+        raise Conflict(f"audit run {run.name!r} exists with {what}: choose another name (runs are never overwritten)")
     if run.status == "scoring" and run.world_size != world:
         raise ConfigError(f"audit run {run.name!r} was started by {run.world_size} process(es) (WORLD_SIZE); "
                           f"resume it with WORLD_SIZE={run.world_size}, not {world}")

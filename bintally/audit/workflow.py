@@ -38,6 +38,14 @@ class Conflict(ConfigError):
     """A transition the task's state does not allow, or lost to a concurrent writer (HTTP 409)."""
 
 
+class WrongCount(Conflict):
+    """A count sent as the count while the task waits for its recount, or the reverse."""
+
+    def __init__(self, expected: int, message: str):
+        super().__init__(message)
+        self.expected = expected
+
+
 @dataclass
 class CountOutcome:
     task_id: int
@@ -46,14 +54,14 @@ class CountOutcome:
     replayed: bool = False  # the same idempotency key was seen before: nothing new was written
 
 
-def check_person(name: str, option: str = "--by") -> str:
+def check_person(name: str, option: str = "by") -> str:
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise ConfigError(f"{option}: give a name of 1-100 characters")
     return name
 
 
-def check_qty(qty, what: str = "--qty") -> int:
+def check_qty(qty, what: str = "qty") -> int:
     if isinstance(qty, bool) or not isinstance(qty, int):
         raise ConfigError(f"{what} must be a whole number, got {qty!r}")
     if not 0 <= qty <= MAX_QTY:
@@ -64,14 +72,14 @@ def check_qty(qty, what: str = "--qty") -> int:
 def get_task(session, task_id: int) -> Task:
     task = session.get(Task, task_id) if isinstance(task_id, int) and 0 < task_id < 2**31 else None  # ids are INTEGER (32-bit on PostgreSQL)
     if task is None:
-        raise NotFound(f"no task {task_id} in the audit store (see `bintally audit list`)")
+        raise NotFound(f"no task {task_id} in the audit store")
     return task
 
 
 def get_run(session, run_id: int) -> AuditRun:
     run = session.get(AuditRun, run_id) if isinstance(run_id, int) and 0 < run_id < 2**31 else None
     if run is None:
-        raise NotFound(f"no audit run {run_id} in the audit store (see `bintally audit list`)")
+        raise NotFound(f"no audit run {run_id} in the audit store")
     return run
 
 
@@ -107,7 +115,7 @@ def submit_count(store: Store, task_id: int, qty: int, by: str, comment: str | N
                                + (" (it waits for a review)" if task.status == "in_review" else " (it is closed)"))
             index = COUNTABLE[task.status]
             if index != count_index:
-                raise Conflict(f"task {task_id} waits for its recount (count_index 1, --recount), and its count is already recorded"
+                raise WrongCount(index, f"task {task_id} waits for its recount (count_index 1), and its count is already recorded"
                                if index == 1 else f"task {task_id} waits for its first count (count_index 0), not a recount")
             session.add(CountObservation(task_id=task.id, count_index=index, counted_qty=qty, counted_by=by, comment=comment,
                                          idempotency_key=idempotency_key))
@@ -133,9 +141,9 @@ def review(store: Store, task_id: int, approve: bool, by: str, final: int | None
     """Approve (with the final quantity) or reject the counts of a task in review; the resolution is written once."""
     by = check_person(by)
     if approve and final is None:
-        raise ConfigError("approving needs the final quantity (--final N)")
+        raise ConfigError("approving needs the final quantity (final)")
     if final is not None:
-        final = check_qty(final, "--final")
+        final = check_qty(final, "final")
     if reason is not None and reason not in REASONS:
         raise ConfigError(f"unknown reason {reason!r}: use one of {', '.join(REASONS)}")
     if outcome is not None and outcome not in OUTCOMES:
@@ -151,7 +159,7 @@ def review(store: Store, task_id: int, approve: bool, by: str, final: int | None
             if outcome is None and final is not None:
                 outcome = "record_correct" if variance == 0 else "record_wrong"
             if approve and variance and reason is None and outcome == "record_wrong":
-                raise ConfigError(f"the final quantity {final} differs from the record {record}: give a --reason "
+                raise ConfigError(f"the final quantity {final} differs from the record {record}: give a reason "
                                   f"({', '.join(REASONS)})")
             now = utcnow()
             resolution = Resolution(task_id=task.id, decision="approved" if approve else "rejected", final_qty=final,

@@ -150,10 +150,13 @@ def count_cmd(
 ):
     """Record a blind count; a first count that differs from the record (beyond the run's tolerance) asks for a recount."""
     from bintally.audit import open_store, submit_count
+    from bintally.audit.workflow import Conflict, WrongCount
 
     store = open_store(db)
     try:
         outcome = submit_count(store, positive_id(task, "task"), qty, by, comment, count_index=int(recount))
+    except WrongCount as e:
+        raise Conflict(f"{e}; {'pass --recount' if e.expected == 1 else 'leave out --recount'}") from None
     finally:
         store.close()
     which = "count" if outcome.count_index == 0 else "recount"

@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import logging
-import re
 from pathlib import Path, PurePosixPath
 
 from fastapi import APIRouter, Request
@@ -43,19 +42,12 @@ RUN_FIELDS = ("csv", "photos", "name", "budget", "threshold", "control", "tolera
 COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
 COUNT_KEYS = {"qty", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
-CLI_FLAG = re.compile(r"--(budget|threshold|control|tolerance|name|qty|final|reason|outcome|by)\b( N)?")
 OFF = "the audit API is off: start the server with --audit-db URL (a SQLAlchemy URL or a SQLite file)"
 
 
 def fail(status: int, message: str, headers: dict | None = None) -> HTTPException:
     """A refusal the app answers as JSON {"error": message} (its HTTPException handler)."""
     return HTTPException(status_code=status, detail=message, headers=headers)
-
-
-def http_message(message: str, renames: dict | None = None) -> str:
-    """The store's messages speak the CLI's language (--qty, `bintally audit list`); say it in the API's."""
-    message = message.replace("(see `bintally audit list`)", "(see GET /v1/audit-runs)").replace(", --recount)", ")")
-    return CLI_FLAG.sub(lambda m: (renames or {}).get(m.group(1), m.group(1)), message)
 
 
 class AuditService:
@@ -89,7 +81,7 @@ class AuditService:
             raise fail(503, "the audit store is not open yet", {"Retry-After": "1"})
         return self.store
 
-    async def call(self, fn, *args, renames: dict | None = None, **kwargs):
+    async def call(self, fn, *args, **kwargs):
         """fn(store, *args, **kwargs) in a thread; the store's exceptions as JSON refusals (never a 500)."""
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -103,11 +95,11 @@ class AuditService:
             log.warning("%s", e)
             raise fail(503, f"{e}; retry", {"Retry-After": "1"}) from None
         except NotFound as e:
-            raise fail(404, http_message(str(e), renames)) from None
+            raise fail(404, str(e)) from None
         except Conflict as e:
-            raise fail(409, http_message(str(e), renames)) from None
+            raise fail(409, str(e)) from None
         except (ConfigError, DataError) as e:
-            raise fail(400, http_message(str(e), renames)) from None
+            raise fail(400, str(e)) from None
         except SQLAlchemyError as e:
             from bintally.audit.store import one_line
 
@@ -291,7 +283,6 @@ def audit_router(service: AuditService) -> APIRouter:
         if not plane.loaded:
             raise not_ready_error()
         csv_name, csv_text, fields, photos, names = await read_run_form(request)
-        renames = {"by": "created_by"}
         try:
             bound = bind_uploads(csv_text, names, csv_name)
             snapshots = csv_snapshots(Path(csv_name), text=bound, base=Path("/"), allow_paths=False)
@@ -311,7 +302,7 @@ def audit_router(service: AuditService) -> APIRouter:
         try:
             audit.validate()
         except ConfigError as e:
-            raise fail(400, http_message(str(e), renames)) from None
+            raise fail(400, str(e)) from None
 
         def work(store):
             from bintally.audit.run import audit_run
@@ -322,7 +313,7 @@ def audit_router(service: AuditService) -> APIRouter:
             return result, queries.get_run_summary(store, result.run_id), unreadable_photos(store, result.run_id)
 
         async with service.run_gate:
-            result, summary, problems = await service.call(work, renames=renames)
+            result, summary, problems = await service.call(work)
         shown_as = {UPLOAD_SCHEME + digest: name for name, digest in names.items()}
         for problem in problems:
             problem["image"] = shown_as.get(problem["image"], problem["image"])
