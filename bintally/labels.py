@@ -116,10 +116,12 @@ class LabelSpace:
         """The mean count of each row's distribution (the overflow class counted as max_count + 1)."""
         return np.asarray(probs, dtype=np.float64) @ self.count_of(np.arange(self.n_classes))
 
-    def describe(self, probs: np.ndarray, method: str = "argmax") -> list[dict]:
-        """The result for each row: count, label, confidence, expected count and every class's probability."""
+    def describe(self, probs: np.ndarray, method: str = "argmax", labels: np.ndarray | None = None) -> list[dict]:
+        """The result for each row: count, label, confidence, expected count and every class's probability.
+
+        `labels` gives the class of each row when it was decoded elsewhere (from uncalibrated probabilities)."""
         probs = np.asarray(probs, dtype=np.float64)
-        labels = self.decode(probs, method)
+        labels = self.decode(probs, method) if labels is None else labels
         expected = self.expected_counts(probs)
         names = self.names
         return [{"count": int(self.count_of(label)), "label": names[label], "confidence": round(float(row[label]), 4),

@@ -166,6 +166,28 @@ def test_calibrate_stores_the_temperature_and_every_backend_applies_it(tmp_path,
     assert_one_line_error(test_split, "--split", "test split is for the final score")
 
 
+def test_a_temperature_calibrates_probabilities_but_never_moves_a_median_decoded_count(tmp_path):
+    from dataclasses import replace
+
+    from bintally.inference import Counter
+    from bintally.models.artifact import read_artifact
+    from tests.conftest import make_artifact
+
+    artifact = make_artifact(tmp_path / "ordinal", head="ordinal", seed=3)
+    assert artifact.decoding == "median"
+    photos = np.random.default_rng(1).normal(size=(32, 3, 64, 64)).astype(np.float32)
+    raw = Counter.load(artifact.path, "torch", calibrated=False)
+    before = raw.describe(raw.probabilities(photos))
+    replace(read_artifact(artifact.path), calibration={"method": "temperature", "temperature": 4.0}).write_metadata()
+    calibrated = Counter.load(artifact.path, "torch")
+    probs = calibrated.probabilities(photos)
+    after = calibrated.describe(probs)
+    assert [r["count"] for r in after] == [r["count"] for r in before]
+    assert not np.allclose(probs, raw.probabilities(photos), atol=1e-3)
+    median_of_calibrated = artifact.labels.decode(probs, "median")  # what decoding the calibrated probabilities would give
+    assert (median_of_calibrated != np.array([r["count"] for r in before])).any(), "T = 4 should move some medians"
+
+
 # ---------------------------------------------------------------- the run, the workflow and the labels
 
 

@@ -257,7 +257,7 @@ def score_rows(counter, snapshots: list[SnapshotIn], probs: np.ndarray | None) -
     if probs is None:
         return []
     labels = counter.labels
-    scores = discrepancy_scores(labels, probs, [s.record_qty for s in snapshots], counter.artifact.decoding)
+    scores = discrepancy_scores(labels, probs, [s.record_qty for s in snapshots], counter.decode(probs))
     return [{"p_record": float(scores["p_record"][i]), "score": float(scores["score"][i]), "predicted": int(scores["predicted"][i]),
              "expected": round(float(scores["expected"][i]), 4),
              "probabilities": {name: round(float(p), 5) for name, p in zip(labels.names, probs[i])}} for i in range(len(snapshots))]
@@ -331,10 +331,12 @@ def open_run_when_complete(store: Store, run_id: int) -> bool:
                                   .values(status="open", opened_at=utcnow())).rowcount
         if claimed != 1:  # another shard opened it between our read and this update
             return False
-        rows = session.execute(select(Score.snapshot_id, Score.score, Score.probabilities, Score.predicted, Score.expected)
+        rows = session.execute(select(Score.snapshot_id, Score.score, Score.probabilities, Score.predicted, Score.expected, Snapshot.key)
                                .join(Snapshot, Snapshot.id == Score.snapshot_id)
-                               .where(Score.run_id == run_id, Score.score.is_not(None))
-                               .order_by(Score.score.desc(), Snapshot.bin_id, Snapshot.id)).all()
+                               .where(Score.run_id == run_id, Score.score.is_not(None))).all()
+        # highest score first; ties (every record a model has no class for scores 1) in an order that is random but the
+        # same on every database and re-run, not by bin id
+        rows.sort(key=lambda r: (-r.score, hashlib.sha256(f"{run.name}\x1f{r.key}".encode()).hexdigest()))
         settings = run.settings
         seed = int(hashlib.sha256(f"{run.name}\x1f{settings['seed']}".encode()).hexdigest()[:8], 16)
         chosen, control = select_tasks(np.array([r.score for r in rows]), settings["budget"], settings["threshold"],

@@ -26,8 +26,9 @@ def record_probability(space: LabelSpace, probs: np.ndarray, records) -> np.ndar
     return np.where(classes >= 0, probs[np.arange(len(probs)), np.maximum(classes, 0)], 0.0)
 
 
-def discrepancy_scores(space: LabelSpace, probs: np.ndarray, records, decoding: str = "argmax") -> dict[str, np.ndarray]:
-    """Per bin: p_record, score (1 - p_record), predicted count (the model's decoding) and expected count."""
+def discrepancy_scores(space: LabelSpace, probs: np.ndarray, records, predicted_labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per bin: p_record, score (1 - p_record), predicted count (`predicted_labels`, as the model decodes them; else the
+    most likely class) and expected count."""
     p_record = record_probability(space, probs, records)
-    return {"p_record": p_record, "score": 1.0 - p_record, "predicted": space.count_of(space.decode(probs, decoding)),
-            "expected": space.expected_counts(probs)}
+    labels = np.asarray(probs).argmax(-1) if predicted_labels is None else predicted_labels
+    return {"p_record": p_record, "score": 1.0 - p_record, "predicted": space.count_of(labels), "expected": space.expected_counts(probs)}

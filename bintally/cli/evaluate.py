@@ -106,4 +106,4 @@ def calibrate_cmd(
     typer.echo(f"temperature {summary['temperature']:g} fitted on {summary['photos']} photos of {summary['data']} "
                f"(split {summary['split']})")
     typer.echo(f"ECE {summary['ece_before']:.3f} -> {summary['ece_after']:.3f}   NLL {summary['nll_before']:.3f} -> "
-               f"{summary['nll_after']:.3f}   (accuracy unchanged: the most likely count stays the same)")
+               f"{summary['nll_after']:.3f}   (the counts it reports do not change; their probabilities do)")

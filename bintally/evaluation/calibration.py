@@ -38,16 +38,18 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.clip(round(float(np.exp(fit.x)), 4), *T_BOUNDS))
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error of the top class, in the same 10 bins as `bintally evaluate` reports."""
-    return reliability(probs, labels, np.asarray(probs).argmax(-1), bins)["ece"]
+def ece(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray | None = None, bins: int = 10) -> float:
+    """Expected calibration error of the confidence in the reported class (`predicted`, default the most likely one),
+    in the same 10 bins as `bintally evaluate`."""
+    return reliability(probs, labels, np.asarray(probs).argmax(-1) if predicted is None else predicted, bins)["ece"]
 
 
-def calibration_summary(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+def calibration_summary(probs: np.ndarray, labels: np.ndarray, temperature: float, predicted: np.ndarray | None = None) -> dict:
+    """NLL and ECE of `probs` before and after temperature T; ECE of the `predicted` class, which T does not move."""
     scaled = apply_temperature(probs, temperature)
     return {"method": "temperature", "temperature": temperature, "photos": int(len(labels)),
             "nll_before": round(nll(probs, labels), 4), "nll_after": round(nll(scaled, labels), 4),
-            "ece_before": round(ece(probs, labels), 4), "ece_after": round(ece(scaled, labels), 4)}
+            "ece_before": round(ece(probs, labels, predicted), 4), "ece_after": round(ece(scaled, labels, predicted), 4)}
 
 
 def cross_validation_run(model: str | Path) -> Path | None:
@@ -106,7 +108,8 @@ def calibrate_model(model: str | Path, data: str | Path | None = None, split: st
         probs, labels, info = out_of_fold_probs(run, backend, batch_size, workers, progress)
     else:
         probs, labels, info = split_probs(counter, data, split, batch_size, workers, progress)
-    summary = calibration_summary(probs, labels, fit_temperature(probs, labels))
+    predicted = counter.labels.decode(probs, artifact.decoding)  # the counts it reports, before and after
+    summary = calibration_summary(probs, labels, fit_temperature(probs, labels), predicted)
     summary |= {"data": info["source"], "split": info["split"], "model_version": artifact.version,
                 "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     replace(artifact, calibration=summary).write_metadata()

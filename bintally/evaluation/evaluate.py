@@ -176,7 +176,7 @@ def evaluate_model(model: str | Path, data: str | Path | None, split: str | None
     photos, info = evaluation_photos(read_data(data, progress), split, space)
     probs, kept = predict_probs(counter, photos, batch_size, workers, progress)
     photos = keep_readable(photos, kept, info)
-    predicted = space.decode(probs, counter.artifact.decoding)
+    predicted = counter.decode(probs)
     if not space.overflow:  # such a model never predicts "N+1+", but photos above N are still scored
         probs = np.pad(probs, ((0, 0), (0, 1)))
     scoring = LabelSpace(space.min_count, space.max_count, overflow=True)

@@ -72,8 +72,16 @@ class Counter:
         probs = self.backend.probabilities(images)
         return apply_temperature(probs, self.artifact.temperature) if self.calibrated else probs
 
+    def decode(self, probs: np.ndarray) -> np.ndarray:
+        """The class each row of `probabilities()` reports, decided on the network's own probabilities: the temperature
+        calibrates the probabilities, never the count (a median or mean decoding would move with it)."""
+        temperature = self.artifact.temperature if self.calibrated else 1.0
+        if temperature != 1.0 and self.artifact.decoding != "argmax":
+            probs = apply_temperature(probs, 1.0 / temperature)
+        return self.labels.decode(probs, self.artifact.decoding)
+
     def describe(self, probs: np.ndarray) -> list[dict]:
-        return self.labels.describe(probs, self.artifact.decoding)
+        return self.labels.describe(probs, self.artifact.decoding, self.decode(probs))
 
     def count_arrays(self, images: np.ndarray) -> list[dict]:
         return self.describe(self.probabilities(images))
