@@ -92,7 +92,7 @@ def test_model_json_says_what_a_client_needs(tiny_artifact):
     assert info | {"metrics": None} == {"name": "bin-counter", "version": tiny_artifact.version, "backend": "torch", "runtime": "torch",
                                         "backbone": "test_efficientnet_gn", "head": "linear", "features": "pooled", "members": 1,
                                         "classes": meta["labels"]["names"],
-                                        "decoding": "argmax", "tta": True, "image_size": 64, "metrics": None}
+                                        "decoding": "argmax", "temperature": 1.0, "tta": True, "image_size": 64, "metrics": None}
     assert info["metrics"] == {"val_accuracy": 0.0}
 
 

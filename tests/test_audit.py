@@ -113,6 +113,18 @@ def test_record_probability_maps_records_to_classes_and_overflow():
     assert np.allclose(scores["expected"], [2.0, 0.6])
 
 
+def test_the_distance_score_is_the_expected_number_of_items_between_record_and_count():
+    from bintally.audit.scoring import expected_distance, p_record_of
+
+    space = LabelSpace(0, 2, overflow=True)  # counts 0, 1, 2 and "3+"
+    probs = np.array([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.25, 0.75]])
+    assert expected_distance(space, probs, [0, 9]).tolist() == [0.5, 0.25]  # 9 is above the classes: counted as 3
+    scores = discrepancy_scores(space, probs, [0, 9], score="distance")
+    assert scores["score"].tolist() == [0.5, 0.25] and scores["p_record"].tolist() == [0.5, 0.75]
+    assert p_record_of({"0": 0.5, "1": 0.5, "2": 0.0, "3+": 0.0}, 0) == 0.5
+    assert p_record_of({"0": 0.1, "1": 0.9}, 4) == 0.0  # no class for 4
+
+
 def test_selection_takes_the_top_share_or_a_threshold_plus_a_random_control_slice_of_the_rest():
     scores = np.array([0.1, 0.9, 0.5, 0.8, 0.2, 0.3, 0.7, 0.05, 0.6, 0.4])
     chosen, control = select_tasks(scores, 0.2, None, 0.3, np.random.default_rng(0))
@@ -214,6 +226,24 @@ def test_a_run_writes_a_ranked_worklist_and_a_rerun_changes_nothing(tmp_path, ti
     other = audit(opened_run, tiny_artifact.path, template_csv, "--budget", "0.5", "--control", "0.1", "--name", "bins-6f")
     assert other.returncode == 0, other.stderr  # another name: a second run over the same snapshots
     assert table_sizes(opened_run)["snapshots"] == 16 and table_sizes(opened_run)["audit_runs"] == 2
+
+
+def test_a_distance_run_ranks_by_the_expected_items_between_record_and_count(tiny_artifact, template_csv, opened_run):
+    from bintally.audit.scoring import expected_distance
+
+    result = audit(opened_run, tiny_artifact.path, template_csv, "--score", "distance", "--budget", "0.25", "--control", "0")
+    assert result.returncode == 0, result.stderr
+    run_id = rows(opened_run, "SELECT max(id) FROM audit_runs")[0][0]
+    tasks = list_tasks(open_store(str(opened_run)), run_id=run_id)
+    space = LabelSpace.from_names(list(tasks[0]["probabilities"]))
+    scores = {}
+    for snapshot_id, record, probabilities in rows(opened_run, f"SELECT s.id, s.record_qty, c.probabilities FROM scores c "
+                                                               f"JOIN snapshots s ON s.id = c.snapshot_id WHERE c.run_id = {run_id}"):
+        probs = np.array([list(json.loads(probabilities).values())])
+        scores[snapshot_id] = float(expected_distance(space, probs, [record])[0])
+    top = sorted(scores.values(), reverse=True)[:4]
+    assert [t["score"] for t in tasks] == pytest.approx(top, abs=1e-3) and len(tasks) == 4
+    assert all(0 <= t["p_record"] <= 1 for t in tasks)
 
 
 def test_count_recount_review_and_labels_that_data_index_reads(tmp_path, opened_run):
@@ -440,6 +470,8 @@ def test_bad_commands_are_one_line_errors_and_change_nothing(tmp_path, opened_ru
     (["--budget", "1.5"], ["budget must be a share", "1.5"]),
     (["--control", "1"], ["control must be a share", "1.0"]),
     (["--threshold", "2"], ["threshold must be a score", "2.0"]),
+    (["--score", "distance", "--threshold", "-1"], ["threshold must be a distance", "-1.0"]),
+    (["--score", "entropy"], ["--score", "entropy"]),
 ])
 def test_bad_run_settings_are_refused_before_any_work(tmp_path, tiny_artifact, bins_csv, options, fragments):
     db = tmp_path / "a.db"

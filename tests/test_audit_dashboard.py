@@ -12,17 +12,15 @@ import os
 
 import pytest
 
+from tests.browser import headless_chromium, needs_chromium
 from tests.serving_helpers import API_KEY, audit_server, sample_photo
-from tests.test_web_page import CHROMEDRIVER, CHROMIUM
 
 PHOTOS = ["00610.jpg", "00611.jpg", "00612.jpg"]
 COUNTED = "00611.jpg"  # its record in the CSV is a keying error: 857 items, in a bin holding 2
 WRONG_RECORD = 857  # a number nothing else on the blind view can show (not an id, a count or a date part)
 SCREENSHOTS_ENV = "BINTALLY_AUDIT_SCREENSHOTS"  # a folder: keep screenshots of the worklist, the blind count and the review
 
-pytestmark = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
-                                reason=f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}: "
-                                       "apt-get install chromium chromium-driver, as `make test` does)")
+pytestmark = needs_chromium
 
 EVERYTHING_SHOWN = """
 const out = [];
@@ -41,19 +39,8 @@ def server(pytestconfig, tiny_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
-                "--disable-extensions", "--no-first-run", "--disable-background-networking"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with headless_chromium(1400) as driver:
+        yield driver
 
 
 def wait(driver, condition, timeout: float = 30):

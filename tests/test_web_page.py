@@ -14,17 +14,15 @@ import httpx
 import pytest
 
 from bintally.paths import SAMPLE_DIR
+from tests.browser import headless_chromium, needs_chromium
 from tests.cli_helpers import run_cli
 from tests.serving_helpers import API_KEY, AUTH, shared_server
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PHOTO = SAMPLE_DIR / "bin-images" / "00452.jpg"
 SAMPLE = "05360.jpg"
 SCREENSHOT_ENV = "BINTALLY_WEB_SCREENSHOT"  # where to keep the page's screenshot (default: the test's tmp folder)
 
-pytestmark = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
-                                reason=f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}: "
-                                       "apt-get install chromium chromium-driver, as `make test` does)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +32,8 @@ def server(pytestconfig, tiny_artifact):
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000",
-                "--disable-extensions", "--no-first-run", "--disable-background-networking"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with headless_chromium(1280) as driver:
+        yield driver
 
 
 def predicted(model: Path, photo: Path) -> dict:

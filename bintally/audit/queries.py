@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from bintally.audit.schema import AuditRun, CountObservation, Photo, Resolution, RunShard, Score, Snapshot, Task
+from bintally.audit.scoring import p_record_of
 from bintally.audit.snapshots import UPLOAD_SCHEME
 from bintally.audit.store import Store
 from bintally.audit.workflow import COUNTABLE, STATUSES, get_run, get_task
@@ -78,7 +79,8 @@ def task_row(task: Task, snapshot: Snapshot) -> dict:
     """A task as a reviewer sees it: record, prediction, score and probabilities."""
     return {"id": task.id, "run_id": task.run_id, "rank": task.rank, "bin_id": snapshot.bin_id, "image": snapshot.image_uri,
             "snapshot_id": snapshot.id, "record_qty": snapshot.record_qty, "captured_at": iso(snapshot.captured_at),
-            "score": round(task.score, 4), "p_record": round(1 - task.score, 4), "predicted": task.predicted,
+            "score": round(task.score, 4), "p_record": round(p_record_of(task.probabilities, snapshot.record_qty), 4),
+            "predicted": task.predicted,
             "expected": task.expected, "probabilities": task.probabilities, "selected_by": task.selected_by,
             "status": task.status, "assignee": task.assignee, "updated_at": iso(task.updated_at)}
 

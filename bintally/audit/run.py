@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 
 from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, Task, utcnow
-from bintally.audit.scoring import discrepancy_scores
+from bintally.audit.scoring import SCORES, discrepancy_scores
 from bintally.audit.snapshots import MAX_PHOTO_BYTES, PhotoReader, SnapshotIn, read_source
 from bintally.audit.store import Store, open_store
 from bintally.audit.workflow import Conflict
@@ -32,7 +32,7 @@ from bintally.errors import ConfigError, DataError
 from bintally.progress import progress_bar
 
 BACKENDS = ("onnx", "torch")
-SELECTION_KEYS = ("budget", "threshold", "control", "tolerance", "seed", "snapshots")
+SELECTION_KEYS = ("score", "budget", "threshold", "control", "tolerance", "seed", "snapshots")
 
 
 def default_user() -> str:
@@ -50,6 +50,7 @@ class AuditConfig:
     name: str | None = None
     budget: float | None = None  # share of bins to recount, highest scores first (default 0.10 unless threshold)
     threshold: float | None = None  # or: every bin whose score is at least this
+    score: str = "mismatch"  # mismatch: 1 - P(count == record); distance: expected |count - record| in items
     control: float = 0.02  # share of the remaining bins recounted at random
     tolerance: int = 0  # a first count further than this from the record asks for a recount
     backend: str = "onnx"
@@ -69,8 +70,12 @@ class AuditConfig:
             self.budget = 0.10
         if self.budget is not None and not 0 < self.budget <= 1:
             raise ConfigError(f"budget must be a share of the bins above 0 and at most 1 (0.10 = 10%), got {self.budget}")
-        if self.threshold is not None and not 0 <= self.threshold <= 1:
+        if self.score not in SCORES:
+            raise ConfigError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
+        if self.threshold is not None and self.score == "mismatch" and not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be a score from 0 to 1, got {self.threshold}")
+        if self.threshold is not None and not self.threshold >= 0:
+            raise ConfigError(f"threshold must be a distance of 0 items or more, got {self.threshold}")
         if not 0 <= self.control < 1:
             raise ConfigError(f"control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int) or self.tolerance < 0:
@@ -121,7 +126,7 @@ def snapshots_digest(snapshots: list[SnapshotIn]) -> str:
 
 
 def run_settings(config: AuditConfig, snapshots: list[SnapshotIn], temperature: float) -> dict:
-    return {"budget": config.budget, "threshold": config.threshold, "control": config.control, "tolerance": config.tolerance,
+    return {"score": config.score, "budget": config.budget, "threshold": config.threshold, "control": config.control, "tolerance": config.tolerance,
             "seed": config.seed, "snapshots": snapshots_digest(snapshots), "bins": len(snapshots), "backend": config.backend,
             "temperature": temperature}
 
@@ -231,7 +236,7 @@ def score_shard(store: Store, run_id: int, mine: list[SnapshotIn], counter, read
             loaded = list(pool.map(lambda pair: decode_photo(*pair, counter), zip(batch, photos)))
             good = [i for i, (_, array, _) in enumerate(loaded) if array is not None]
             probs = counter.probabilities(np.stack([loaded[i][1] for i in good])) if good else None
-            rows = score_rows(counter, [batch[i] for i in good], probs)
+            rows = score_rows(counter, [batch[i] for i in good], probs, config.score)
             save_batch(store, run_id, batch, loaded, good, rows)
             scored += len(good)
             unreadable += [f"{batch[i].image}: {problem}" for i, (_, _, problem) in enumerate(loaded) if problem]
@@ -253,11 +258,11 @@ def decode_photo(snapshot: SnapshotIn, data: bytes | DataError, counter) -> tupl
         return sha, None, e.problem
 
 
-def score_rows(counter, snapshots: list[SnapshotIn], probs: np.ndarray | None) -> list[dict]:
+def score_rows(counter, snapshots: list[SnapshotIn], probs: np.ndarray | None, score: str = "mismatch") -> list[dict]:
     if probs is None:
         return []
     labels = counter.labels
-    scores = discrepancy_scores(labels, probs, [s.record_qty for s in snapshots], counter.decode(probs))
+    scores = discrepancy_scores(labels, probs, [s.record_qty for s in snapshots], counter.decode(probs), score)
     return [{"p_record": float(scores["p_record"][i]), "score": float(scores["score"][i]), "predicted": int(scores["predicted"][i]),
              "expected": round(float(scores["expected"][i]), 4),
              "probabilities": {name: round(float(p), 5) for name, p in zip(labels.names, probs[i])}} for i in range(len(snapshots))]

@@ -33,7 +33,10 @@ def run_cmd(
     data: Annotated[Path, Opt(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY) or a CSV "
                                    "of bin_id,image,record_qty[,captured_at] (image: a path or an allowlisted URI).")],
     budget: Annotated[Optional[float], Opt(help="Share of the bins to recount, highest scores first. Default 0.10.")] = None,
-    threshold: Annotated[Optional[float], Opt(help="Instead of --budget: recount every bin scoring at least this (0-1).")] = None,
+    threshold: Annotated[Optional[float], Opt(help="Instead of --budget: recount every bin scoring at least this (0-1, or "
+                                                   "items with --score distance).")] = None,
+    score: Annotated[Literal["mismatch", "distance"], Opt(help="Rank by 1 - P(count == record) (mismatch), or by the expected "
+                                                              "|count - record| in items (distance).")] = "mismatch",
     control: Annotated[float, Opt(help="Share of the bins recounted at random besides (estimates what the model misses).")] = 0.02,
     tolerance: Annotated[int, Opt(min=0, help="A first count further than this from the record asks for a recount.")] = 0,
     db: DbOpt = None,
@@ -56,7 +59,7 @@ def run_cmd(
     from bintally.audit import AuditConfig, audit_run
     from bintally.audit.run import default_user
 
-    config = AuditConfig(model=str(model), data=str(data), db=db, name=name, budget=budget, threshold=threshold, control=control,
+    config = AuditConfig(model=str(model), data=str(data), db=db, name=name, score=score, budget=budget, threshold=threshold, control=control,
                          tolerance=tolerance, backend=backend, batch_size=batch_size, seed=seed, created_by=by or default_user(),
                          allow_s3_buckets=tuple(allow_s3_bucket or ()), allow_https_hosts=tuple(allow_https_host or ()),
                          file_root=str(file_root) if file_root else None, progress=show_progress(progress))

@@ -31,14 +31,14 @@ from starlette.exceptions import HTTPException
 
 from bintally.errors import ConfigError, DataError
 from bintally.serving.config import ServeConfig
-from bintally.serving.dataplane import RequestError, not_ready_error
+from bintally.serving.dataplane import RequestError, not_ready_error, parse_json
 
 log = logging.getLogger("bintally.serving")
 PAGE = Path(__file__).parent / "static" / "audit.html"
 CONFIG_MARK = "/*PAGE_CONFIG*/{}"
 MAX_PHOTOS = 10_000  # photos in one create-run request (the body limit, --max-body-mb, bounds them first)
 MAX_COMMENT = 2000
-RUN_FIELDS = ("csv", "photos", "name", "budget", "threshold", "control", "tolerance", "created_by")
+RUN_FIELDS = ("csv", "photos", "name", "score", "budget", "threshold", "control", "tolerance", "created_by")
 COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
 COUNT_KEYS = {"qty", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
@@ -111,13 +111,7 @@ class AuditService:
 
 
 async def json_object(request: Request, allowed: set[str], required: tuple[str, ...]) -> dict:
-    body = await request.body()
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise fail(400, f"the body is not valid JSON ({e})") from None
-    except RecursionError:
-        raise fail(400, "the body is not valid JSON (nested too deeply)") from None
+    doc = parse_json(await request.body())
     if not isinstance(doc, dict):
         raise fail(400, f"expected a JSON object with {', '.join(sorted(allowed))}")
     unknown = sorted(set(doc) - allowed)
@@ -295,6 +289,7 @@ def audit_router(service: AuditService) -> APIRouter:
         settings = {k: form_number(fields, k, kind) for k, kind in
                     (("budget", float), ("threshold", float), ("control", float), ("tolerance", int))}
         audit = AuditConfig(model=str(config.model), data=csv_name, name=(fields.get("name") or "").strip() or None,
+                            score=(fields.get("score") or "mismatch").strip(),
                             **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
                             created_by=(fields.get("created_by") or "").strip() or "api", allow_s3_buckets=config.allow_s3_buckets,
                             allow_https_hosts=config.allow_https_hosts, file_root=config.file_root,

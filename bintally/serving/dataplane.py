@@ -43,6 +43,18 @@ class RequestError(Exception):
         self.reason = reason or REASONS.get(status, "error" if status >= 500 else "bad_input")
 
 
+def parse_json(body: bytes):
+    """A request body as JSON; a 400 RequestError saying why it is not."""
+    import json
+
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise RequestError(400, "the body is not valid JSON (nested too deeply)") from None
+
+
 def not_ready_error() -> RequestError:
     return RequestError(503, "the model is not ready (loading, or the server is shutting down)",
                         {"Retry-After": str(RETRY_AFTER_S)}, reason="not_ready")

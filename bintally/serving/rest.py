@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from bintally.serving.config import ServeConfig
-from bintally.serving.dataplane import DataPlane, RequestError, not_ready_error
+from bintally.serving.dataplane import DataPlane, RequestError, not_ready_error, parse_json
 
 IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "application/x-image")
 ACCEPTED = "image/jpeg, image/png, image/webp, image/bmp, application/x-image, multipart/form-data or application/json"
@@ -101,14 +100,7 @@ async def read_inputs(request: Request, plane: DataPlane) -> tuple[list[bytes], 
         await form.close()
         return data, [f.filename or None for f in files]
     if kind == "application/json":
-        body = await request.body()
-        try:
-            doc = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(400, f"the body is not valid JSON ({e})") from None
-        except RecursionError:
-            raise RequestError(400, "the body is not valid JSON (nested too deeply)") from None
-        return await json_inputs(doc, plane)
+        return await json_inputs(parse_json(await request.body()), plane)
     if not kind:
         raise RequestError(415, f"no Content-Type: send {ACCEPTED}")
     raise RequestError(415, f"unsupported Content-Type {kind!r}: send {ACCEPTED}")
