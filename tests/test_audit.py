@@ -300,6 +300,21 @@ def test_only_approved_resolutions_become_labels(tmp_path, opened_run):
     assert (tmp_path / "l.csv").read_text() == "path,count\n"
 
 
+def test_tasks_are_assigned_and_listed_per_person_until_they_close(opened_run):
+    store = open_store(str(opened_run))
+    first, second = list_tasks(store)[:2]
+    assigned = run_cli("audit", "assign", first["id"], "--to", "ann", "--db", opened_run)
+    assert assigned.returncode == 0 and "assigned to ann" in assigned.stdout
+    mine = run_cli("audit", "list", "--assignee", "ann", "--db", opened_run)
+    assert [line.split()[0] for line in mine.stdout.splitlines()[1:]] == [str(first["id"])]
+    assert run_cli("audit", "assign", first["id"], "--nobody", "--db", opened_run).returncode == 0
+    assert list_tasks(store, assignee="ann") == []
+    assert_one_line_error(run_cli("audit", "assign", first["id"], "--db", opened_run), "--to NAME or --nobody")
+    submit_count(store, second["id"], second["record_qty"], "bo")
+    review(store, second["id"], approve=True, by="cy", final=second["record_qty"])
+    assert_one_line_error(run_cli("audit", "assign", second["id"], "--to", "ann", "--db", opened_run), "closed task")
+
+
 def test_the_counter_view_is_blind(opened_run):
     store = open_store(str(opened_run))
     task = list_tasks(store)[0]

@@ -68,7 +68,7 @@ def test_resume_mid_epoch_gives_identical_weights(tiny_manifest, tmp_path):
 
 def test_sigterm_checkpoints_and_resume_matches(tiny_manifest, tmp_path):
     args = ["--data", tiny_manifest, "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64",
-            "--batch-size", "16", "--workers", "0", "--lr", "3e-3", "--warmup-epochs", "0.2", "--epochs", "3", "--no-progress"]
+            "--batch-size", "16", "--workers", "0", "--lr", "3e-3", "--warmup-epochs", "0.2", "--epochs", "2", "--no-progress"]
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "bintally", "train", "--out", run, *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -83,7 +83,7 @@ def test_sigterm_checkpoints_and_resume_matches(tiny_manifest, tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "bintally", "train", "--resume", run, "--no-progress"],
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    train(tiny_config(tiny_manifest, tmp_path / "whole", epochs=3, channels_last=True))
+    train(tiny_config(tiny_manifest, tmp_path / "whole", epochs=2, channels_last=True))
     assert_same_weights(state_of(tmp_path / "whole"), state_of(run))
 
 

@@ -85,7 +85,8 @@ def task_row(task: Task, snapshot: Snapshot) -> dict:
             "status": task.status, "assignee": task.assignee, "updated_at": iso(task.updated_at)}
 
 
-def list_tasks(store: Store, run_id: int | None = None, status: str | None = None, limit: int | None = None) -> list[dict]:
+def list_tasks(store: Store, run_id: int | None = None, status: str | None = None, limit: int | None = None,
+               assignee: str | None = None) -> list[dict]:
     """Tasks, most suspicious first within each run (model-selected before control)."""
     if status is not None and status not in STATUSES:
         raise ConfigError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
@@ -97,6 +98,8 @@ def list_tasks(store: Store, run_id: int | None = None, status: str | None = Non
             query = query.where(Task.run_id == run_id)
         if status is not None:
             query = query.where(Task.status == status)
+        if assignee is not None:
+            query = query.where(Task.assignee == assignee)
         query = query.order_by(Task.run_id, Task.selected_by.desc(), Task.rank)  # "model" sorts after "control" reversed
         if limit:
             query = query.limit(limit)

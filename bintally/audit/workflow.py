@@ -136,6 +136,17 @@ def replay(session, earlier: CountObservation, task_id: int, qty: int) -> CountO
     return CountOutcome(task.id, earlier.count_index, task.status, replayed=True)
 
 
+def assign(store: Store, task_id: int, assignee: str | None) -> str:
+    """Give an open task to a person (None: to nobody); the task's status."""
+    assignee = check_person(assignee, "assignee") if assignee is not None else None
+    with store.session() as session:
+        task = get_task(session, task_id)
+        if task.status in ("approved", "rejected"):
+            raise Conflict(f"task {task_id} is {task.status}: a closed task is not assigned")
+        transition(session, task, task.status, assignee=assignee)
+        return task.status
+
+
 def review(store: Store, task_id: int, approve: bool, by: str, final: int | None = None, reason: str | None = None,
            outcome: str | None = None, comment: str | None = None) -> Resolution:
     """Approve (with the final quantity) or reject the counts of a task in review; the resolution is written once."""

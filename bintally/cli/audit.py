@@ -91,6 +91,7 @@ def run_cmd(
 def list_cmd(
     run: Annotated[Optional[int], Opt("--run", help="Only this run's tasks.")] = None,
     status: Annotated[Optional[STATUS_NAMES], Opt(help="Only tasks in this state.")] = None,
+    assignee: Annotated[Optional[str], Opt(help="Only tasks assigned to this person.")] = None,
     runs: Annotated[bool, Opt("--runs", help="List the runs with their metrics instead of tasks.")] = False,
     limit: Annotated[Optional[int], Opt(min=1, help="At most this many tasks.")] = None,
     db: DbOpt = None,
@@ -110,7 +111,7 @@ def list_cmd(
                 typer.echo(f"run {r['id']:>3}  {r['name']}  {r['status']:<8} bins {m['bins']}  flagged {m['flagged']}  control "
                            f"{m['control']}  counted {m['counted']}  confirmed errors {m['confirmed_errors']}")
             return
-        rows = list_tasks(store, positive_id(run, "run") if run is not None else None, status, limit)
+        rows = list_tasks(store, positive_id(run, "run") if run is not None else None, status, limit, assignee)
     finally:
         store.close()
     if json_out:
@@ -119,10 +120,10 @@ def list_cmd(
     if not rows:
         typer.echo("no tasks" + (f" in run {run}" if run is not None else "") + (f" with status {status}" if status else ""))
         return
-    typer.echo(f"{'task':>5} {'run':>4} {'rank':>5} {'bin':<12} {'record':>6} {'pred':>5} {'score':>6}  {'why':<8} status")
+    typer.echo(f"{'task':>5} {'run':>4} {'rank':>5} {'bin':<12} {'record':>6} {'pred':>5} {'score':>6}  {'why':<8} {'status':<17} assignee")
     for t in rows:
         typer.echo(f"{t['id']:>5} {t['run_id']:>4} {t['rank']:>5} {t['bin_id'][:12]:<12} {t['record_qty']:>6} {t['predicted']:>5} "
-                   f"{t['score']:>6.3f}  {t['selected_by']:<8} {t['status']}")
+                   f"{t['score']:>6.3f}  {t['selected_by']:<8} {t['status']:<17} {t['assignee'] or '-'}")
 
 
 @command(audit_app, "show")
@@ -140,6 +141,26 @@ def show_cmd(
     finally:
         store.close()
     typer.echo(json.dumps(view, indent=2))
+
+
+@command(audit_app, "assign")
+def assign_cmd(
+    task: Annotated[int, typer.Argument(help="Task id.")],
+    to: Annotated[Optional[str], Opt("--to", help="Who counts it (leave out with --nobody).")] = None,
+    nobody: Annotated[bool, Opt("--nobody", help="Take the task back from whoever has it.")] = False,
+    db: DbOpt = None,
+):
+    """Give an open task to a counter (their worklist: `bintally audit list --assignee NAME`)."""
+    from bintally.audit import assign, open_store
+
+    if (to is None) == (not nobody):
+        raise typer.BadParameter("say --to NAME or --nobody", param_hint="--to")
+    store = open_store(db)
+    try:
+        status = assign(store, positive_id(task, "task"), to)
+    finally:
+        store.close()
+    typer.echo(f"task {task} ({status}) is now " + (f"assigned to {to.strip()}" if to else "assigned to nobody"))
 
 
 @command(audit_app, "count")
