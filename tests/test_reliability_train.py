@@ -21,7 +21,7 @@ from bintally.data.manifest import read_manifest
 from bintally.errors import ConfigError
 from bintally.models.artifact import read_artifact
 from bintally.training import train
-from tests.cli_helpers import assert_one_line_error, bintally, run_cli
+from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.training_helpers import TINY, assert_same_weights, state_of, tiny_config
 
 TINY_FLAGS = ["--backbone", TINY["backbone"], "--random-init", "--image-size", "64", "--batch-size", "16",
@@ -83,7 +83,7 @@ def test_group_signal_with_loader_workers_checkpoints_and_resume_matches(tiny_ma
     assert group_alive(proc.pid) == []  # no loader worker left behind
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["global_step"] >= 10
 
-    resumed = bintally("train", "--resume", run, "--workers", workers, "--no-progress")
+    resumed = run_cli("train", "--resume", run, "--workers", workers, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     train(tiny_config(tiny_manifest, tmp_path / "whole", epochs=2))
     assert_same_weights(state_of(tmp_path / "whole"), state_of(run))
@@ -122,9 +122,10 @@ def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(tiny_mani
     out = tmp_path / "shared"
     first = train_process("--data", tiny_manifest, "--out", out, "--epochs", 30, "--workers", 0, *TINY_FLAGS)
     wait_for(out / "config.json")
-    second = bintally("train", "--data", tiny_manifest, "--out", out, "--epochs", 30, "--workers", 0, *TINY_FLAGS)
+    # the second process is this one (no new interpreter: the lock is per process all the same)
+    second = run_cli("train", "--data", tiny_manifest, "--out", out, "--epochs", 30, "--workers", 0, *TINY_FLAGS)
     assert_one_line_error(second, str(out), "another bintally train is using this run", f"pid {first.pid}")
-    resume = bintally("train", "--resume", out, "--no-progress")
+    resume = run_cli("train", "--resume", out, "--no-progress")
     assert_one_line_error(resume, f"pid {first.pid}")
     os.killpg(first.pid, signal.SIGTERM)
     assert first.wait(timeout=120) == 130

@@ -20,6 +20,7 @@ from bintally.paths import SAMPLE_DIR, cache_dir
 from bintally.training import TrainConfig, resolve_config, train
 from bintally.training.engine import lr_factor
 from bintally.training.health import HealthMonitor
+from tests.cli_helpers import run_cli
 from tests.training_helpers import assert_same_weights, state_of, tiny_config
 
 
@@ -80,8 +81,7 @@ def test_sigterm_checkpoints_and_resume_matches(tiny_manifest, tmp_path):
     assert proc.returncode == 130, err
     assert "stopped by signal" in err and f"--resume {run}" in err
     assert (run / "checkpoints" / "last.pt").exists()
-    resumed = subprocess.run([sys.executable, "-m", "bintally", "train", "--resume", run, "--no-progress"],
-                             capture_output=True, text=True)
+    resumed = run_cli("train", "--resume", run, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     train(tiny_config(tiny_manifest, tmp_path / "whole", epochs=2, channels_last=True))
     assert_same_weights(state_of(tmp_path / "whole"), state_of(run))
