@@ -144,10 +144,13 @@ def snapshot_photo(store: Store, snapshot_id: int) -> tuple[str, bytes | None, s
             from bintally.audit.workflow import NotFound
 
             raise NotFound(f"no snapshot {snapshot_id} in the audit store")
-        if snapshot.image_uri.startswith(UPLOAD_SCHEME):
-            photo = session.get(Photo, snapshot.image_uri[len(UPLOAD_SCHEME):])
-            return snapshot.image_uri, photo.data if photo else None, photo.media_type if photo else None
-        return snapshot.image_uri, None, None
+        photo = uploaded_photo(session, snapshot.image_uri)
+        return snapshot.image_uri, photo.data if photo else None, photo.media_type if photo else None
+
+
+def uploaded_photo(session, image_uri: str) -> Photo | None:
+    """The stored bytes of a photo uploaded over HTTP (upload:<sha256>); None for any other image or a missing one."""
+    return session.get(Photo, image_uri[len(UPLOAD_SCHEME):]) if image_uri.startswith(UPLOAD_SCHEME) else None
 
 
 # ---------------------------------------------------------------- exports
@@ -241,10 +244,12 @@ def write_labels(store: Store, out: str | Path, overwrite: bool = False) -> tupl
         image = label["image"]
         if image.startswith(UPLOAD_SCHEME):
             digest = image[len(UPLOAD_SCHEME):]
-            _, data, media = snapshot_photo_by_uri(store, image)
-            if data is None:
+            with store.session() as session:
+                photo = uploaded_photo(session, image)
+            if photo is None:
                 skipped.append(image)
                 continue
+            data, media = photo.data, photo.media_type
             photos_dir.mkdir(parents=True, exist_ok=True)
             path = photos_dir / f"{digest}.{'png' if media == 'image/png' else 'jpg'}"
             if not path.exists():
@@ -265,8 +270,3 @@ def write_labels(store: Store, out: str | Path, overwrite: bool = False) -> tupl
         writer.writerows(lines)
     return out, len(lines), skipped
 
-
-def snapshot_photo_by_uri(store: Store, uri: str) -> tuple[str, bytes | None, str | None]:
-    with store.session() as session:
-        photo = session.get(Photo, uri[len(UPLOAD_SCHEME):])
-        return uri, (photo.data if photo else None), (photo.media_type if photo else None)

@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, Task, utcnow
 from bintally.audit.scoring import SCORES, discrepancy_scores
 from bintally.audit.snapshots import MAX_PHOTO_BYTES, PhotoReader, SnapshotIn, read_source
-from bintally.audit.store import Store, open_store
+from bintally.audit.store import Store, insert_ignoring_duplicates, open_store
 from bintally.audit.workflow import Conflict
 from bintally.errors import ConfigError, DataError
 from bintally.progress import progress_bar
@@ -271,29 +271,19 @@ def score_rows(counter, snapshots: list[SnapshotIn], probs: np.ndarray | None, s
 def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list, good: list[int], rows: list[dict]) -> None:
     """One transaction: the batch's snapshots (shared across runs) and their scores (unreadable ones with their problem)."""
     by_index = dict(zip(good, rows))
-    insert = dialect_insert(store.dialect)
     with store.session() as session:
         for i, snapshot in enumerate(batch):
             sha, _, problem = loaded[i]
-            snapshot_id = upsert_snapshot(session, store.dialect, snapshot, sha)
+            snapshot_id = upsert_snapshot(session, store, snapshot, sha)
             row = {"p_record": None, "score": None, "predicted": None, "expected": None, "probabilities": None} | by_index.get(i, {})
-            session.execute(insert(Score).values(run_id=run_id, snapshot_id=snapshot_id, problem=problem or None, **row)
+            session.execute(insert_ignoring_duplicates(store, Score).values(run_id=run_id, snapshot_id=snapshot_id, problem=problem or None, **row)
                             .on_conflict_do_nothing())  # the same shard run twice at once: the first score stays
 
 
-def dialect_insert(dialect: str):
-    """INSERT with ON CONFLICT DO NOTHING, which PostgreSQL and SQLite both speak."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
-def upsert_snapshot(session, dialect: str, snapshot: SnapshotIn, sha: str) -> int:
+def upsert_snapshot(session, store: Store, snapshot: SnapshotIn, sha: str) -> int:
     """The snapshot's id, inserting it unless a run (maybe another process, right now) already did."""
     key = snapshot.key(sha)
-    session.execute(dialect_insert(dialect)(Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
+    session.execute(insert_ignoring_duplicates(store, Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
                                             captured_at=snapshot.captured_at, record_qty=snapshot.record_qty, created_at=utcnow())
                     .on_conflict_do_nothing(index_elements=["key"]))
     return session.scalar(select(Snapshot.id).where(Snapshot.key == key))
@@ -302,7 +292,7 @@ def upsert_snapshot(session, dialect: str, snapshot: SnapshotIn, sha: str) -> in
 def mark_shard_done(store: Store, run_id: int, rank: int, scored: int, unreadable: int) -> None:
     """Record that shard `rank` finished (what this attempt scored; an attempt that was killed records nothing)."""
     with store.session() as session:
-        session.execute(dialect_insert(store.dialect)(RunShard)
+        session.execute(insert_ignoring_duplicates(store, RunShard)
                         .values(run_id=run_id, rank=rank, scored=0, unreadable=0, host=socket.gethostname()[:200], finished_at=utcnow())
                         .on_conflict_do_nothing())  # the same rank finishing twice at once: one row
         session.execute(update(RunShard).where(RunShard.run_id == run_id, RunShard.rank == rank)

@@ -13,7 +13,7 @@ import csv
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bintally.data.images import IMAGE_SUFFIXES
 from bintally.errors import ConfigError, DataError
@@ -103,8 +103,12 @@ def parse_time(text: str, where: str) -> datetime | None:
     return stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
 
 
-def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None, allow_paths: bool = True) -> list[SnapshotIn]:
-    """Rows of a bin_id,image,record_qty[,captured_at] CSV (from `src`, or `text` named `src`); paths relative to `base`."""
+def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None,
+                  uploads: dict[str, str] | None = None) -> list[SnapshotIn]:
+    """Rows of a bin_id,image,record_qty[,captured_at] CSV (from `src`, or `text` named `src`); paths relative to `base`.
+
+    With `uploads` (file name -> sha256 of the photos uploaded with it, as the server gets them) an image is one of
+    those names or a URI, never a path: the server reads no file it was not sent or allowed."""
     base = base or src.parent
     if text is None:
         try:
@@ -124,10 +128,10 @@ def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None, 
         rows = list(enumerate(reader, start=2))
     except csv.Error as e:
         raise DataError(src, f"not a readable CSV ({e})") from None
-    return [csv_row(src, line, row, base, allow_paths) for line, row in rows if any((v or "").strip() for v in row.values())]
+    return [csv_row(src, line, row, base, uploads) for line, row in rows if any((v or "").strip() for v in row.values())]
 
 
-def csv_row(src: Path, line: int, row: dict, base: Path, allow_paths: bool) -> SnapshotIn:
+def csv_row(src: Path, line: int, row: dict, base: Path, uploads: dict[str, str] | None) -> SnapshotIn:
     where = f"{src}:{line}"
     if None in row:
         raise DataError(where, "more fields than the header has columns")
@@ -141,10 +145,22 @@ def csv_row(src: Path, line: int, row: dict, base: Path, allow_paths: bool) -> S
     if not is_uri(image):
         if "://" in image:
             raise DataError(where, f"image {image!r}: unsupported URI scheme; use a path, s3://, https:// or file://")
-        if not allow_paths:
-            raise DataError(where, f"image {image!r}: a server reads only uploaded photos and allowlisted URIs, not paths")
-        image = str((base / image).resolve())
+        image = uploaded(image, uploads, where) if uploads is not None else str((base / image).resolve())
     return SnapshotIn(bin_id, image, parse_record(row.get("record_qty"), where), parse_time(row.get("captured_at"), where))
+
+
+def upload_name(filename: str | None) -> str:
+    """The name an uploaded photo is known by in the CSV: its file name without any folder the client sent."""
+    return PurePosixPath((filename or "").replace("\\", "/")).name
+
+
+def uploaded(image: str, uploads: dict[str, str], where: str) -> str:
+    """upload:<sha256> of the uploaded photo a CSV's image names (by file name); DataError if none was sent."""
+    digest = uploads.get(image) or uploads.get(upload_name(image))
+    if digest is None:
+        have = ", ".join(sorted(uploads)[:5]) + (", ..." if len(uploads) > 5 else "") if uploads else "no photos were uploaded"
+        raise DataError(where, f"image {image!r} is not one of the uploaded photos ({have}) nor an s3://, https:// or file:// URI")
+    return UPLOAD_SCHEME + digest
 
 
 class PhotoReader:

@@ -79,6 +79,15 @@ class Store:
         self.engine.dispose()
 
 
+def insert_ignoring_duplicates(store: "Store", table):
+    """INSERT INTO table ... ON CONFLICT DO NOTHING, as PostgreSQL and SQLite both speak it (call .values() on it)."""
+    if store.dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)

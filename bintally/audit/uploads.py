@@ -13,7 +13,7 @@ import hashlib
 from sqlalchemy import select
 
 from bintally.audit.schema import Photo, Score, Snapshot
-from bintally.audit.store import Store
+from bintally.audit.store import Store, insert_ignoring_duplicates
 
 SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
               (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
@@ -48,15 +48,8 @@ def save_photos(store: Store, photos: dict[str, bytes]) -> int:
         have = set(session.scalars(select(Photo.sha256).where(Photo.sha256.in_(list(photos)))))
         for digest in sorted(set(photos) - have):
             row = {"sha256": digest, "media_type": media_type_of(photos[digest]), "data": photos[digest]}
-            if store.dialect in ("sqlite", "postgresql"):
-                if store.dialect == "postgresql":
-                    from sqlalchemy.dialects.postgresql import insert
-                else:
-                    from sqlalchemy.dialects.sqlite import insert
-                added += session.execute(insert(Photo).values(**row).on_conflict_do_nothing(index_elements=["sha256"])).rowcount
-            else:
-                session.add(Photo(**row))
-                added += 1
+            added += session.execute(insert_ignoring_duplicates(store, Photo).values(**row)
+                                     .on_conflict_do_nothing(index_elements=["sha256"])).rowcount
     return added
 
 

@@ -99,7 +99,7 @@ def submit_count(store: Store, task_id: int, qty: int, by: str, comment: str | N
     once both say 0, and the second is refused instead of silently becoming the recount.
     """
     qty, by = check_qty(qty), check_person(by)
-    if count_index not in (0, 1):
+    if isinstance(count_index, bool) or count_index not in (0, 1):
         raise ConfigError(f"count_index must be 0 (the count) or 1 (the recount), got {count_index!r}")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise ConfigError("the idempotency key must be 1-200 characters")

@@ -18,11 +18,9 @@ task's state does not allow or one lost to a concurrent writer, 400 for a bad bo
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import logging
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -124,16 +122,14 @@ async def json_object(request: Request, allowed: set[str], required: tuple[str, 
 
 
 def whole_number(doc: dict, key: str) -> int | None:
-    from bintally.audit.workflow import MAX_QTY
+    """A quantity field (absent: None), checked as the workflow checks it, its refusal a 400."""
+    from bintally.audit.workflow import check_qty
 
     value = doc.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(400, f"{key} must be a whole number, got {json.dumps(value)[:40]}")
-    if not 0 <= value <= MAX_QTY:
-        raise fail(400, f"{key} must be from 0 to {MAX_QTY:,}, got {value}")
-    return value
+    try:
+        return None if value is None else check_qty(value, key)
+    except ConfigError as e:
+        raise fail(400, str(e)) from None
 
 
 def text(doc: dict, key: str, limit: int = 100) -> str | None:
@@ -145,45 +141,9 @@ def text(doc: dict, key: str, limit: int = 100) -> str | None:
     return value
 
 
-def upload_name(filename: str | None) -> str:
-    """The name a photo part is known by in the CSV: its file name without any folder the client sent."""
-    return PurePosixPath((filename or "").replace("\\", "/")).name
-
-
-def bind_uploads(csv_text: str, names: dict[str, str], source: str) -> str:
-    """The CSV with each `image` that names an uploaded photo (by file name) replaced by upload:<sha256>.
-
-    A plain image that is no uploaded photo is refused here (DataError naming the line); URIs are left as they
-    are (fetched under the allowlist), and anything malformed is left for `csv_snapshots` to report."""
-    from bintally.audit.snapshots import REQUIRED_COLUMNS, UPLOAD_SCHEME, is_uri
-
-    reader = csv.reader(csv_text.splitlines())
-    try:
-        header = next(reader, None)
-        columns = [c.strip().lower() for c in header or ()]
-        if any(c not in columns for c in REQUIRED_COLUMNS):
-            return csv_text  # csv_snapshots names the missing columns
-        column = columns.index("image")
-        rows = [header]
-        for row in reader:
-            image = row[column].strip() if len(row) > column else ""
-            if image and not is_uri(image) and "://" not in image:
-                digest = names.get(image) or names.get(upload_name(image))
-                if digest is None:
-                    have = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "") if names else "no photos were uploaded"
-                    raise DataError(f"{source}:{reader.line_num}", f"image {image!r} is not one of the uploaded photos ({have}) "
-                                                                   "nor an s3://, https:// or file:// URI")
-                row[column] = UPLOAD_SCHEME + digest
-            rows.append(row)
-    except csv.Error:
-        return csv_text
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
-    return out.getvalue()
-
-
 async def read_run_form(request: Request) -> tuple[str, str, dict[str, str], dict[str, bytes], dict[str, str]]:
     """(csv name, csv text, text fields, photos by sha256, file name -> sha256) of a create-run request."""
+    from bintally.audit.snapshots import upload_name
     from bintally.audit.uploads import sha256_of
 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -278,8 +238,7 @@ def audit_router(service: AuditService) -> APIRouter:
             raise not_ready_error()
         csv_name, csv_text, fields, photos, names = await read_run_form(request)
         try:
-            bound = bind_uploads(csv_text, names, csv_name)
-            snapshots = csv_snapshots(Path(csv_name), text=bound, base=Path("/"), allow_paths=False)
+            snapshots = csv_snapshots(Path(csv_name), text=csv_text, base=Path("/"), uploads=names)
         except DataError as e:
             raise fail(400, str(e)) from None
         if not snapshots:
@@ -346,11 +305,8 @@ def audit_router(service: AuditService) -> APIRouter:
         service.require()
         doc = await json_object(request, COUNT_KEYS, ("qty", "by"))
         qty, by, comment = whole_number(doc, "qty"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
-        index = doc.get("count_index", 0)
-        if index not in (0, 1) or isinstance(index, bool):
-            raise fail(400, f"count_index must be 0 (the first count) or 1 (the recount), got {json.dumps(index)[:40]}")
         key = request.headers.get("idempotency-key")
-        outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, index)
+        outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, doc.get("count_index", 0))
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
         return JSONResponse({"task_id": outcome.task_id, "count_index": outcome.count_index, "status": outcome.status},
                             headers=headers)
