@@ -1,4 +1,4 @@
-"""Opening the audit store: any SQLAlchemy URL (a SQLite file by default), its schema brought up to date by Alembic.
+"""Opening the audit store: a SQLite file (the default) or a PostgreSQL URL, its schema brought up to date by Alembic.
 
 `open_store(url)` refuses, in one line, a URL that cannot be opened and a database whose schema was written
 by a newer bintally; both the CLI and the server call it on start, so the schema is always current.
@@ -23,6 +23,7 @@ DB_ENV = "BINTALLY_AUDIT_DB"
 DEFAULT_DB = "audit.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30
+SUPPORTED_DIALECTS = ("sqlite", "postgresql")
 UPGRADE_LOCK = 0x62696E74  # a PostgreSQL advisory lock id: one process at a time upgrades the schema
 
 
@@ -98,11 +99,16 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
             serialise_sqlite_writers(engine)
             return engine
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
     except ConfigError:
         raise
     except (ArgumentError, SQLAlchemyError, ImportError, ValueError) as e:
         raise ConfigError(f"cannot open the audit database {shown(url)}: {one_line(e)}") from None
+    if engine.dialect.name not in SUPPORTED_DIALECTS:  # the upserts are INSERT ... ON CONFLICT DO NOTHING
+        engine.dispose()
+        raise ConfigError(f"cannot open the audit database {shown(url)}: the audit store runs on SQLite or PostgreSQL, "
+                          f"not {engine.dialect.name}")
+    return engine
 
 
 def serialise_sqlite_writers(engine: Engine) -> None:

@@ -15,7 +15,7 @@ audit_app = typer.Typer(help="Reconcile bin photos with the inventory record: a 
 app.add_typer(audit_app, name="audit")
 
 DbOpt = Annotated[Optional[str], Opt("--db", envvar="BINTALLY_AUDIT_DB",
-                                     help="Audit store: a SQLite file path or any SQLAlchemy URL (postgresql+psycopg://...). "
+                                     help="Audit store: a SQLite file path or a PostgreSQL URL (postgresql+psycopg://...). "
                                           "Default: ./audit.db.")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print JSON instead of a table.")]
 STATUS_NAMES = Literal["requested", "recount_requested", "in_review", "approved", "rejected"]
