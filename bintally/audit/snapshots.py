@@ -2,7 +2,7 @@
 
 In a bucket folder (bin-images/ + metadata/, as ABID and `bintally data fetch` lay it out) the record is each
 photo's EXPECTED_QUANTITY and the bin id is the photo's name. In a CSV, `image` is a path (relative to the
-CSV) or an s3://, https:// or file:// URI fetched under the same allowlist rules as the server. Every row is
+CSV) or an s3://, https:// or file:// URI fetched under the same allowlist rules as the server (bintally.sources). Every row is
 checked before any photo is read: one bad row refuses the whole source, in one line naming file and line.
 """
 
@@ -16,13 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from bintally.data.images import IMAGE_SUFFIXES
-from bintally.errors import ConfigError, DataError
+from bintally.errors import DataError
 from bintally.io import given_path
+from bintally.sources import SourceError, SourcePolicy, UriFetcher
+from bintally.sources.policy import DEFAULT_MAX_BYTES
 
 REQUIRED_COLUMNS = ("bin_id", "image", "record_qty")
 URI_SCHEMES = ("s3://", "https://", "http://", "file://")
 MAX_RECORD = 10**6
-MAX_PHOTO_BYTES = 20_000_000  # as the server's default body limit
+MAX_PHOTO_BYTES = DEFAULT_MAX_BYTES
 UPLOAD_SCHEME = "upload:"  # a photo uploaded over HTTP, kept in the store's photos table by its sha256
 
 
@@ -164,21 +166,12 @@ def uploaded(image: str, uploads: dict[str, str], where: str) -> str:
 
 
 class PhotoReader:
-    """The bytes of a snapshot's photo: a local path as given; URIs only through the server's allowlist rules."""
+    """The bytes of a snapshot's photo: a local path as given; URIs only under the allowlists, as the server fetches them."""
 
     def __init__(self, allow_s3_buckets=(), allow_https_hosts=(), file_root: str | None = None, uploads: dict | None = None,
                  max_bytes: int = MAX_PHOTO_BYTES):
-        from bintally.serving.config import ServeConfig
-
-        config = ServeConfig(allow_s3_buckets=tuple(allow_s3_buckets), allow_https_hosts=tuple(allow_https_hosts),
-                             file_root=file_root, max_body_bytes=max_bytes)
-        if file_root is not None and not Path(file_root).is_dir():
-            raise ConfigError(f"--file-root {file_root}: not a folder")
-        if file_root is not None:
-            config.file_root = str(Path(file_root).resolve())
-        self.config = config
+        self.policy = SourcePolicy(allow_s3_buckets, allow_https_hosts, file_root, max_bytes).checked()
         self.uploads = uploads or {}
-        self._sources = None
 
     def read_many(self, images: list[str]) -> list[bytes | DataError]:
         """Each photo's bytes, or the DataError saying why it cannot be had (missing, refused by the allowlist, too large).
@@ -197,25 +190,22 @@ class PhotoReader:
             return data if data is not None else DataError(image, "no uploaded photo with this digest")
         try:
             size = Path(image).stat().st_size
-            if size > self.config.max_body_bytes:
-                return DataError(image, f"larger than the limit of {self.config.max_body_bytes:,} bytes")
+            if size > self.policy.max_bytes:
+                return DataError(image, f"larger than the limit of {self.policy.max_bytes:,} bytes")
             return Path(image).read_bytes()
         except OSError as e:
             return DataError(image, f"cannot read ({e.strerror or e})")
 
     async def fetch_all(self, uris: list[str]) -> list[bytes | DataError]:
-        from bintally.serving.dataplane import RequestError
-        from bintally.serving.sources import Sources
-
-        sources = Sources(self.config)
+        fetcher = UriFetcher(self.policy)
 
         async def fetch(uri: str) -> bytes | DataError:
             try:
-                return await sources.fetch(uri)
-            except RequestError as e:
+                return await fetcher.fetch(uri)
+            except SourceError as e:
                 return DataError(uri, e.message.removeprefix(f"{uri}: "))
 
         try:
             return await asyncio.gather(*(fetch(uri) for uri in uris))
         finally:
-            await sources.aclose()
+            await fetcher.aclose()

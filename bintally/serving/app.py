@@ -19,16 +19,17 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 import bintally
+from bintally.serving.audit_api import AuditService, audit_router
 from bintally.serving.config import ServeConfig
-from bintally.serving.dataplane import DataPlane, RequestError
+from bintally.serving.dataplane import DataPlane
+from bintally.serving.errors import RequestError, error_response
+from bintally.serving.rest import rest_router
 from bintally.serving.security import ApiKey, BodyLimit, RequestContext
+from bintally.serving.v2 import v2_router
+from bintally.serving.web import web_router
 
 log = logging.getLogger("bintally.serving")
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class ShutdownHook:
@@ -68,11 +69,24 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
     """The app around `plane` (made from `config` if not given); with `load_on_startup`, the model loads before
     the server accepts connections (a failure stops the server). With `config.audit_db`, the audit store
     (`audit_store`, else opened at start-up, schema upgraded) backs the audit API and the dashboard at /audit."""
-    from bintally.serving.audit_api import AuditService, audit_router
-
     plane = plane or DataPlane(config)
-    hook = ShutdownHook(plane, config.shutdown_delay_s)
     audit = AuditService(config, plane, audit_store)
+    app = FastAPI(title="bintally count server", version=bintally.__version__,
+                  lifespan=life_cycle(plane, audit, ShutdownHook(plane, config.shutdown_delay_s), load_on_startup),
+                  description="Counts the items in Amazon Bin Image Dataset photos. Errors are JSON {\"error\": ...}. "
+                              "See docs/serving.md.")
+    app.state.plane, app.state.config, app.state.audit = plane, config, audit
+    add_error_handlers(app, plane)
+    add_routes(app, plane, config, audit)
+    # added last = outermost: RequestContext, then ApiKey, then BodyLimit
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=plane.metrics)
+    app.add_middleware(ApiKey, key=config.api_key, metrics=plane.metrics)
+    app.add_middleware(RequestContext, metrics=plane.metrics)
+    return app
+
+
+def life_cycle(plane: DataPlane, audit: AuditService, hook: ShutdownHook, load_on_startup: bool):
+    """Start-up (load the model if asked, open the audit store, take the signals) and the orderly end."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -85,18 +99,20 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
         finally:
             hook.restore()
             plane.begin_shutdown()
-            await plane.sources.aclose()
+            await plane.fetcher.aclose()
             await asyncio.to_thread(plane.close)
             audit.close()
 
-    app = FastAPI(title="bintally count server", version=bintally.__version__, lifespan=lifespan,
-                  description="Counts the items in Amazon Bin Image Dataset photos. Errors are JSON {\"error\": ...}. "
-                              "See docs/serving.md.")
-    app.state.plane, app.state.config, app.state.audit = plane, config, audit
+    return lifespan
+
+
+def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
+    """Every refusal and every failure as JSON {"error": ...}: ours, the framework's, and the unexpected (500)."""
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError) -> JSONResponse:
-        plane.metrics.reject(e.reason)
+        if e.counted:
+            plane.metrics.reject(e.reason)
         return error_response(e.status, e.message, e.headers)
 
     @app.exception_handler(HTTPException)
@@ -113,24 +129,18 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
         log.error("unexpected %s: %s (request %s)", e.__class__.__name__, e, getattr(request.state, "request_id", "?"))
         return error_response(500, f"internal error ({e.__class__.__name__}); request id {getattr(request.state, 'request_id', '?')}")
 
+
+def add_routes(app: FastAPI, plane: DataPlane, config: ServeConfig, audit: AuditService) -> None:
+    """The protocol adapters over the one data plane, the audit API and /metrics."""
+
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(plane.metrics.render(), media_type=plane.metrics.content_type)
-
-    from bintally.serving.rest import rest_router
-    from bintally.serving.v2 import v2_router
-    from bintally.serving.web import web_router
 
     app.include_router(rest_router(plane, config))
     app.include_router(v2_router(plane, config))
     app.include_router(web_router(plane, config))
     app.include_router(audit_router(audit))
-
-    # added last = outermost: RequestContext, then ApiKey, then BodyLimit
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=plane.metrics)
-    app.add_middleware(ApiKey, key=config.api_key, metrics=plane.metrics)
-    app.add_middleware(RequestContext, metrics=plane.metrics)
-    return app
 
 
 def create_app_from_env() -> FastAPI:

@@ -18,22 +18,23 @@ task's state does not allow or one lost to a concurrent writer, 400 for a bad bo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from bintally.errors import ConfigError, DataError
+from bintally.serving.bodies import json_object, media_type, read_form
 from bintally.serving.config import ServeConfig
-from bintally.serving.dataplane import RequestError, not_ready_error, parse_json
+from bintally.serving.dataplane import DataPlane
+from bintally.serving.errors import RequestError
+from bintally.serving.web import page_response
 
 log = logging.getLogger("bintally.serving")
 PAGE = Path(__file__).parent / "static" / "audit.html"
-CONFIG_MARK = "/*PAGE_CONFIG*/{}"
 MAX_PHOTOS = 10_000  # photos in one create-run request (the body limit, --max-body-mb, bounds them first)
 MAX_COMMENT = 2000
 RUN_FIELDS = ("csv", "photos", "name", "score", "budget", "threshold", "control", "tolerance", "created_by")
@@ -43,15 +44,15 @@ REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
 OFF = "the audit API is off: start the server with --audit-db URL (a SQLAlchemy URL or a SQLite file)"
 
 
-def fail(status: int, message: str, headers: dict | None = None) -> HTTPException:
-    """A refusal the app answers as JSON {"error": message} (its HTTPException handler)."""
-    return HTTPException(status_code=status, detail=message, headers=headers)
+def fail(status: int, message: str, headers: dict | None = None) -> RequestError:
+    """A refusal of the audit API: not an inference request, so not counted in the inference metrics."""
+    return RequestError(status, message, headers, counted=False)
 
 
 class AuditService:
     """The audit store behind the API: opened at start-up when the server has --audit-db, else every route says 404."""
 
-    def __init__(self, config: ServeConfig, plane, store=None):
+    def __init__(self, config: ServeConfig, plane: DataPlane, store=None):
         self.config, self.plane, self.store = config, plane, store
         # one scoring at a time per process (it uses the CPU the model serves with); waiting requests wait here, on the
         # event loop, not in the thread pool that every store call shares
@@ -108,10 +109,8 @@ class AuditService:
 # ---------------------------------------------------------------- request bodies
 
 
-async def json_object(request: Request, allowed: set[str], required: tuple[str, ...]) -> dict:
-    doc = parse_json(await request.body())
-    if not isinstance(doc, dict):
-        raise fail(400, f"expected a JSON object with {', '.join(sorted(allowed))}")
+async def json_fields(request: Request, allowed: set[str], required: tuple[str, ...]) -> dict:
+    doc = json_object(await request.body(), f"expected a JSON object with {', '.join(sorted(allowed))}")
     unknown = sorted(set(doc) - allowed)
     if unknown:
         raise fail(400, f"unknown field(s) {', '.join(unknown)}: expected {', '.join(sorted(allowed))}")
@@ -141,57 +140,77 @@ def text(doc: dict, key: str, limit: int = 100) -> str | None:
     return value
 
 
-async def read_run_form(request: Request) -> tuple[str, str, dict[str, str], dict[str, bytes], dict[str, str]]:
-    """(csv name, csv text, text fields, photos by sha256, file name -> sha256) of a create-run request."""
-    from bintally.audit.snapshots import upload_name
-    from bintally.audit.uploads import sha256_of
+@dataclass
+class RunForm:
+    """A create-run request: the CSV, the text fields, and the photos uploaded with it."""
 
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "multipart/form-data":
+    csv_name: str = ""
+    csv_data: bytes | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    photos: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes
+    names: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+    async def add(self, name: str, value) -> None:
+        if name not in RUN_FIELDS:
+            raise fail(400, f"unknown form field {name!r}: expected {', '.join(RUN_FIELDS)}")
+        if name not in ("csv", "photos"):
+            return self.add_text(name, value)
+        if not isinstance(value, UploadFile):
+            raise fail(400, f"form field {name!r} must be a file")
+        data = await value.read()
+        if name == "csv":
+            self.add_csv(value.filename, data)
+        else:
+            self.add_photo(value.filename, data)
+
+    def add_text(self, name: str, value) -> None:
+        if isinstance(value, UploadFile):
+            raise fail(400, f"form field {name!r} must be text, not a file")
+        if name in self.fields:
+            raise fail(400, f"form field {name!r} given twice")
+        self.fields[name] = value
+
+    def add_csv(self, filename: str | None, data: bytes) -> None:
+        from bintally.audit.snapshots import upload_name
+
+        if self.csv_data is not None:
+            raise fail(400, "more than one 'csv' file: send one")
+        self.csv_name, self.csv_data = upload_name(filename) or "upload.csv", data
+
+    def add_photo(self, filename: str | None, data: bytes) -> None:
+        from bintally.audit.snapshots import upload_name
+        from bintally.audit.uploads import sha256_of
+
+        name = upload_name(filename)
+        if not name and not data:
+            return  # a browser's empty file input
+        if not name:
+            raise fail(400, "a 'photos' file has no file name: the CSV's image column names photos by file name")
+        digest = sha256_of(data)
+        if self.names.get(name, digest) != digest:
+            raise fail(400, f"two different photos are both named {name!r}")
+        self.names[name], self.photos[digest] = digest, data
+
+    def csv_text(self) -> str:
+        try:
+            return self.csv_data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise fail(400, f"{self.csv_name}: not a UTF-8 text CSV") from None
+
+
+async def read_run_form(request: Request) -> RunForm:
+    if media_type(request) != "multipart/form-data":
         raise fail(415, "send multipart/form-data: a 'csv' file (bin_id,image,record_qty[,captured_at]) and 'photos' files")
+    form = await read_form(request, MAX_PHOTOS + 1, len(RUN_FIELDS) + 8, f"too many photos in one request: the limit is {MAX_PHOTOS}")
+    run_form = RunForm()
     try:
-        form = await request.form(max_files=MAX_PHOTOS + 1, max_fields=len(RUN_FIELDS) + 8)
-    except HTTPException as e:  # python-multipart's limits and parse errors
-        raise fail(413 if "Too many" in str(e.detail) else 400, f"malformed multipart body: {e.detail}") from None
-    try:
-        csv_part, fields, photos, names = None, {}, {}, {}
-        for field, value in form.multi_items():
-            if field not in RUN_FIELDS:
-                raise fail(400, f"unknown form field {field!r}: expected {', '.join(RUN_FIELDS)}")
-            if field in ("csv", "photos"):
-                if not isinstance(value, UploadFile):
-                    raise fail(400, f"form field {field!r} must be a file")
-                data = await value.read()
-                if field == "csv":
-                    if csv_part is not None:
-                        raise fail(400, "more than one 'csv' file: send one")
-                    csv_part = (upload_name(value.filename) or "upload.csv", data)
-                    continue
-                name = upload_name(value.filename)
-                if not name and not data:
-                    continue  # a browser's empty file input
-                if not name:
-                    raise fail(400, "a 'photos' file has no file name: the CSV's image column names photos by file name")
-                digest = sha256_of(data)
-                if names.get(name, digest) != digest:
-                    raise fail(400, f"two different photos are both named {name!r}")
-                names[name], photos[digest] = digest, data
-            else:
-                if isinstance(value, UploadFile):
-                    raise fail(400, f"form field {field!r} must be text, not a file")
-                if field in fields:
-                    raise fail(400, f"form field {field!r} given twice")
-                fields[field] = value
+        for name, value in form.multi_items():
+            await run_form.add(name, value)
     finally:
         await form.close()
-    if csv_part is None:
+    if run_form.csv_data is None:
         raise fail(400, "no 'csv' file: send the snapshots as a CSV of bin_id,image,record_qty[,captured_at]")
-    csv_name, raw = csv_part
-    try:
-        csv_text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise fail(400, f"{csv_name}: not a UTF-8 text CSV") from None
-    return csv_name, csv_text, fields, photos, names
+    return run_form
 
 
 def form_number(fields: dict, key: str, kind):
@@ -208,72 +227,134 @@ def with_image_url(row: dict) -> dict:
     return row | {"image_url": f"/v1/snapshots/{row['snapshot_id']}/image"}
 
 
+# ---------------------------------------------------------------- creating a run
+
+
+def form_snapshots(form: RunForm) -> list:
+    """The CSV's snapshots, sorted as `bintally audit run` sorts them (the order never matters); images name uploads or URIs."""
+    from bintally.audit.snapshots import csv_snapshots
+
+    try:
+        snapshots = csv_snapshots(Path(form.csv_name), text=form.csv_text(), base=Path("/"), uploads=form.names)
+    except DataError as e:
+        raise fail(400, str(e)) from None
+    if not snapshots:
+        raise fail(400, f"{form.csv_name}: no rows: give one bin_id,image,record_qty row per bin snapshot")
+    return sorted(snapshots, key=lambda s: (s.bin_id, s.image))
+
+
+def run_config(form: RunForm, config: ServeConfig):
+    """The AuditConfig of a create-run request: its form fields, the server's model, backend and allowlists."""
+    from bintally.audit.run import AuditConfig
+
+    fields = form.fields
+    settings = {k: form_number(fields, k, kind) for k, kind in
+                (("budget", float), ("threshold", float), ("control", float), ("tolerance", int))}
+    audit = AuditConfig(model=str(config.model), data=form.csv_name, name=(fields.get("name") or "").strip() or None,
+                        score=(fields.get("score") or "mismatch").strip(),
+                        **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
+                        created_by=(fields.get("created_by") or "").strip() or "api", allow_s3_buckets=config.allow_s3_buckets,
+                        allow_https_hosts=config.allow_https_hosts, file_root=config.file_root,
+                        max_photo_bytes=config.max_body_bytes, progress=False)
+    try:
+        return audit.validate()
+    except ConfigError as e:
+        raise fail(400, str(e)) from None
+
+
+def used_uploads(snapshots: list) -> set[str]:
+    """The sha256 of each uploaded photo the CSV names."""
+    from bintally.audit.snapshots import UPLOAD_SCHEME
+
+    return {s.image[len(UPLOAD_SCHEME):] for s in snapshots if s.image.startswith(UPLOAD_SCHEME)}
+
+
+def score_run(store, audit, snapshots: list, form: RunForm, counter) -> tuple:
+    """(result, run summary, unreadable photos) of scoring the run; the photos it uses are kept in the store."""
+    from bintally.audit import queries
+    from bintally.audit.run import audit_run
+    from bintally.audit.uploads import save_photos, unreadable_photos
+
+    result = audit_run(audit, snapshots=snapshots, counter=counter, store=store, uploads=form.photos, shard=(0, 1))
+    save_photos(store, {digest: form.photos[digest] for digest in used_uploads(snapshots)})
+    return result, queries.get_run_summary(store, result.run_id), unreadable_photos(store, result.run_id)
+
+
+def created_run(form: RunForm, snapshots: list, result, summary: dict, problems: list[dict]) -> JSONResponse:
+    """201 with the run and its metrics (200 when it already existed); unreadable and unused photos by their file names."""
+    from bintally.audit.snapshots import UPLOAD_SCHEME
+
+    shown_as = {UPLOAD_SCHEME + digest: name for name, digest in form.names.items()}
+    for problem in problems:
+        problem["image"] = shown_as.get(problem["image"], problem["image"])
+    used = used_uploads(snapshots)
+    unused = sorted(name for name, digest in form.names.items() if digest not in used)
+    body = summary | {"reused": result.reused, "scored": result.scored, "unreadable": problems, "unused_photos": unused}
+    return JSONResponse(body, status_code=200 if result.reused else 201)
+
+
+async def snapshot_photo(service: AuditService, snapshot_id: int) -> tuple[bytes, str]:
+    """(bytes, media type) of a snapshot's photo: uploaded bytes from the store, else fetched under the allowlist."""
+    from bintally.audit import queries
+    from bintally.audit.snapshots import UPLOAD_SCHEME, is_uri
+    from bintally.audit.uploads import media_type_of
+
+    uri, data, media = await service.call(queries.snapshot_photo, snapshot_id)
+    if data is not None:
+        return data, media or media_type_of(data)
+    if uri.startswith(UPLOAD_SCHEME):
+        raise fail(404, f"the uploaded photo of snapshot {snapshot_id} is not in the store")
+    try:
+        target = uri if is_uri(uri) else Path(uri).as_uri()  # a path (a CLI run): served only under --file-root
+        data = await service.plane.fetch_uri(target)
+    except ValueError:
+        raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served ({uri!r} is not a URI or absolute path)") from None
+    except RequestError as e:
+        raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served: {e.message}") from None
+    return data, media_type_of(data)
+
+
 # ---------------------------------------------------------------- the router
+
+CREATE_RUN_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["csv"], "properties": {
+        "csv": {"type": "string", "format": "binary", "description": "bin_id,image,record_qty[,captured_at]"},
+        "photos": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "name": {"type": "string"}, "budget": {"type": "number"}, "threshold": {"type": "number"},
+        "control": {"type": "number"}, "tolerance": {"type": "integer"}, "created_by": {"type": "string"}}}}}}}
 
 
 def audit_router(service: AuditService) -> APIRouter:
-    from bintally.audit import queries, workflow
-
-    plane, config = service.plane, service.config
+    """The dashboard, then the routes by resource: runs, tasks, the labels export and snapshot photos."""
     router = APIRouter(tags=["Audit"], include_in_schema=service.enabled)  # off: the routes only say how to turn them on
 
     @router.get("/audit", response_class=HTMLResponse, summary="The audit dashboard: runs, worklists, blind counts, reviews")
     async def page():
-        return HTMLResponse(render_page(service), headers={"Cache-Control": "no-cache"})
+        return page_response(PAGE, page_settings(service))
+
+    add_run_routes(router, service)
+    add_task_routes(router, service)
+    add_output_routes(router, service)
+    return router
+
+
+def add_run_routes(router: APIRouter, service: AuditService) -> None:
+    from bintally.audit import queries
+
+    plane = service.plane
 
     @router.post("/v1/audit-runs", status_code=201, summary="Score uploaded bin snapshots and write the recount worklist",
-                 openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                     "type": "object", "required": ["csv"], "properties": {
-                         "csv": {"type": "string", "format": "binary", "description": "bin_id,image,record_qty[,captured_at]"},
-                         "photos": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                         "name": {"type": "string"}, "budget": {"type": "number"}, "threshold": {"type": "number"},
-                         "control": {"type": "number"}, "tolerance": {"type": "integer"}, "created_by": {"type": "string"}}}}}}})
+                 openapi_extra=CREATE_RUN_BODY)
     async def create_run(request: Request):
         """201 with the run and its metrics; 200 when the same run (name, snapshots, settings) already existed."""
-        from bintally.audit.run import AuditConfig
-        from bintally.audit.snapshots import UPLOAD_SCHEME, csv_snapshots
-
         service.require()
-        if not plane.loaded:
-            raise not_ready_error()
-        csv_name, csv_text, fields, photos, names = await read_run_form(request)
-        try:
-            snapshots = csv_snapshots(Path(csv_name), text=csv_text, base=Path("/"), uploads=names)
-        except DataError as e:
-            raise fail(400, str(e)) from None
-        if not snapshots:
-            raise fail(400, f"{csv_name}: no rows: give one bin_id,image,record_qty row per bin snapshot")
-        snapshots.sort(key=lambda s: (s.bin_id, s.image))  # as `bintally audit run` reads a CSV: the order never matters
-        used = {s.image[len(UPLOAD_SCHEME):] for s in snapshots if s.image.startswith(UPLOAD_SCHEME)}
-        settings = {k: form_number(fields, k, kind) for k, kind in
-                    (("budget", float), ("threshold", float), ("control", float), ("tolerance", int))}
-        audit = AuditConfig(model=str(config.model), data=csv_name, name=(fields.get("name") or "").strip() or None,
-                            score=(fields.get("score") or "mismatch").strip(),
-                            **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
-                            created_by=(fields.get("created_by") or "").strip() or "api", allow_s3_buckets=config.allow_s3_buckets,
-                            allow_https_hosts=config.allow_https_hosts, file_root=config.file_root,
-                            max_photo_bytes=config.max_body_bytes, progress=False)
-        try:
-            audit.validate()
-        except ConfigError as e:
-            raise fail(400, str(e)) from None
-
-        def work(store):
-            from bintally.audit.run import audit_run
-            from bintally.audit.uploads import save_photos, unreadable_photos
-
-            result = audit_run(audit, snapshots=snapshots, counter=plane.counter, store=store, uploads=photos, shard=(0, 1))
-            save_photos(store, {digest: photos[digest] for digest in used})
-            return result, queries.get_run_summary(store, result.run_id), unreadable_photos(store, result.run_id)
-
+        plane.require_loaded()
+        form = await read_run_form(request)
+        snapshots = form_snapshots(form)
+        audit = run_config(form, service.config)
         async with service.run_gate:
-            result, summary, problems = await service.call(work)
-        shown_as = {UPLOAD_SCHEME + digest: name for name, digest in names.items()}
-        for problem in problems:
-            problem["image"] = shown_as.get(problem["image"], problem["image"])
-        unused = sorted(name for name, digest in names.items() if digest not in used)
-        body = summary | {"reused": result.reused, "scored": result.scored, "unreadable": problems, "unused_photos": unused}
-        return JSONResponse(body, status_code=200 if result.reused else 201)
+            result, summary, problems = await service.call(score_run, audit, snapshots, form, plane.counter)
+        return created_run(form, snapshots, result, summary, problems)
 
     @router.get("/v1/audit-runs", summary="Every audit run with its metrics")
     async def runs():
@@ -287,6 +368,10 @@ def audit_router(service: AuditService) -> APIRouter:
     async def tasks(run_id: int, status: str | None = None):
         rows = await service.call(queries.list_tasks, run_id, status)
         return {"run_id": run_id, "status": status, "tasks": [with_image_url(r) for r in rows]}
+
+
+def add_task_routes(router: APIRouter, service: AuditService) -> None:
+    from bintally.audit import queries, workflow
 
     @router.get("/v1/tasks/{task_id}", summary="The counter's blind view of a task: the bin and its photo only")
     async def counter_task(task_id: int):
@@ -303,7 +388,7 @@ def audit_router(service: AuditService) -> APIRouter:
         client means, as GET /v1/tasks/{id} said; a count that lost a race to another is refused (409), never stored
         as the recount."""
         service.require()
-        doc = await json_object(request, COUNT_KEYS, ("qty", "by"))
+        doc = await json_fields(request, COUNT_KEYS, ("qty", "by"))
         qty, by, comment = whole_number(doc, "qty"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
         key = request.headers.get("idempotency-key")
         outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, doc.get("count_index", 0))
@@ -314,13 +399,17 @@ def audit_router(service: AuditService) -> APIRouter:
     @router.post("/v1/tasks/{task_id}/review", summary="Approve (with the final quantity) or reject a task in review")
     async def review(task_id: int, request: Request):
         service.require()
-        doc = await json_object(request, REVIEW_KEYS, ("approve", "by"))
+        doc = await json_fields(request, REVIEW_KEYS, ("approve", "by"))
         if not isinstance(doc["approve"], bool):
             raise fail(400, "approve must be true or false")
         final, by, comment = whole_number(doc, "final"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
         reason, outcome = text(doc, "reason", 40), text(doc, "outcome", 40)
         resolution = await service.call(workflow.review, task_id, doc["approve"], by, final, reason, outcome, comment)
         return {"task_id": task_id, "status": resolution.decision, "resolution": queries.resolution_row(resolution)}
+
+
+def add_output_routes(router: APIRouter, service: AuditService) -> None:
+    from bintally.audit import queries
 
     @router.get("/v1/labels/export", summary="Approved recounts as CSV (image, bin_id, count, record_qty, approved_at, task_id)",
                 response_class=Response, responses={200: {"content": {"text/csv": {}}}})
@@ -332,32 +421,13 @@ def audit_router(service: AuditService) -> APIRouter:
     @router.get("/v1/snapshots/{snapshot_id}/image", summary="A snapshot's photo", response_class=Response,
                 responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
     async def image(snapshot_id: int):
-        from bintally.audit.snapshots import UPLOAD_SCHEME, is_uri
-        from bintally.audit.uploads import media_type_of
-
-        uri, data, media = await service.call(queries.snapshot_photo, snapshot_id)
-        if data is None:
-            if uri.startswith(UPLOAD_SCHEME):
-                raise fail(404, f"the uploaded photo of snapshot {snapshot_id} is not in the store")
-            try:
-                target = uri if is_uri(uri) else Path(uri).as_uri()  # a path (a CLI run): served only under --file-root
-                data = await plane.with_timeout(plane.sources.fetch(target))
-            except ValueError:
-                raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served ({uri!r} is not a URI or absolute path)") from None
-            except RequestError as e:
-                raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served: {e.message}") from None
-            media = media_type_of(data)
-        return Response(data, media_type=media or media_type_of(data),
-                        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
-
-    return router
+        data, media = await snapshot_photo(service, snapshot_id)
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
 
-def render_page(service: AuditService) -> str:
+def page_settings(service: AuditService) -> dict:
     plane, config = service.plane, service.config
-    loaded = bool(getattr(plane, "loaded", False))
-    settings = {"apiKeyRequired": bool(config.api_key), "auditEnabled": service.enabled,
-                "model": plane.name if loaded else None, "version": plane.version if loaded else None,
-                "maxBodyBytes": config.max_body_bytes}
-    blob = json.dumps(settings).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return PAGE.read_text(encoding="utf-8").replace(CONFIG_MARK, blob, 1)
+    loaded = plane.loaded
+    return {"apiKeyRequired": bool(config.api_key), "auditEnabled": service.enabled,
+            "model": plane.name if loaded else None, "version": plane.version if loaded else None,
+            "maxBodyBytes": config.max_body_bytes}

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from bintally.errors import ConfigError
+from bintally.sources import SourcePolicy
 
 CONFIG_ENV = "BINTALLY_SERVE_CONFIG"
 API_KEY_ENV = "BINTALLY_API_KEY"
@@ -83,19 +84,9 @@ class ServeConfig:
             if not Path(SAGEMAKER_MODEL_DIR).is_dir():
                 raise ConfigError(f"no model: give --model RUN_OR_EXPORT (or mount one at {SAGEMAKER_MODEL_DIR})")
             self.model = SAGEMAKER_MODEL_DIR
-        if self.file_root is not None:
-            root = Path(self.file_root)
-            if not root.is_dir():
-                raise ConfigError(f"--file-root {self.file_root}: not a folder")
-            self.file_root = str(root.resolve())
+        self.file_root = self.source_policy().checked().file_root
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty")
-        for host in self.allow_https_hosts:
-            if not host or "/" in host or ":" in host.strip("[]") and not host.startswith("["):
-                raise ConfigError(f"--allow-https-host {host!r}: give a host name such as images.example.com")
-        for bucket in self.allow_s3_buckets:
-            if not bucket or "/" in bucket:
-                raise ConfigError(f"--allow-s3-bucket {bucket!r}: give a bucket name such as my-bucket")
         if self.audit_db is not None:
             if not isinstance(self.audit_db, str) or not self.audit_db.strip():
                 raise ConfigError("--audit-db: give a SQLAlchemy URL or the path of a SQLite file")
@@ -103,6 +94,10 @@ class ServeConfig:
 
             self.audit_db = database_url(self.audit_db.strip())  # a relative SQLite path: absolute, the same for every worker
         return self
+
+    def source_policy(self) -> SourcePolicy:
+        """Where photos named by URI may come from, and their size limit (the body limit)."""
+        return SourcePolicy(self.allow_s3_buckets, self.allow_https_hosts, self.file_root, self.max_body_bytes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

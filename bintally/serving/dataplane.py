@@ -1,6 +1,6 @@
 """The one data plane behind every protocol: load the model, decode, batch, infer, describe.
 
-Protocol adapters (rest.py: /v1/count and SageMaker; v2.py: the Open Inference Protocol; web.py)
+Protocol adapters (rest.py: /v1/count and SageMaker; v2.py: the Open Inference Protocol; web.py; audit_api.py)
 only parse their request format and call `count_images`, `probabilities` or `fetch_uri`; every
 refusal is a `RequestError` (a 4xx/5xx with a JSON {"error": ...} body), never a 500 for bad input.
 """
@@ -20,44 +20,11 @@ from bintally.data.images import decode_image
 from bintally.errors import ConfigError, DataError
 from bintally.serving.batcher import Batcher, Overloaded, Stopped
 from bintally.serving.config import ServeConfig
+from bintally.serving.errors import RETRY_AFTER_S, RequestError, not_ready_error, source_refusal
 from bintally.serving.metrics import Metrics
+from bintally.sources import SourceError, UriFetcher
 
 log = logging.getLogger("bintally.serving")
-RETRY_AFTER_S = 1
-
-
-REASONS = {400: "bad_input", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large", 415: "bad_input",
-           422: "bad_input", 503: "overloaded", 504: "timeout"}
-
-
-class RequestError(Exception):
-    """A refused request: JSON {"error": message} with this status, plus optional headers.
-
-    The app's handler answers it and counts it in bintally_inference_rejected_total{reason}
-    (`reason` defaults from the status: 400 bad_input, 403 forbidden, 413 too_large, 503 overloaded, ...).
-    """
-
-    def __init__(self, status: int, message: str, headers: dict | None = None, reason: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-        self.reason = reason or REASONS.get(status, "error" if status >= 500 else "bad_input")
-
-
-def parse_json(body: bytes):
-    """A request body as JSON; a 400 RequestError saying why it is not."""
-    import json
-
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"the body is not valid JSON ({e})") from None
-    except RecursionError:
-        raise RequestError(400, "the body is not valid JSON (nested too deeply)") from None
-
-
-def not_ready_error() -> RequestError:
-    return RequestError(503, "the model is not ready (loading, or the server is shutting down)",
-                        {"Retry-After": str(RETRY_AFTER_S)}, reason="not_ready")
 
 
 class DataPlane:
@@ -73,9 +40,7 @@ class DataPlane:
         self._shutting_down = False
         self._load_lock = threading.Lock()
         self.decode_pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="bintally-decode")
-        from bintally.serving.sources import Sources
-
-        self.sources = Sources(config)
+        self.fetcher = UriFetcher(config.source_policy())
 
     # ---- life cycle -------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -161,7 +126,7 @@ class DataPlane:
 
     def metadata(self) -> dict:
         """Name, version, backend, classes, inputs/outputs and platform of the model served."""
-        self._require_loaded()
+        self.require_loaded()
         info = self.counter.info()
         return {"name": self.name, "version": self.version, "backend": info["backend"], "platform": f"bintally-{info['backend']}",
                 "runtime": info["runtime"], "backbone": info["backbone"], "head": info["head"], "classes": info["classes"],
@@ -170,9 +135,17 @@ class DataPlane:
                 "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(info["classes"])]}]}
 
     # ---- inference ---------------------------------------------------------------------------------------------
-    def _require_loaded(self) -> None:
+    def require_loaded(self) -> None:
         if not self._warm:
             raise not_ready_error()
+
+    def require_model(self, name: str, version: str | None = None) -> None:
+        """The model a request names (and its version, if it names one) is the one served, and it is loaded: else 503/404."""
+        self.require_loaded()
+        if name != self.name:
+            raise RequestError(404, f"unknown model {name!r}: this server serves {self.name!r}")
+        if version is not None and version != self.version:
+            raise RequestError(404, f"unknown version {version!r} of model {name!r}: this server serves version {self.version!r}")
 
     def _admit(self, n: int) -> None:
         # not `ready`: once shutdown begins, health checks say 503 so load balancers stop sending, but requests that
@@ -237,7 +210,7 @@ class DataPlane:
 
     async def probabilities(self, arrays: np.ndarray) -> np.ndarray:
         """Probabilities [N, C] of already pre-processed FP32 photos [N, 3, S, S]; a wrong shape is a 400."""
-        self._require_loaded()
+        self.require_loaded()
         shape = [3, *self.input_shape[1:]]
         if not isinstance(arrays, np.ndarray) or arrays.ndim != 4 or list(arrays.shape[1:]) != shape or not len(arrays):
             got = list(arrays.shape) if isinstance(arrays, np.ndarray) else type(arrays).__name__
@@ -263,5 +236,8 @@ class DataPlane:
             raise RequestError(504, f"the request took longer than the {self.config.timeout_s:g} s timeout") from None
 
     async def fetch_uri(self, uri: str) -> bytes:
-        """The bytes at an allowlisted s3://, https:// or file:// URI; else a 400/403 RequestError."""
-        return await self.with_timeout(self.sources.fetch(uri))
+        """The bytes at an allowlisted s3://, https:// or file:// URI; else a 400/403/413/5xx RequestError."""
+        try:
+            return await self.with_timeout(self.fetcher.fetch(uri))
+        except SourceError as e:
+            raise source_refusal(e) from None

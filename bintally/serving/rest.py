@@ -9,15 +9,14 @@ One request format for both inference endpoints:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
+from bintally.serving.bodies import decode_base64, json_object, media_type, read_form
 from bintally.serving.config import ServeConfig
-from bintally.serving.dataplane import DataPlane, RequestError, not_ready_error, parse_json
+from bintally.serving.dataplane import DataPlane
+from bintally.serving.errors import RequestError, error_responses
 
 IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "application/x-image")
 ACCEPTED = "image/jpeg, image/png, image/webp, image/bmp, application/x-image, multipart/form-data or application/json"
@@ -47,69 +46,58 @@ RESULT = {"type": "object", "properties": {
 COUNT_RESPONSE = {"type": "object", "properties": {
     "model": {"type": "string"}, "version": {"type": "string"}, "request_id": {"type": "string"},
     "results": {"type": "array", "items": RESULT}}}
-ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-ERRORS = {str(code): {"description": text, **ERROR} for code, text in (
-    (400, "undecodable image or invalid request"), (401, "missing or wrong API key"), (403, "URI not allowlisted"),
-    (413, "body, image or image count over the limit"), (415, "unsupported Content-Type"),
-    (503, "overloaded (Retry-After) or not ready"), (504, "timed out"))}
+ERRORS = error_responses({
+    400: "undecodable image or invalid request", 401: "missing or wrong API key", 403: "URI not allowlisted",
+    413: "body, image or image count over the limit", 415: "unsupported Content-Type",
+    503: "overloaded (Retry-After) or not ready", 504: "timed out"})
 COUNT_DOC = {"requestBody": REQUEST_BODY, "responses": {
     "200": {"description": "one result per photo, in order", "content": {"application/json": {"schema": COUNT_RESPONSE}}}, **ERRORS}}
 
 
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+Inputs = tuple[list[bytes], list[str | None]]  # the photos' bytes, and each one's name when the request gives one
+JSON_EXPECTED = 'expected a JSON object: {"image_b64": ...}, {"uri": ...} or {"images": [...]}'
 
 
-def decode_b64(text, where: str) -> bytes:
-    if not isinstance(text, str) or not text:
-        raise RequestError(400, f"{where}: image_b64 must be a non-empty base64 string")
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(400, f"{where}: image_b64 is not valid base64") from None
-
-
-async def read_inputs(request: Request, plane: DataPlane) -> tuple[list[bytes], list[str | None]]:
-    """The photos of a request (bytes, and a name when the request gives one), in order; URIs fetched."""
+async def read_inputs(request: Request, plane: DataPlane) -> Inputs:
+    """The photos of a request, in order; URIs fetched."""
     kind = media_type(request)
-    limit = plane.config.max_images
     if kind in IMAGE_TYPES:
-        body = await request.body()
-        if not body:
-            raise RequestError(400, "empty request body: send the photo's bytes")
-        return [body], [None]
+        return await raw_image_input(request)
     if kind == "multipart/form-data":
-        try:
-            form = await request.form(max_files=limit + 1, max_fields=limit + 16)
-        except HTTPException as e:  # python-multipart's own limits and parse errors
-            if "Too many files" in str(e.detail):
-                raise RequestError(413, f"too many images in one request: the limit is {limit}") from None
-            raise RequestError(400, f"malformed multipart body: {e.detail}") from None
-        files = []
-        for field, value in form.multi_items():
-            if not isinstance(value, UploadFile):
-                raise RequestError(400, f"form field {field!r} is not a file: send photos as file parts")
-            files.append(value)
-        if not files:
-            raise RequestError(400, "the form holds no file: send one or more photos as file parts")
-        if len(files) > limit:
-            raise RequestError(413, f"too many images in one request: {len(files)}, the limit is {limit}")
-        data = [await f.read() for f in files]
-        await form.close()
-        return data, [f.filename or None for f in files]
+        return await form_inputs(request, plane.config.max_images)
     if kind == "application/json":
-        return await json_inputs(parse_json(await request.body()), plane)
+        return await json_inputs(json_object(await request.body(), JSON_EXPECTED), plane)
     if not kind:
         raise RequestError(415, f"no Content-Type: send {ACCEPTED}")
     raise RequestError(415, f"unsupported Content-Type {kind!r}: send {ACCEPTED}")
 
 
-async def json_inputs(doc, plane: DataPlane) -> tuple[list[bytes], list[str | None]]:
-    limit = plane.config.max_images
-    if not isinstance(doc, dict):
-        raise RequestError(400, 'expected a JSON object: {"image_b64": ...}, {"uri": ...} or {"images": [...]}')
+async def raw_image_input(request: Request) -> Inputs:
+    body = await request.body()
+    if not body:
+        raise RequestError(400, "empty request body: send the photo's bytes")
+    return [body], [None]
+
+
+async def form_inputs(request: Request, limit: int) -> Inputs:
+    """Every part of the form is a photo (any field names), named by its file name."""
+    form = await read_form(request, limit + 1, limit + 16, f"too many images in one request: the limit is {limit}")
+    files = []
+    for field, value in form.multi_items():
+        if not isinstance(value, UploadFile):
+            raise RequestError(400, f"form field {field!r} is not a file: send photos as file parts")
+        files.append(value)
+    if not files:
+        raise RequestError(400, "the form holds no file: send one or more photos as file parts")
+    if len(files) > limit:
+        raise RequestError(413, f"too many images in one request: {len(files)}, the limit is {limit}")
+    data = [await f.read() for f in files]
+    await form.close()
+    return data, [f.filename or None for f in files]
+
+
+def json_items(doc: dict, limit: int) -> list:
+    """The {"image_b64" | "uri": ...} items of a JSON request: the object itself, or its "images" list."""
     keys = set(doc) & {"image_b64", "uri", "images"}
     if len(keys) != 1 or set(doc) - keys:
         raise RequestError(400, 'expected exactly one of "image_b64", "uri" or "images" (and nothing else); '
@@ -119,9 +107,16 @@ async def json_inputs(doc, plane: DataPlane) -> tuple[list[bytes], list[str | No
         raise RequestError(400, '"images" must be a non-empty list of {"image_b64": ...} or {"uri": ...}')
     if len(items) > limit:
         raise RequestError(413, f"too many images in one request: {len(items)}, the limit is {limit}")
+    return items
+
+
+async def json_inputs(doc: dict, plane: DataPlane) -> Inputs:
+    """Base64 photos decoded, URIs fetched concurrently; each URI names its photo."""
+    batch = "images" in doc
+    items = json_items(doc, plane.config.max_images)
     uris, data = {}, []
     for i, item in enumerate(items):
-        where = f"images[{i}]" if "images" in doc else "the request"
+        where = f"images[{i}]" if batch else "the request"
         if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("image_b64", "uri"):
             raise RequestError(400, f'{where}: expected {{"image_b64": ...}} or {{"uri": ...}}')
         if "uri" in item:
@@ -130,7 +125,7 @@ async def json_inputs(doc, plane: DataPlane) -> tuple[list[bytes], list[str | No
             uris[i] = item["uri"]
             data.append(b"")
         else:
-            data.append(decode_b64(item["image_b64"], where))
+            data.append(decode_base64(item["image_b64"], f"images[{i}].image_b64" if batch else "image_b64"))
     fetched = await asyncio.gather(*(plane.fetch_uri(uri) for uri in uris.values()))
     for i, blob in zip(uris, fetched):
         data[i] = blob
@@ -139,8 +134,7 @@ async def json_inputs(doc, plane: DataPlane) -> tuple[list[bytes], list[str | No
 
 async def count_request(request: Request, plane: DataPlane) -> dict:
     async def work():
-        if not plane.loaded:
-            raise not_ready_error()
+        plane.require_loaded()
         images, names = await read_inputs(request, plane)
         labels = [name or (f"image {i + 1}" if len(images) > 1 else "the image") for i, name in enumerate(names)]
         results = await plane.count_images(images, labels)

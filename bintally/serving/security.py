@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 
-from bintally.serving.dataplane import RequestError
+from bintally.serving.errors import RequestError, error_body
 from bintally.serving.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -99,7 +99,7 @@ class ApiKey:
             return await self.app(scope, receive, send)
         self.metrics.reject("unauthorized")
         message = "wrong API key" if given else "missing API key: send the header 'Authorization: Bearer <key>'"
-        await send_json(send, 401, {"error": message}, {"WWW-Authenticate": 'Bearer realm="bintally"'})
+        await send_json(send, 401, error_body(message), {"WWW-Authenticate": 'Bearer realm="bintally"'})
 
 
 class BodyTooLarge(RequestError):
@@ -119,10 +119,10 @@ class BodyLimit:
         declared = header(scope, b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
-                return await send_json(send, 400, {"error": f"bad Content-Length header {declared!r}"})
+                return await send_json(send, 400, error_body(f"bad Content-Length header {declared!r}"))
             if int(declared) > self.limit:
                 self.metrics.reject("too_large")
-                return await send_json(send, 413, {"error": str(BodyTooLarge(self.limit))}, {"Connection": "close"})
+                return await send_json(send, 413, error_body(str(BodyTooLarge(self.limit))), {"Connection": "close"})
         seen = {"bytes": 0, "started": False}
 
         async def limited_receive():
@@ -143,4 +143,4 @@ class BodyLimit:
         except BodyTooLarge as e:  # raised while a handler read the body; no answer sent yet
             self.metrics.reject("too_large")
             if not seen["started"]:
-                await send_json(send, 413, {"error": e.message}, {"Connection": "close"})
+                await send_json(send, 413, error_body(e.message), {"Connection": "close"})

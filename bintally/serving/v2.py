@@ -20,8 +20,6 @@ An output is returned as raw data when its parameters say `binary_data: true`, o
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import struct
@@ -33,7 +31,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import bintally
-from bintally.serving.dataplane import RequestError, not_ready_error
+from bintally.serving.bodies import decode_base64, json_object
+from bintally.serving.config import ServeConfig
+from bintally.serving.dataplane import DataPlane
+from bintally.serving.errors import RequestError, error_responses
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "bintally"
@@ -103,14 +104,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
         if n > len(body):
             raise bad(f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
         json_part, binary = body[:n], memoryview(body)[n:]
-    try:
-        request = json.loads(json_part)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise bad(f"the inference request is not valid JSON ({e})") from None
-    except RecursionError:
-        raise bad("the inference request is not valid JSON (nested too deeply)") from None
-    if not isinstance(request, dict):
-        raise bad("the inference request must be a JSON object")
+    request = json_object(json_part, "the inference request must be a JSON object", what="the inference request")
     return request, binary
 
 
@@ -136,16 +130,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def decode_base64(text, index: int) -> bytes:
-    if not isinstance(text, str):
-        raise bad(f"image[{index}]: a BYTES element in JSON must be a base64 string, got {type(text).__name__}")
-    if text.startswith("data:") and "," in text[:200]:  # a data: URL, as a browser's FileReader makes
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise bad(f"image[{index}]: not valid base64") from None
-
 
 # ---------------------------------------------------------------------------------------------------- requests
 
@@ -165,6 +149,22 @@ class InferRequest:
 
 def parse_request(request: dict, binary: memoryview, input_shape: list[int], max_images: int) -> InferRequest:
     """Check an inference request against the protocol and this model; RequestError (400/413) if it does not fit."""
+    request_id, params, tensor = request_header(request)
+    name, shape, raw = input_header(tensor, binary)
+    if name == IMAGE_INPUT:
+        parsed = InferRequest(request_id, name, images=image_input(tensor, shape, raw, max_images))
+    else:
+        parsed = InferRequest(request_id, name, arrays=array_input(tensor, shape, raw, input_shape, max_images))
+    used = 0 if raw is None else len(raw)
+    if used != len(binary):
+        raise bad(f"{len(binary) - used} byte(s) of binary data after the JSON belong to no input "
+                  f"(the inputs' binary_data_size add up to {used})")
+    parsed.outputs = parse_outputs(request.get("outputs"), params)
+    return parsed
+
+
+def request_header(request: dict) -> tuple[str | None, dict, dict]:
+    """(id, parameters, the one input tensor) of an inference request."""
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad('"id" must be a string')
@@ -176,87 +176,96 @@ def parse_request(request: dict, binary: memoryview, input_shape: list[int], max
         raise bad('"inputs" must be a non-empty list')
     if len(inputs) != 1:
         raise bad(f'give exactly one input, "{IMAGE_INPUT}" (BYTES) or "{ARRAY_INPUT}" (FP32), not {len(inputs)}')
+    if not isinstance(inputs[0], dict):
+        raise bad("each input must be an object")
+    return request_id, params, inputs[0]
 
-    offset = 0
-    parsed = None
-    for tensor in inputs:
-        if not isinstance(tensor, dict):
-            raise bad("each input must be an object")
-        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-        if name not in (IMAGE_INPUT, ARRAY_INPUT):
-            raise bad(f'unknown input {name!r}: this model takes "{IMAGE_INPUT}" (BYTES) or "{ARRAY_INPUT}" (FP32)')
-        if not isinstance(shape, list) or not shape or not all(_is_int(d) and d >= 0 for d in shape):
-            raise bad(f"input {name!r}: \"shape\" must be a non-empty list of whole numbers >= 0")
-        tparams = tensor.get("parameters") or {}
-        if not isinstance(tparams, dict):
-            raise bad(f"input {name!r}: \"parameters\" must be an object")
-        size = tparams.get("binary_data_size")
-        raw = None
-        if size is not None:
-            if not _is_int(size) or size < 0:
-                raise bad(f"input {name!r}: binary_data_size must be a whole number >= 0")
-            if "data" in tensor:
-                raise bad(f"input {name!r}: give either \"data\" or binary_data_size, not both")
-            if offset + size > len(binary):
-                raise bad(f"input {name!r}: binary_data_size {size} runs past the end of the binary data "
-                          f"({len(binary) - offset} byte(s) left)")
-            raw = binary[offset:offset + size]
-            offset += size
-        elif "data" not in tensor:
+
+def input_header(tensor: dict, binary: memoryview) -> tuple[str, list[int], memoryview | None]:
+    """(name, shape, raw data) of the input tensor; raw data None when its values come as JSON "data"."""
+    name, shape = tensor.get("name"), tensor.get("shape")
+    if name not in (IMAGE_INPUT, ARRAY_INPUT):
+        raise bad(f'unknown input {name!r}: this model takes "{IMAGE_INPUT}" (BYTES) or "{ARRAY_INPUT}" (FP32)')
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad(f"input {name!r}: \"shape\" must be a non-empty list of whole numbers >= 0")
+    tparams = tensor.get("parameters") or {}
+    if not isinstance(tparams, dict):
+        raise bad(f"input {name!r}: \"parameters\" must be an object")
+    size = tparams.get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
             raise bad(f"input {name!r} has no \"data\" (nor binary_data_size)")
-        elements = math.prod(shape)
+        return name, shape, None
+    if not _is_int(size) or size < 0:
+        raise bad(f"input {name!r}: binary_data_size must be a whole number >= 0")
+    if "data" in tensor:
+        raise bad(f"input {name!r}: give either \"data\" or binary_data_size, not both")
+    if size > len(binary):
+        raise bad(f"input {name!r}: binary_data_size {size} runs past the end of the binary data ({len(binary)} byte(s) left)")
+    return name, shape, binary[:size]
 
-        if name == IMAGE_INPUT:
-            if datatype != "BYTES":
-                raise bad(f'input "{IMAGE_INPUT}" must have datatype BYTES (encoded photos), got {datatype!r}')
-            if raw is not None:
-                images = deserialize_bytes(raw, f'input "{IMAGE_INPUT}"', max_images)
-            else:
-                data = _flatten(tensor["data"])
-                if len(data) > max_images:
-                    raise RequestError(413, f"{len(data)} photos in one request; the limit is {max_images}")
-                images = [decode_base64(item, i) for i, item in enumerate(data)]
-            if len(images) != elements:
-                raise bad(f'input "{IMAGE_INPUT}": shape {shape} holds {elements} element(s) but {len(images)} were given')
-            if not images:
-                raise bad(f'input "{IMAGE_INPUT}" holds no photos')
-            if len(images) > max_images:
-                raise RequestError(413, f"{len(images)} photos in one request; the limit is {max_images}")
-            parsed = InferRequest(request_id, name, images=images)
-        else:
-            if datatype != "FP32":
-                raise bad(f'input "{ARRAY_INPUT}" must have datatype FP32, got {datatype!r}')
-            want = list(input_shape)
-            if len(shape) != 4 or shape[1:] != want:
-                raise bad(f'input "{ARRAY_INPUT}": shape must be [N, {", ".join(map(str, want))}], got {shape}')
-            if shape[0] < 1:
-                raise bad(f'input "{ARRAY_INPUT}" holds no photos')
-            if shape[0] > max_images:
-                raise RequestError(413, f"{shape[0]} photos in one request; the limit is {max_images}")
-            if raw is not None:
-                if len(raw) != elements * 4:
-                    raise bad(f'input "{ARRAY_INPUT}": shape {shape} needs {elements * 4} bytes of FP32 data, got {len(raw)}')
-                arrays = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-            else:
-                data = _flatten(tensor["data"])
-                if len(data) != elements:
-                    raise bad(f'input "{ARRAY_INPUT}": shape {shape} holds {elements} values but {len(data)} were given')
-                if not all((isinstance(v, (int, float)) and not isinstance(v, bool)) for v in data):
-                    raise bad(f'input "{ARRAY_INPUT}": FP32 data must be numbers')
-                try:
-                    with np.errstate(over="ignore"):
-                        arrays = np.asarray(data, dtype=np.float64).astype(np.float32)
-                except (OverflowError, ValueError):
-                    raise bad(f'input "{ARRAY_INPUT}": values must be finite FP32 numbers') from None
-            if not np.isfinite(arrays).all():
-                raise bad(f'input "{ARRAY_INPUT}": values must be finite FP32 numbers (no NaN or infinity)')
-            parsed = InferRequest(request_id, name, arrays=arrays.reshape(shape))
-    if offset != len(binary):
-        raise bad(f"{len(binary) - offset} byte(s) of binary data after the JSON belong to no input "
-                  f"(the inputs' binary_data_size add up to {offset})")
 
-    parsed.outputs = parse_outputs(request.get("outputs"), params)
-    return parsed
+def too_many_photos(n: int, max_images: int) -> RequestError:
+    return RequestError(413, f"{n} photos in one request; the limit is {max_images}")
+
+
+def image_input(tensor: dict, shape: list[int], raw: memoryview | None, max_images: int) -> list[bytes]:
+    """The encoded photos of the "image" input (BYTES): length-prefixed raw data, or base64 strings in JSON."""
+    if tensor.get("datatype") != "BYTES":
+        raise bad(f'input "{IMAGE_INPUT}" must have datatype BYTES (encoded photos), got {tensor.get("datatype")!r}')
+    if raw is not None:
+        images = deserialize_bytes(raw, f'input "{IMAGE_INPUT}"', max_images)
+    else:
+        data = _flatten(tensor["data"])
+        if len(data) > max_images:
+            raise too_many_photos(len(data), max_images)
+        images = [decode_base64(item, f"image[{i}]") for i, item in enumerate(data)]
+    elements = math.prod(shape)
+    if len(images) != elements:
+        raise bad(f'input "{IMAGE_INPUT}": shape {shape} holds {elements} element(s) but {len(images)} were given')
+    if not images:
+        raise bad(f'input "{IMAGE_INPUT}" holds no photos')
+    if len(images) > max_images:
+        raise too_many_photos(len(images), max_images)
+    return images
+
+
+def array_input(tensor: dict, shape: list[int], raw: memoryview | None, input_shape: list[int], max_images: int) -> np.ndarray:
+    """The pre-processed photos of the "images" input (FP32 [N, 3, S, S]): little-endian raw data, or numbers in JSON."""
+    if tensor.get("datatype") != "FP32":
+        raise bad(f'input "{ARRAY_INPUT}" must have datatype FP32, got {tensor.get("datatype")!r}')
+    want = list(input_shape)
+    if len(shape) != 4 or shape[1:] != want:
+        raise bad(f'input "{ARRAY_INPUT}": shape must be [N, {", ".join(map(str, want))}], got {shape}')
+    if shape[0] < 1:
+        raise bad(f'input "{ARRAY_INPUT}" holds no photos')
+    if shape[0] > max_images:
+        raise too_many_photos(shape[0], max_images)
+    arrays = raw_fp32(raw, shape) if raw is not None else json_fp32(tensor["data"], shape)
+    if not np.isfinite(arrays).all():
+        raise bad(f'input "{ARRAY_INPUT}": values must be finite FP32 numbers (no NaN or infinity)')
+    return arrays.reshape(shape)
+
+
+def raw_fp32(raw: memoryview, shape: list[int]) -> np.ndarray:
+    elements = math.prod(shape)
+    if len(raw) != elements * 4:
+        raise bad(f'input "{ARRAY_INPUT}": shape {shape} needs {elements * 4} bytes of FP32 data, got {len(raw)}')
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def json_fp32(data, shape: list[int]) -> np.ndarray:
+    elements = math.prod(shape)
+    values = _flatten(data)
+    if len(values) != elements:
+        raise bad(f'input "{ARRAY_INPUT}": shape {shape} holds {elements} values but {len(values)} were given')
+    if not all((isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        raise bad(f'input "{ARRAY_INPUT}": FP32 data must be numbers')
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(values, dtype=np.float64).astype(np.float32)
+    except (OverflowError, ValueError):
+        raise bad(f'input "{ARRAY_INPUT}": values must be finite FP32 numbers') from None
 
 
 def parse_outputs(outputs, params: dict) -> list[tuple[str, bool]]:
@@ -392,28 +401,24 @@ INFER_OPENAPI = {
 }
 
 
-_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-ERRORS = {code: {"description": text, **_ERROR} for code, text in (
-    (400, "invalid inference request"), (401, "missing or wrong API key"), (404, "unknown model or version"),
-    (413, "body or photo count over the limit"), (503, "not ready, or overloaded (Retry-After)"), (504, "timed out"))}
+ERRORS = error_responses({
+    400: "invalid inference request", 401: "missing or wrong API key", 404: "unknown model or version",
+    413: "body or photo count over the limit", 503: "not ready, or overloaded (Retry-After)", 504: "timed out"})
 
 
 # ---------------------------------------------------------------------------------------------------- the router
 
 
-def v2_router(plane, config) -> APIRouter:
+def v2_router(plane: DataPlane, config: ServeConfig) -> APIRouter:
+    """The protocol's routes: server health and metadata, model metadata and readiness, inference."""
     router = APIRouter(tags=["Open Inference Protocol v2"])
-    max_body = getattr(config, "max_body_bytes", 20_000_000)
-    max_images = getattr(config, "max_images", 64)
+    add_server_routes(router, plane)
+    add_model_routes(router, plane)
+    add_infer_routes(router, plane, config)
+    return router
 
-    def check_model(name: str, version: str | None) -> None:
-        if not plane.loaded:
-            raise not_ready_error()
-        if name != plane.name:
-            raise RequestError(404, f"unknown model {name!r}: this server serves {plane.name!r}")
-        if version is not None and version != plane.version:
-            raise RequestError(404, f"unknown version {version!r} of model {name!r}: this server serves version {plane.version!r}")
 
+def add_server_routes(router: APIRouter, plane: DataPlane) -> None:
     @router.get("/v2", summary="Server metadata")
     async def server_metadata():
         return {"name": SERVER_NAME, "version": bintally.__version__, "extensions": EXTENSIONS}
@@ -426,25 +431,16 @@ def v2_router(plane, config) -> APIRouter:
     async def ready():
         return JSONResponse({"ready": True}) if plane.ready else JSONResponse({"ready": False}, status_code=503)
 
+
+def add_model_routes(router: APIRouter, plane: DataPlane) -> None:
     async def metadata(name: str, version: str | None = None):
-        check_model(name, version)
+        plane.require_model(name, version)
         return model_metadata(plane)
 
     async def model_ready(name: str, version: str | None = None):
-        check_model(name, version)
+        plane.require_model(name, version)
         ok = plane.ready
         return JSONResponse({"name": plane.name, "ready": ok}, status_code=200 if ok else 503)
-
-    async def infer(request: Request, name: str, version: str | None = None):
-        check_model(name, version)
-        body = await request.body()
-        if len(body) > max_body:
-            raise RequestError(413, f"the body has {len(body)} bytes; the limit is {max_body}")
-        body = decompress(body, request.headers.get("content-encoding"), max_body)
-        parsed = parse_request(*split_body(body, request.headers.get(HEADER_LENGTH)), list(plane.input_shape), max_images)
-        results = await _run(plane, parsed)
-        content, headers, media = build_response(plane.name, plane.version, parsed, results, list(plane.labels.names))
-        return Response(content, media_type=media, headers=headers)
 
     @router.get("/v2/models/{name}", summary="Model metadata", responses=ERRORS)
     async def model_metadata_latest(name: str):
@@ -462,6 +458,24 @@ def v2_router(plane, config) -> APIRouter:
     async def model_ready_version(name: str, version: str):
         return await model_ready(name, version)
 
+
+async def inference_body(request: Request, max_body: int) -> bytes:
+    """The request body, decompressed, within the body limit."""
+    body = await request.body()
+    if len(body) > max_body:
+        raise RequestError(413, f"the body has {len(body)} bytes; the limit is {max_body}")
+    return decompress(body, request.headers.get("content-encoding"), max_body)
+
+
+def add_infer_routes(router: APIRouter, plane: DataPlane, config: ServeConfig) -> None:
+    async def infer(request: Request, name: str, version: str | None = None):
+        plane.require_model(name, version)
+        body = await inference_body(request, config.max_body_bytes)
+        parsed = parse_request(*split_body(body, request.headers.get(HEADER_LENGTH)), list(plane.input_shape), config.max_images)
+        results = await _run(plane, parsed)
+        content, headers, media = build_response(plane.name, plane.version, parsed, results, list(plane.labels.names))
+        return Response(content, media_type=media, headers=headers)
+
     @router.post("/v2/models/{name}/infer", summary="Count the items in photos", openapi_extra=INFER_OPENAPI, responses=ERRORS)
     async def infer_latest(request: Request, name: str):
         return await infer(request, name)
@@ -470,8 +484,6 @@ def v2_router(plane, config) -> APIRouter:
                  openapi_extra=INFER_OPENAPI, responses=ERRORS)
     async def infer_version(request: Request, name: str, version: str):
         return await infer(request, name, version)
-
-    return router
 
 
 async def _run(plane, parsed: InferRequest) -> list[dict]:

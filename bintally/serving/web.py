@@ -13,9 +13,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from bintally.paths import SAMPLE_DIR
+from bintally.serving.config import ServeConfig
+from bintally.serving.dataplane import DataPlane
+from bintally.serving.errors import RequestError
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE = STATIC_DIR / "index.html"
@@ -46,25 +49,29 @@ def sample_index(folder: str = str(SAMPLE_DIR)) -> dict[str, dict]:
     return index
 
 
-def page_config(plane, config) -> dict:
-    loaded = bool(getattr(plane, "loaded", False))
-    return {"apiKeyRequired": bool(getattr(config, "api_key", None)), "countUrl": "/v1/count",
+def page_config(plane: DataPlane, config: ServeConfig) -> dict:
+    loaded = plane.loaded
+    return {"apiKeyRequired": bool(config.api_key), "countUrl": "/v1/count",
             "model": plane.name if loaded else None, "version": plane.version if loaded else None,
-            "backend": plane.counter.backend_name if loaded else None, "maxBodyBytes": getattr(config, "max_body_bytes", None)}
+            "backend": plane.counter.backend_name if loaded else None, "maxBodyBytes": config.max_body_bytes}
 
 
-def render_page(plane, config) -> str:
-    text = PAGE.read_text(encoding="utf-8")
-    blob = json.dumps(page_config(plane, config)).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return text.replace(CONFIG_MARK, blob, 1)
+def render_page(page: Path, settings: dict) -> str:
+    """A static page with its settings (JSON, safe inside a <script> element) in place of /*PAGE_CONFIG*/{}."""
+    blob = json.dumps(settings).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return page.read_text(encoding="utf-8").replace(CONFIG_MARK, blob, 1)
 
 
-def web_router(plane, config) -> APIRouter:
+def page_response(page: Path, settings: dict) -> HTMLResponse:
+    return HTMLResponse(render_page(page, settings), headers={"Cache-Control": "no-cache"})
+
+
+def web_router(plane: DataPlane, config: ServeConfig) -> APIRouter:
     router = APIRouter(tags=["Web page"])
 
     @router.get("/", response_class=HTMLResponse, summary="The web page: drop a bin photo, see the count")
     async def index():
-        return HTMLResponse(render_page(plane, config), headers={"Cache-Control": "no-cache"})
+        return page_response(PAGE, page_config(plane, config))
 
     @router.get("/samples", summary="The bundled sample photos (ABID, CC BY-NC-SA 3.0 US)")
     async def samples():
@@ -76,7 +83,7 @@ def web_router(plane, config) -> APIRouter:
     async def sample(name: str):
         entry = sample_index().get(name)  # only names listed from the folder: no path is ever built from the request
         if entry is None:
-            return JSONResponse({"error": f"no sample photo named {name!r}: see GET /samples"}, status_code=404)
+            raise RequestError(404, f"no sample photo named {name!r}: see GET /samples", counted=False)
         return FileResponse(SAMPLE_DIR / "bin-images" / entry["name"], media_type=MEDIA_TYPES[name.rsplit(".", 1)[1].lower()],
                             headers={"Cache-Control": "public, max-age=86400"})
 

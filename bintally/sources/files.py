@@ -1,0 +1,59 @@
+"""file:// URIs: a regular file under the policy's root, never a path that leads out of it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from urllib.parse import SplitResult, unquote
+
+from bintally.sources.errors import SourceError, SourceProblem, invalid, refused, too_large
+from bintally.sources.policy import SourcePolicy
+
+
+def read_file(uri: str, parts: SplitResult, policy: SourcePolicy) -> bytes:
+    """The bytes of the file a file:// URI names, if it lies under the policy's root and fits its byte limit."""
+    if not policy.file_root:
+        raise refused(f"{uri}: file:// URIs are not allowed (the server was started without --file-root)")
+    return read_capped(uri, path_under_root(uri, parts, Path(policy.file_root).resolve()), policy.max_bytes)
+
+
+def path_under_root(uri: str, parts: SplitResult, root: Path) -> Path:
+    """The resolved path a file:// URI names (symbolic links followed); refused when it is outside `root`."""
+    if parts.netloc not in ("", "localhost"):
+        raise refused(f"{uri}: file:// URIs must name a local path (file:///path)")
+    raw = unquote(parts.path)
+    if "\x00" in raw:
+        raise invalid(f"{uri}: the path contains a NUL byte")
+    if ".." in Path(raw).parts or not raw.startswith("/"):
+        raise refused(f"{uri}: the path must be absolute and must not contain '..'")
+    try:
+        resolved = Path(raw).resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        # say "not found" only inside the root: outside it, the answer must not reveal what exists
+        if Path(os.path.normpath(raw)).is_relative_to(root):
+            raise SourceError(SourceProblem.MISSING, f"{uri}: no such file") from None
+        raise refused(f"{uri}: outside the allowed file root") from None
+    except (OSError, RuntimeError) as e:  # a symlink loop, a permission problem on the way
+        raise refused(f"{uri}: cannot be resolved ({e.__class__.__name__})") from None
+    if not resolved.is_relative_to(root):
+        raise refused(f"{uri}: outside the allowed file root (symbolic links may not lead out of it)")
+    return resolved
+
+
+def read_capped(uri: str, path: Path, limit: int) -> bytes:
+    """A regular file's bytes, opened without following a last-moment symbolic link; at most `limit` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise invalid(f"{uri}: cannot be read ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise invalid(f"{uri}: not a regular file")
+        if info.st_size > limit:
+            raise too_large(uri, limit)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(uri, limit)
+    return data
