@@ -58,7 +58,7 @@ class ServeConfig:
 
     def __post_init__(self):
         self.allow_s3_buckets = tuple(self.allow_s3_buckets)
-        self.allow_https_hosts = tuple(h.lower() for h in self.allow_https_hosts)
+        self.allow_https_hosts = tuple(self.allow_https_hosts)  # lower-cased by the SourcePolicy
 
     def validate(self) -> "ServeConfig":
         """Raise ConfigError (one line) for a setting that cannot work; resolve the model folder."""

@@ -21,7 +21,7 @@ from bintally.serving.errors import RequestError, error_responses
 IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "application/x-image")
 ACCEPTED = "image/jpeg, image/png, image/webp, image/bmp, application/x-image, multipart/form-data or application/json"
 
-_b64 = {"type": "string", "format": "byte", "description": "the photo's bytes, base64 (a data: URL prefix is allowed)"}
+_b64 = {"type": "string", "format": "byte", "description": "the photo's bytes, base64 (or a data:<media type>;base64,<data> URL)"}
 _uri = {"type": "string", "description": "s3://bucket/key, https://host/path or file:///path, if allowlisted",
         "examples": ["s3://my-bucket/bin-images/00100.jpg"]}
 _json_input = {"type": "object", "properties": {"image_b64": _b64, "uri": _uri}, "additionalProperties": False}
