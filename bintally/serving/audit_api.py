@@ -41,7 +41,7 @@ RUN_FIELDS = ("csv", "photos", "name", "score", "budget", "threshold", "control"
 COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
 COUNT_KEYS = {"qty", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
-OFF = "the audit API is off: start the server with --audit-db URL (a SQLAlchemy URL or a SQLite file)"
+OFF = "the audit API is off: start the server with --audit-db URL (a SQLite file or a PostgreSQL URL)"
 
 
 def fail(status: int, message: str, headers: dict | None = None) -> RequestError:

@@ -22,17 +22,17 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def parse_json(body: bytes | memoryview, what: str = "the body"):
+def parse_json(body: bytes, what: str = "the body"):
     """`body` as JSON; a 400 saying why `what` is not."""
     try:
-        return json.loads(bytes(body))
+        return json.loads(body)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise RequestError(400, f"{what} is not valid JSON ({e})") from None
     except RecursionError:
         raise RequestError(400, f"{what} is not valid JSON (nested too deeply)") from None
 
 
-def json_object(body: bytes | memoryview, expected: str, what: str = "the body") -> dict:
+def json_object(body: bytes, expected: str, what: str = "the body") -> dict:
     """`body` as a JSON object; a 400 saying `expected` when it is JSON of another kind."""
     doc = parse_json(body, what)
     if not isinstance(doc, dict):

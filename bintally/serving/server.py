@@ -10,9 +10,14 @@ import logging
 import os
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 from bintally.errors import ConfigError
 from bintally.serving.config import CONFIG_ENV, ServeConfig
+
+if TYPE_CHECKING:  # imported when serving starts: `bintally serve --help` stays quick
+    from bintally.audit.store import Store
+    from bintally.serving.dataplane import DataPlane
 
 log = logging.getLogger("bintally.serving")
 STARTUP_FAILURE = 3  # uvicorn's exit code of a worker that failed before serving
@@ -54,14 +59,30 @@ def uvicorn_config(app, config: ServeConfig, **extra):
 def serve(config: ServeConfig) -> int:
     """Check the config, the port and the model (each failure a one-line ConfigError/DataError before the server
     listens), then serve until SIGTERM/SIGINT; 0 after a graceful stop."""
-    import uvicorn
-
     from bintally.models.artifact import read_artifact
-    from bintally.serving.app import create_app
-    from bintally.serving.dataplane import DataPlane
 
     config.validate()
     read_artifact(config.model)  # a missing or damaged model.json: one line, before the port is touched
+    sock, plane, store = prepare(config)
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    log.info("serving http://%s:%d with %d worker%s (API docs at /docs)", shown, config.port, config.workers,
+             "" if config.workers == 1 else "s")
+    stops = []
+    previous = {sig: signal.signal(sig, lambda s, f: stops.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if config.workers == 1:
+            return serve_in_process(config, sock, plane, store)
+        return serve_with_workers(config, sock, plane, store)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+
+
+def prepare(config: ServeConfig) -> tuple[socket.socket, DataPlane, Store | None]:
+    """(the bound socket, the loaded data plane, the audit store or None); on a failure, what was opened is closed."""
+    from bintally.serving.dataplane import DataPlane
+
     store = open_audit_store(config)  # --audit-db: opened and its schema upgraded once, before the port (a bad URL: one line)
     try:
         sock = bind(config.host, config.port)  # bound, not listening: nobody can connect before the model is ready
@@ -77,30 +98,30 @@ def serve(config: ServeConfig) -> int:
         if store is not None:
             store.close()
         raise
-    shown = f"[{config.host}]" if ":" in config.host else config.host
-    log.info("serving http://%s:%d with %d worker%s (API docs at /docs)", shown, config.port, config.workers,
-             "" if config.workers == 1 else "s")
-    stops = []
-    previous = {sig: signal.signal(sig, lambda s, f: stops.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        if config.workers == 1:
-            server = uvicorn.Server(uvicorn_config(create_app(config, plane, audit_store=store), config))
-            server.run(sockets=[sock])
-            return 0 if server.started else 2
-        if store is not None:
-            store.close()  # each worker opens its own (the schema is current now)
-        from uvicorn.supervisors import Multiprocess
+    return sock, plane, store
 
-        plane.close()  # the workers load their own; the parent only supervises
-        plane.counter = plane.batcher = None
-        os.environ[CONFIG_ENV] = config.to_json()
-        ucfg = uvicorn_config(FACTORY, config, factory=True)
-        supervisor = Multiprocess(ucfg, sockets=[sock])
-        supervisor.run()
-        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
-            raise ConfigError("a worker process could not start (see the log above)")
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sock.close()
+
+def serve_in_process(config: ServeConfig, sock: socket.socket, plane: DataPlane, store: Store | None) -> int:
+    import uvicorn
+
+    from bintally.serving.app import create_app
+
+    server = uvicorn.Server(uvicorn_config(create_app(config, plane, audit_store=store), config))
+    server.run(sockets=[sock])
+    return 0 if server.started else 2
+
+
+def serve_with_workers(config: ServeConfig, sock: socket.socket, plane: DataPlane, store: Store | None) -> int:
+    """`config.workers` uvicorn processes on the one socket, each loading its own model and audit store."""
+    from uvicorn.supervisors import Multiprocess
+
+    if store is not None:
+        store.close()  # each worker opens its own (the schema is current now)
+    plane.close()  # the workers load their own; the parent only supervises
+    plane.counter = plane.batcher = None
+    os.environ[CONFIG_ENV] = config.to_json()
+    supervisor = Multiprocess(uvicorn_config(FACTORY, config, factory=True), sockets=[sock])
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise ConfigError("a worker process could not start (see the log above)")
+    return 0
