@@ -31,7 +31,7 @@ from bintally.serving.bodies import json_object, media_type, read_form
 from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError
-from bintally.serving.web import page_response
+from bintally.serving.web import page_response, page_settings
 
 log = logging.getLogger("bintally.serving")
 PAGE = Path(__file__).parent / "static" / "audit.html"
@@ -330,7 +330,7 @@ def audit_router(service: AuditService) -> APIRouter:
 
     @router.get("/audit", response_class=HTMLResponse, summary="The audit dashboard: runs, worklists, blind counts, reviews")
     async def page():
-        return page_response(PAGE, page_settings(service))
+        return page_response(PAGE, page_settings(service.plane, service.config) | {"auditEnabled": service.enabled})
 
     add_run_routes(router, service)
     add_task_routes(router, service)
@@ -423,11 +423,3 @@ def add_output_routes(router: APIRouter, service: AuditService) -> None:
     async def image(snapshot_id: int):
         data, media = await snapshot_photo(service, snapshot_id)
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
-
-
-def page_settings(service: AuditService) -> dict:
-    plane, config = service.plane, service.config
-    loaded = plane.loaded
-    return {"apiKeyRequired": bool(config.api_key), "auditEnabled": service.enabled,
-            "model": plane.name if loaded else None, "version": plane.version if loaded else None,
-            "maxBodyBytes": config.max_body_bytes}

@@ -49,11 +49,15 @@ def sample_index(folder: str = str(SAMPLE_DIR)) -> dict[str, dict]:
     return index
 
 
-def page_config(plane: DataPlane, config: ServeConfig) -> dict:
+def page_settings(plane: DataPlane, config: ServeConfig) -> dict:
+    """What every page needs to know: whether to ask for the API key, the model served (once loaded), the body limit."""
     loaded = plane.loaded
-    return {"apiKeyRequired": bool(config.api_key), "countUrl": "/v1/count",
-            "model": plane.name if loaded else None, "version": plane.version if loaded else None,
-            "backend": plane.counter.backend_name if loaded else None, "maxBodyBytes": config.max_body_bytes}
+    return {"apiKeyRequired": bool(config.api_key), "model": plane.name if loaded else None,
+            "version": plane.version if loaded else None, "maxBodyBytes": config.max_body_bytes}
+
+
+def page_config(plane: DataPlane, config: ServeConfig) -> dict:
+    return page_settings(plane, config) | {"countUrl": "/v1/count", "backend": plane.counter.backend_name if plane.loaded else None}
 
 
 def render_page(page: Path, settings: dict) -> str:
