@@ -20,7 +20,7 @@ from bintally.data.images import decode_image
 from bintally.errors import ConfigError, DataError
 from bintally.serving.batcher import Batcher, Overloaded, Stopped
 from bintally.serving.config import ServeConfig
-from bintally.serving.errors import RETRY_AFTER_S, RequestError, not_ready_error, source_refusal
+from bintally.serving.errors import RETRY_AFTER_S, RequestError, not_ready_error, source_refusal, too_many_images
 from bintally.serving.metrics import Metrics
 from bintally.sources import SourceError, UriFetcher
 
@@ -153,7 +153,7 @@ class DataPlane:
         if not self._warm:
             raise not_ready_error()
         if n > self.config.max_images:
-            raise RequestError(413, f"too many images in one request: {n}, the limit is {self.config.max_images}")
+            raise too_many_images(n, self.config.max_images)
         try:
             self.batcher.reserve(n)
         except Overloaded as e:

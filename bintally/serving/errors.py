@@ -36,6 +36,10 @@ def not_ready_error() -> RequestError:
                         {"Retry-After": str(RETRY_AFTER_S)}, reason="not_ready")
 
 
+def too_many_images(n: int, limit: int) -> RequestError:
+    return RequestError(413, f"too many images in one request: {n}, the limit is {limit}")
+
+
 def source_refusal(e: SourceError) -> RequestError:
     """A photo that could not be fetched by URI, as the answer to the request that named it."""
     return RequestError(SOURCE_STATUS[e.problem], e.message)

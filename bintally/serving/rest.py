@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from bintally.serving.bodies import decode_base64, json_object, media_type, read_form
 from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
-from bintally.serving.errors import RequestError, error_responses
+from bintally.serving.errors import RequestError, error_responses, too_many_images
 
 IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "application/x-image")
 ACCEPTED = "image/jpeg, image/png, image/webp, image/bmp, application/x-image, multipart/form-data or application/json"
@@ -90,7 +90,7 @@ async def form_inputs(request: Request, limit: int) -> Inputs:
     if not files:
         raise RequestError(400, "the form holds no file: send one or more photos as file parts")
     if len(files) > limit:
-        raise RequestError(413, f"too many images in one request: {len(files)}, the limit is {limit}")
+        raise too_many_images(len(files), limit)
     data = [await f.read() for f in files]
     await form.close()
     return data, [f.filename or None for f in files]
@@ -106,7 +106,7 @@ def json_items(doc: dict, limit: int) -> list:
     if not isinstance(items, list) or not items:
         raise RequestError(400, '"images" must be a non-empty list of {"image_b64": ...} or {"uri": ...}')
     if len(items) > limit:
-        raise RequestError(413, f"too many images in one request: {len(items)}, the limit is {limit}")
+        raise too_many_images(len(items), limit)
     return items
 
 

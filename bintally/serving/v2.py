@@ -34,7 +34,7 @@ import bintally
 from bintally.serving.bodies import decode_base64, json_object
 from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
-from bintally.serving.errors import RequestError, error_responses
+from bintally.serving.errors import RequestError, error_responses, too_many_images
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "bintally"
@@ -205,10 +205,6 @@ def input_header(tensor: dict, binary: memoryview) -> tuple[str, list[int], memo
     return name, shape, binary[:size]
 
 
-def too_many_photos(n: int, max_images: int) -> RequestError:
-    return RequestError(413, f"{n} photos in one request; the limit is {max_images}")
-
-
 def image_input(tensor: dict, shape: list[int], raw: memoryview | None, max_images: int) -> list[bytes]:
     """The encoded photos of the "image" input (BYTES): length-prefixed raw data, or base64 strings in JSON."""
     if tensor.get("datatype") != "BYTES":
@@ -218,7 +214,7 @@ def image_input(tensor: dict, shape: list[int], raw: memoryview | None, max_imag
     else:
         data = _flatten(tensor["data"])
         if len(data) > max_images:
-            raise too_many_photos(len(data), max_images)
+            raise too_many_images(len(data), max_images)
         images = [decode_base64(item, f"image[{i}]") for i, item in enumerate(data)]
     elements = math.prod(shape)
     if len(images) != elements:
@@ -226,7 +222,7 @@ def image_input(tensor: dict, shape: list[int], raw: memoryview | None, max_imag
     if not images:
         raise bad(f'input "{IMAGE_INPUT}" holds no photos')
     if len(images) > max_images:
-        raise too_many_photos(len(images), max_images)
+        raise too_many_images(len(images), max_images)
     return images
 
 
@@ -240,7 +236,7 @@ def array_input(tensor: dict, shape: list[int], raw: memoryview | None, input_sh
     if shape[0] < 1:
         raise bad(f'input "{ARRAY_INPUT}" holds no photos')
     if shape[0] > max_images:
-        raise too_many_photos(shape[0], max_images)
+        raise too_many_images(shape[0], max_images)
     arrays = raw_fp32(raw, shape) if raw is not None else json_fp32(tensor["data"], shape)
     if not np.isfinite(arrays).all():
         raise bad(f'input "{ARRAY_INPUT}": values must be finite FP32 numbers (no NaN or infinity)')
