@@ -33,13 +33,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import bintally
+from bintally.inference.prediction import OUTPUTS, Prediction
+from bintally.inference.signature import ARRAY_INPUT, IMAGE_INPUT
 from bintally.serving.dataplane import RequestError, not_ready_error
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "bintally"
 EXTENSIONS = ["binary_tensor_data"]
-IMAGE_INPUT, ARRAY_INPUT = "image", "images"
-OUTPUTS = {"count": "INT64", "probabilities": "FP32", "label": "BYTES", "confidence": "FP32", "expected_count": "FP32"}
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
 NP_TYPES = {"INT64": "<i8", "FP32": "<f4"}
 
@@ -293,26 +293,13 @@ def parse_outputs(outputs, params: dict) -> list[tuple[str, bool]]:
 # ---------------------------------------------------------------------------------------------------- responses
 
 
-def output_tensors(results: list[dict], class_names: list[str]) -> dict[str, tuple[str, list[int], object]]:
-    """Each output as (datatype, shape, values) from results in the one result shape."""
-    n = len(results)
-    probs = np.array([[r["probabilities"][c] for c in class_names] for r in results], dtype=np.float32).reshape(n, len(class_names))
-    return {
-        "count": ("INT64", [n], np.array([r["count"] for r in results], dtype=np.int64)),
-        "probabilities": ("FP32", [n, len(class_names)], probs),
-        "label": ("BYTES", [n], [r["label"].encode() for r in results]),
-        "confidence": ("FP32", [n], np.array([r["confidence"] for r in results], dtype=np.float32)),
-        "expected_count": ("FP32", [n], np.array([r["expected_count"] for r in results], dtype=np.float32)),
-    }
-
-
-def build_response(model_name: str, version: str, request: InferRequest, results: list[dict],
-                   class_names: list[str]) -> tuple[bytes, dict[str, str], str]:
-    """(body, extra headers, media type) of the inference response."""
-    tensors = output_tensors(results, class_names)
+def build_response(model_name: str, version: str, request: InferRequest, prediction: Prediction) -> tuple[bytes, dict[str, str], str]:
+    """(body, extra headers, media type) of the inference response: the prediction's tensors, never rounded."""
+    tensors = prediction.tensors()
     outputs, chunks = [], []
     for name, binary in request.outputs:
-        datatype, shape, values = tensors[name]
+        datatype, values = OUTPUTS[name], tensors[name]
+        shape = [len(values)] if datatype == "BYTES" else list(values.shape)
         entry = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
             raw = serialize_bytes(values) if datatype == "BYTES" else np.ascontiguousarray(values, dtype=NP_TYPES[datatype]).tobytes()
@@ -339,21 +326,15 @@ def build_response(model_name: str, version: str, request: InferRequest, results
 
 
 def model_metadata(plane) -> dict:
-    names = list(plane.labels.names)
-    shape = list(plane.input_shape)
+    signature = plane.signature
     backend = getattr(plane.counter, "backend_name", "onnx")
     return {
         "name": plane.name,
         "versions": [plane.version],
         "platform": PLATFORMS.get(backend, backend),
-        "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
-                   {"name": ARRAY_INPUT, "datatype": "FP32", "shape": [-1, *shape]}],
-        "outputs": [{"name": "count", "datatype": "INT64", "shape": [-1]},
-                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(names)]},
-                    {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "confidence", "datatype": "FP32", "shape": [-1]},
-                    {"name": "expected_count", "datatype": "FP32", "shape": [-1]}],
-        "parameters": {"classes": names, "backend": backend},
+        "inputs": [tensor.to_dict() for tensor in signature.inputs],
+        "outputs": [tensor.to_dict() for tensor in signature.outputs],
+        "parameters": {"classes": list(signature.classes), "backend": backend},
     }
 
 
@@ -442,8 +423,8 @@ def v2_router(plane, config) -> APIRouter:
             raise RequestError(413, f"the body has {len(body)} bytes; the limit is {max_body}")
         body = decompress(body, request.headers.get("content-encoding"), max_body)
         parsed = parse_request(*split_body(body, request.headers.get(HEADER_LENGTH)), list(plane.input_shape), max_images)
-        results = await _run(plane, parsed)
-        content, headers, media = build_response(plane.name, plane.version, parsed, results, list(plane.labels.names))
+        prediction = await _run(plane, parsed)
+        content, headers, media = build_response(plane.name, plane.version, parsed, prediction)
         return Response(content, media_type=media, headers=headers)
 
     @router.get("/v2/models/{name}", summary="Model metadata", responses=ERRORS)
@@ -474,9 +455,9 @@ def v2_router(plane, config) -> APIRouter:
     return router
 
 
-async def _run(plane, parsed: InferRequest) -> list[dict]:
+async def _run(plane, parsed: InferRequest) -> Prediction:
     if parsed.images is not None:
-        return await plane.count_images(parsed.images, [f"image[{i}]" for i in range(len(parsed.images))])
-    return plane.describe(await plane.probabilities(parsed.arrays))
+        return await plane.predict_images(parsed.images, [f"image[{i}]" for i in range(len(parsed.images))])
+    return await plane.predict_arrays(parsed.arrays)
 
 
