@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ class Counter:
     def temperature(self) -> float:
         return self.artifact.temperature if self.calibrated else 1.0
 
-    @property
+    @cached_property
     def signature(self) -> ModelSignature:
         return ModelSignature.of(self.labels, self.artifact.transform.image_size)
 

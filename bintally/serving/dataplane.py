@@ -71,7 +71,6 @@ class DataPlane:
         self.batcher: Batcher | None = None
         self.name = config.name or ""
         self.version = ""
-        self.labels = None
         self._warm = False
         self._shutting_down = False
         self._load_lock = threading.Lock()
@@ -100,7 +99,7 @@ class DataPlane:
                 raise ConfigError(f"cannot load the model {self.config.model} on {self.config.backend}/{self.config.device}: "
                                   f"{' '.join(str(e).split())[:300]}") from None
             artifact = counter.artifact
-            self.counter, self.labels = counter, counter.labels
+            self.counter = counter
             self.name = self.config.name or artifact.name
             self.version = artifact.version
             self.metrics.set_model(self.name, self.version, counter.backend_name)
@@ -159,8 +158,8 @@ class DataPlane:
     # ---- what the model is -------------------------------------------------------------------------------------
     @property
     def input_shape(self) -> list[int]:
-        size = self.counter.artifact.transform.image_size
-        return [3, size, size]
+        """[3, S, S]: one pre-processed photo."""
+        return list(self.counter.signature.input(ARRAY_INPUT).shape[1:])
 
     @property
     def signature(self) -> ModelSignature:
