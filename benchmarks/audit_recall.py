@@ -52,9 +52,8 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bintally.audit.run import select_tasks
-from bintally.audit.scoring import record_classes, record_probability
 from bintally.evaluation.calibration import calibration_summary, fit_temperature
-from bintally.evaluation.evaluate import evaluation_photos, keep_readable, predict_probs, read_data
+from bintally.evaluation.evaluate import evaluation_photos, keep_readable, predict_photos, read_data
 from bintally.inference.temperature import apply_temperature
 from bintally.labels import LabelSpace
 from bintally.models.artifact import read_artifact
@@ -85,8 +84,8 @@ def predict(model, df: pd.DataFrame, split: str, backend: str, batch_size: int, 
 
     counter = Counter.load(model, backend, calibrated=False)
     photos, info = evaluation_photos(df, split, counter.labels)
-    probs, kept = predict_probs(counter, photos, batch_size, workers, progress=False)
-    return probs.astype(np.float64), keep_readable(photos, kept, info)
+    prediction, kept = predict_photos(counter, photos, batch_size, workers, progress=False)
+    return prediction.raw.astype(np.float64), keep_readable(photos, kept, info)
 
 
 def model_arrays(name: str, args) -> dict:
@@ -238,7 +237,7 @@ def ranker_scores(name: str, model: dict, records: np.ndarray, rng_random: np.nd
     if name == "expected_abs_error":
         counts = space.count_of(np.arange(space.n_classes)).astype(float)
         return (probs * np.abs(counts[None, :] - clipped[:, None])).sum(-1)
-    return 1.0 - record_probability(space, probs, records)
+    return 1.0 - space.probability_of(probs, records)
 
 
 def evaluate_ranking(scores: np.ndarray, wrong: np.ndarray, kind: np.ndarray, perm: np.ndarray, rng) -> dict:
@@ -305,7 +304,7 @@ def simulate(populations: dict, models: dict, seeds: int) -> tuple[dict, dict]:
                 above_5.append(float((records[wrong] > 5).mean()))
                 for m in spec["models"]:  # errors no class probability can see: record and truth in the same class
                     space = models[m]["space"]
-                    same_class[m].append(float((record_classes(space, records[wrong]) == record_classes(space, counts[wrong])).mean()))
+                    same_class[m].append(float((space.class_of(records[wrong]) == space.class_of(counts[wrong])).mean()))
                 perm, random_scores = rng.permutation(len(counts)), rng.random(len(counts))
                 for owner, r in rankers:
                     scores = ranker_scores(r, sliced.get(owner), records, random_scores)

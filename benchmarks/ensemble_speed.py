@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ensemble_speed.py RUN [--photos 256] [--batch 16]
 
 RUN is a `bintally train --folds K` run. Each model counts the same real photos (decoded and
-pre-processed once, outside the timing) through `Counter.count_arrays`, with flip TTA, in one
+pre-processed once, outside the timing) through `Counter.predict(...).rows()`, with flip TTA, in one
 process with 2 threads; the best of 3 passes is reported. Accuracy figures come from the run's
 cv.json (validation) and are added to the table by hand with the test split's.
 """
@@ -24,12 +24,12 @@ from bintally.models.artifact import read_artifact
 
 
 def images_per_second(counter: Counter, arrays: np.ndarray, batch: int, passes: int = 3) -> float:
-    counter.count_arrays(arrays[:batch])  # warm-up (and the ONNX export, on first use)
+    counter.predict(arrays[:batch]).rows()  # warm-up (and the ONNX export, on first use)
     best = float("inf")
     for _ in range(passes):
         started = time.perf_counter()
         for i in range(0, len(arrays), batch):
-            counter.count_arrays(arrays[i:i + batch])
+            counter.predict(arrays[i:i + batch]).rows()
         best = min(best, time.perf_counter() - started)
     return len(arrays) / best
 

@@ -4,8 +4,8 @@ Class i is the count `min_count + i` for counts min_count..max_count; with `over
 class stands for "more than max_count" and is scored as max_count + 1 items. Counts outside the
 space (below min_count, or above max_count without overflow) have no label.
 
-`decode` and `describe` turn a model's probabilities into counts and into the one result shape that
-predict, evaluate, the server and the audit all report.
+`class_of` is the one count -> class mapping (training labels, audit records); `decode` turns a model's
+probabilities into classes (`bintally.inference.Prediction` carries them to every consumer).
 """
 
 from __future__ import annotations
@@ -84,14 +84,28 @@ class LabelSpace:
         extra = f" and {self.max_count + 1}+" if self.overflow else ""
         return f"counts {self.min_count}-{self.max_count}{extra}"
 
+    def class_of(self, counts) -> np.ndarray:
+        """Class index of each count; -1 where the count has no class (below min_count, or above max_count without overflow)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        classes = np.minimum(counts, self.max_count + 1) - self.min_count
+        outside = (counts < self.min_count) | ((counts > self.max_count) & (not self.overflow))
+        return np.where(outside, -1, classes)
+
     def label_of(self, counts):
-        """Class index of each count, a pandas Series (nullable Int64); <NA> where the count has no class."""
+        """Class index of each count, a pandas Series (nullable Int64); <NA> where the count is missing or has no class."""
         import pandas as pd  # here, so that the count server does not import pandas
 
         counts = pd.Series(counts).astype("Int64")
-        labels = counts.clip(upper=self.max_count + 1) - self.min_count
-        outside = (counts < self.min_count) | ((counts > self.max_count) & (not self.overflow))
-        return labels.mask(outside.fillna(False))
+        known = counts.notna().to_numpy()
+        labels = pd.Series(pd.NA, index=counts.index, dtype="Int64")
+        labels[known] = self.class_of(counts[known].to_numpy(dtype=np.int64))
+        return labels.mask(labels < 0)
+
+    def probability_of(self, probs: np.ndarray, counts) -> np.ndarray:
+        """P(count) of each row of probabilities [N, n_classes]: its class's probability, 0 where the count has no class."""
+        probs = np.asarray(probs, dtype=np.float64)
+        classes = self.class_of(counts)
+        return np.where(classes >= 0, probs[np.arange(len(probs)), np.maximum(classes, 0)], 0.0)
 
     def count_of(self, labels) -> np.ndarray:
         """The count each class index stands for (the overflow class counts as max_count + 1)."""
@@ -115,15 +129,3 @@ class LabelSpace:
     def expected_counts(self, probs: np.ndarray) -> np.ndarray:
         """The mean count of each row's distribution (the overflow class counted as max_count + 1)."""
         return np.asarray(probs, dtype=np.float64) @ self.count_of(np.arange(self.n_classes))
-
-    def describe(self, probs: np.ndarray, method: str = "argmax", labels: np.ndarray | None = None) -> list[dict]:
-        """The result for each row: count, label, confidence, expected count and every class's probability.
-
-        `labels` gives the class of each row when it was decoded elsewhere (from uncalibrated probabilities)."""
-        probs = np.asarray(probs, dtype=np.float64)
-        labels = self.decode(probs, method) if labels is None else labels
-        expected = self.expected_counts(probs)
-        names = self.names
-        return [{"count": int(self.count_of(label)), "label": names[label], "confidence": round(float(row[label]), 4),
-                 "expected_count": round(float(mean), 3), "probabilities": {n: round(float(p), 4) for n, p in zip(names, row)}}
-                for row, label, mean in zip(probs, labels, expected)]

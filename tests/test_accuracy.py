@@ -92,7 +92,7 @@ def test_fine_tuned_heads_and_label_spaces_reload_with_identical_outputs(tiny_ma
         got = ProbabilityModel(reloaded)(images)
     assert torch.equal(expected, got)
     assert got.shape == (4, LabelSpace(0, max_count, overflow).n_classes)
-    names = Counter.load(run).describe(got.numpy())[0]["probabilities"].keys()
+    names = Counter.load(run).prediction(got.numpy()).rows()[0]["probabilities"].keys()
     assert list(names)[-1] == ("8+" if overflow else "5")  # served results say "K+" for the overflow class
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bintally.data.transforms import TransformConfig
 from bintally.errors import DataError
-from bintally.inference import Counter
+from bintally.inference import Counter, Prediction
 from bintally.models.artifact import META_FILE, ModelArtifact, load_model, read_artifact, save_model
 from bintally.models.config import ModelConfig
 from bintally.models.model import CountingModel, ProbabilityModel
@@ -76,9 +76,9 @@ def test_save_and_read_round_trip_gives_identical_probabilities(tmp_path, head, 
     assert np.array_equal(counter.probabilities(x), expected)
     results, failures = counter.count_paths(PHOTOS, batch_size=4, progress=False)
     assert failures == [] and [r["image"] for r in results] == [str(p) for p in PHOTOS]
-    described = read.labels.describe(expected, read.decoding)
+    described = Prediction.of(read.labels, expected, read.decoding).rows()
     assert [{k: v for k, v in r.items() if k != "image"} for r in results] == described
-    assert counter.count_images([Image.open(p) for p in PHOTOS]) == described == counter.count_arrays(x)
+    assert counter.count_images([Image.open(p) for p in PHOTOS]) == described == counter.predict(x).rows()
 
 
 def test_model_json_says_what_a_client_needs(tiny_artifact):

@@ -23,9 +23,10 @@ import pandas as pd
 import pytest
 
 from bintally.audit import Conflict, NotFound, list_tasks, open_store, review, select_tasks, submit_count
-from bintally.audit.scoring import discrepancy_scores, record_probability
+from bintally.audit.scoring import discrepancy_scores
 from bintally.errors import ConfigError
 from bintally.evaluation.calibration import apply_temperature, ece, fit_temperature
+from bintally.inference import Prediction
 from bintally.labels import LabelSpace
 from bintally.paths import SAMPLE_DIR
 from tests.cli_helpers import assert_one_line_error, run_cli
@@ -103,11 +104,11 @@ def table_sizes(db: Path) -> dict:
 def test_record_probability_maps_records_to_classes_and_overflow():
     probs = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]])  # counts 0, 1, 2 and "3+"
     with_overflow = LabelSpace(0, 2, overflow=True)
-    assert record_probability(with_overflow, probs, [2, 0]).tolist() == [0.3, 0.7]
-    assert record_probability(with_overflow, probs, [9, 5]).tolist() == [0.4, 0.1]  # above 2: the "3+" class
+    assert with_overflow.probability_of(probs, [2, 0]).tolist() == [0.3, 0.7]
+    assert with_overflow.probability_of(probs, [9, 5]).tolist() == [0.4, 0.1]  # above 2: the "3+" class
     without = LabelSpace(0, 3, overflow=False)
-    assert record_probability(without, probs, [3, 4]).tolist() == [0.4, 0.0]  # no class for 4: no probability
-    scores = discrepancy_scores(with_overflow, probs, [2, 0])
+    assert without.probability_of(probs, [3, 4]).tolist() == [0.4, 0.0]  # no class for 4: no probability
+    scores = discrepancy_scores(Prediction.of(with_overflow, probs), [2, 0])
     assert np.allclose(scores["score"], [0.7, 0.3])
     assert scores["predicted"].tolist() == [3, 0]
     assert np.allclose(scores["expected"], [2.0, 0.6])
@@ -119,7 +120,7 @@ def test_the_distance_score_is_the_expected_number_of_items_between_record_and_c
     space = LabelSpace(0, 2, overflow=True)  # counts 0, 1, 2 and "3+"
     probs = np.array([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.25, 0.75]])
     assert expected_distance(space, probs, [0, 9]).tolist() == [0.5, 0.25]  # 9 is above the classes: counted as 3
-    scores = discrepancy_scores(space, probs, [0, 9], score="distance")
+    scores = discrepancy_scores(Prediction.of(space, probs), [0, 9], score="distance")
     assert scores["score"].tolist() == [0.5, 0.25] and scores["p_record"].tolist() == [0.5, 0.75]
     assert p_record_of({"0": 0.5, "1": 0.5, "2": 0.0, "3+": 0.0}, 0) == 0.5
     assert p_record_of({"0": 0.1, "1": 0.9}, 4) == 0.0  # no class for 4
@@ -189,11 +190,11 @@ def test_a_temperature_calibrates_probabilities_but_never_moves_a_median_decoded
     assert artifact.decoding == "median"
     photos = np.random.default_rng(1).normal(size=(32, 3, 64, 64)).astype(np.float32)
     raw = Counter.load(artifact.path, "torch", calibrated=False)
-    before = raw.describe(raw.probabilities(photos))
+    before = raw.predict(photos).rows()
     replace(read_artifact(artifact.path), calibration={"method": "temperature", "temperature": 4.0}).write_metadata()
     calibrated = Counter.load(artifact.path, "torch")
-    probs = calibrated.probabilities(photos)
-    after = calibrated.describe(probs)
+    prediction = calibrated.predict(photos)
+    probs, after = prediction.probabilities, prediction.rows()
     assert [r["count"] for r in after] == [r["count"] for r in before]
     assert not np.allclose(probs, raw.probabilities(photos), atol=1e-3)
     median_of_calibrated = artifact.labels.decode(probs, "median")  # what decoding the calibrated probabilities would give

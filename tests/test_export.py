@@ -99,8 +99,8 @@ def test_parity_function_and_dynamic_batch(onnx_export, tiny_artifact):
 
 @pytest.mark.slow
 def test_counter_on_onnx_export_and_cache_count_as_pytorch(onnx_export, tiny_artifact):
-    from bintally.export.onnx import cached_onnx
     from bintally.inference import Counter
+    from bintally.inference.onnx import cached_onnx
 
     _, out = onnx_export
     paths = photos(16, 600)
@@ -288,6 +288,7 @@ def test_bad_input_is_one_line_exit_2(case, tiny_artifact, tmp_path):
 def test_failed_parity_leaves_nothing(tiny_artifact, small_data, tmp_path, monkeypatch):
     """ONNX counts that differ from PyTorch's on one photo: exit 2, one line, no folder."""
     import bintally.export.onnx as onnx_export
+    import bintally.inference.onnx as onnx_graph
 
     def fake_export(artifact):
         (tmp_path / "fake.onnx").write_bytes(b"")  # never run: only the probabilities below matter
@@ -300,7 +301,7 @@ def test_failed_parity_leaves_nothing(tiny_artifact, small_data, tmp_path, monke
         probs[0] = np.roll(probs[0], 1)  # another count for the first photo
         return probs
 
-    monkeypatch.setattr(onnx_export, "cached_onnx", fake_export)
+    monkeypatch.setattr(onnx_graph, "cached_onnx", fake_export)
     monkeypatch.setattr(onnx_export, "onnx_probabilities", drifting)
     out = tmp_path / "out"
     line = assert_one_line_error(run_cli("export", "-m", tiny_artifact.path, "-o", out, "--data", small_data, "--no-progress"),

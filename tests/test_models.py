@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from bintally.errors import ConfigError
+from bintally.inference import Prediction
 from bintally.labels import LabelSpace
 from bintally.models import CountingModel, ModelConfig, build_head, efficientnet_lite
 from bintally.models.backbones import build_backbone
@@ -78,7 +79,7 @@ def test_probability_model_and_the_result_shape():
     assert plain.shape == (3, 7) and torch.allclose(plain.sum(-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-6)  # TTA: the mean of the photo's and its mirror's
     assert not torch.allclose(tta, plain)
-    results = LabelSpace().describe(plain.numpy(), "argmax")
+    results = Prediction.of(LabelSpace(), plain.numpy(), "argmax").rows()
     assert len(results) == 3
     for row, r in zip(plain.numpy(), results):
         assert set(r) == {"count", "label", "confidence", "expected_count", "probabilities"}
@@ -92,7 +93,7 @@ def test_probability_model_and_the_result_shape():
 def test_the_overflow_class_is_counted_as_max_count_plus_one():
     space = LabelSpace(1, 5, overflow=True)  # classes 1..5 and "6+"
     probs = np.array([[0.0, 0.0, 0.0, 0.0, 0.1, 0.9], [0.7, 0.3, 0.0, 0.0, 0.0, 0.0]])
-    first, second = space.describe(probs)
+    first, second = Prediction.of(space, probs).rows()
     assert (first["count"], first["label"]) == (6, "6+") and first["expected_count"] == pytest.approx(5.9)
     assert (second["count"], second["label"]) == (1, "1") and second["expected_count"] == pytest.approx(1.3)
     assert space.expected_counts(probs) == pytest.approx([5.9, 1.3])
@@ -136,8 +137,8 @@ def test_decodings():
     assert space.decode(probs, "argmax").tolist() == [6, 3]
     assert space.decode(probs, "median").tolist() == [6, 2]
     assert space.decode(probs, "expected").tolist() == [4, 2]
-    assert [r["label"] for r in space.describe(probs, "median")] == ["6+", "2"]
-    assert [r["count"] for r in space.describe(probs, "expected")] == [4, 2]
+    assert [r["label"] for r in Prediction.of(space, probs, "median").rows()] == ["6+", "2"]
+    assert [r["count"] for r in Prediction.of(space, probs, "expected").rows()] == [4, 2]
     with pytest.raises(ConfigError, match="unknown decoding"):
         space.decode(probs, "mode")
     assert CountingModel(ModelConfig(backbone="resnet18", head="ordinal", pretrained=False)).decode == "median"

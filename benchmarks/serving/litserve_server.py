@@ -9,7 +9,7 @@ LitServe is installed only for this benchmark, outside the project's environment
 Each request is multipart/form-data with the photo as the part "file" (LitServe parses JSON or forms,
 not raw image bodies). The work per photo is the same as in `bintally serve`: `decode_image`,
 `preprocess` (bintally's own functions), one ONNX Runtime session run per batch (intra-op threads as
-given, inter-op 1), and the same result shape (`LabelSpace.describe`). LitServe runs its HTTP server
+given, inter-op 1), and the same result shape (`Prediction.rows`). LitServe runs its HTTP server
 (uvicorn + FastAPI) and its inference worker (decode, batch, predict, encode) in separate processes.
 """
 
@@ -59,7 +59,9 @@ class CountAPI(ls.LitAPI):
         return list(output)
 
     def encode_response(self, probs):
-        return {"results": self.labels.describe(np.asarray(probs)[None])}
+        from bintally.inference.prediction import Prediction
+
+        return {"results": Prediction.of(self.labels, np.asarray(probs)[None]).rows()}
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ feed approved recounts back as training labels.
 
 from bintally.audit.queries import counter_view, export_run, get_run_summary, list_runs, list_tasks, task_detail, write_labels
 from bintally.audit.run import AuditConfig, AuditResult, audit_run, select_tasks
-from bintally.audit.scoring import discrepancy_scores, record_probability
+from bintally.audit.scoring import discrepancy_scores
 from bintally.audit.store import Store, database_url, open_store
 from bintally.audit.workflow import OUTCOMES, REASONS, STATUSES, Conflict, NotFound, assign, review, submit_count
 
 __all__ = ["AuditConfig", "AuditResult", "Conflict", "assign", "NotFound", "OUTCOMES", "REASONS", "STATUSES", "Store", "audit_run",
            "counter_view", "database_url", "discrepancy_scores", "export_run", "get_run_summary", "list_runs", "list_tasks",
-           "open_store", "record_probability", "review", "select_tasks", "submit_count", "task_detail", "write_labels"]
+           "open_store", "review", "select_tasks", "submit_count", "task_detail", "write_labels"]

@@ -29,6 +29,7 @@ from bintally.audit.snapshots import MAX_PHOTO_BYTES, PhotoReader, SnapshotIn, r
 from bintally.audit.store import Store, insert_ignoring_duplicates, open_store
 from bintally.audit.workflow import Conflict
 from bintally.errors import ConfigError, DataError
+from bintally.inference.prediction import Prediction
 from bintally.progress import progress_bar
 
 BACKENDS = ("onnx", "torch")
@@ -176,8 +177,7 @@ def warn_about_records_without_class(space, snapshots: list[SnapshotIn]) -> None
     """Records the model has no class for all score 1: say so, since they crowd the top of the worklist."""
     import logging
 
-    outside = sum(not space.min_count <= s.record_qty <= space.max_count for s in snapshots) if not space.overflow else \
-        sum(s.record_qty < space.min_count for s in snapshots)
+    outside = int((space.class_of([s.record_qty for s in snapshots]) < 0).sum())
     if outside:
         logging.getLogger("bintally.audit").warning(
             "%d record(s) lie outside the model's label space (%s): the model gives them no probability, so they all score 1; "
@@ -235,8 +235,8 @@ def score_shard(store: Store, run_id: int, mine: list[SnapshotIn], counter, read
             photos = reader.read_many([s.image for s in batch])
             loaded = list(pool.map(lambda pair: decode_photo(*pair, counter), zip(batch, photos)))
             good = [i for i, (_, array, _) in enumerate(loaded) if array is not None]
-            probs = counter.probabilities(np.stack([loaded[i][1] for i in good])) if good else None
-            rows = score_rows(counter, [batch[i] for i in good], probs, config.score)
+            prediction = counter.predict(np.stack([loaded[i][1] for i in good])) if good else None
+            rows = score_rows(prediction, [batch[i] for i in good], config.score)
             save_batch(store, run_id, batch, loaded, good, rows)
             scored += len(good)
             unreadable += [f"{batch[i].image}: {problem}" for i, (_, _, problem) in enumerate(loaded) if problem]
@@ -258,14 +258,13 @@ def decode_photo(snapshot: SnapshotIn, data: bytes | DataError, counter) -> tupl
         return sha, None, e.problem
 
 
-def score_rows(counter, snapshots: list[SnapshotIn], probs: np.ndarray | None, score: str = "mismatch") -> list[dict]:
-    if probs is None:
+def score_rows(prediction: Prediction | None, snapshots: list[SnapshotIn], score: str = "mismatch") -> list[dict]:
+    if prediction is None:
         return []
-    labels = counter.labels
-    scores = discrepancy_scores(labels, probs, [s.record_qty for s in snapshots], counter.decode(probs), score)
+    scores = discrepancy_scores(prediction, [s.record_qty for s in snapshots], score)
+    probabilities = prediction.class_probabilities(digits=5)
     return [{"p_record": float(scores["p_record"][i]), "score": float(scores["score"][i]), "predicted": int(scores["predicted"][i]),
-             "expected": round(float(scores["expected"][i]), 4),
-             "probabilities": {name: round(float(p), 5) for name, p in zip(labels.names, probs[i])}} for i in range(len(snapshots))]
+             "expected": round(float(scores["expected"][i]), 4), "probabilities": probabilities[i]} for i in range(len(snapshots))]
 
 
 def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list, good: list[int], rows: list[dict]) -> None:

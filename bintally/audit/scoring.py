@@ -12,23 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from bintally.inference.prediction import Prediction
 from bintally.labels import LabelSpace
 
 SCORES = ("mismatch", "distance")
-
-
-def record_classes(space: LabelSpace, records) -> np.ndarray:
-    """The class index of each record quantity; -1 where the label space has no class for it."""
-    records = np.asarray(records, dtype=int)
-    classes = np.minimum(records, space.max_count + 1) - space.min_count
-    outside = (records < space.min_count) | ((records > space.max_count) & (not space.overflow))
-    return np.where(outside, -1, classes)
-
-
-def record_probability(space: LabelSpace, probs: np.ndarray, records) -> np.ndarray:
-    probs = np.asarray(probs, dtype=np.float64)
-    classes = record_classes(space, records)
-    return np.where(classes >= 0, probs[np.arange(len(probs)), np.maximum(classes, 0)], 0.0)
 
 
 def expected_distance(space: LabelSpace, probs: np.ndarray, records) -> np.ndarray:
@@ -38,21 +25,17 @@ def expected_distance(space: LabelSpace, probs: np.ndarray, records) -> np.ndarr
     return (np.asarray(probs, dtype=np.float64) * np.abs(counts[None, :] - records[:, None])).sum(-1)
 
 
-def discrepancy_scores(space: LabelSpace, probs: np.ndarray, records, predicted_labels: np.ndarray | None = None,
-                       score: str = "mismatch") -> dict[str, np.ndarray]:
-    """Per bin: p_record, score (1 - p_record, or the expected distance), predicted count (`predicted_labels`, as the
-    model decodes them; else the most likely class) and expected count."""
+def discrepancy_scores(prediction: Prediction, records, score: str = "mismatch") -> dict[str, np.ndarray]:
+    """Per bin: p_record, score (1 - p_record, or the expected distance), predicted count (as the model decodes it)
+    and expected count."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}")
-    p_record = record_probability(space, probs, records)
-    labels = np.asarray(probs).argmax(-1) if predicted_labels is None else predicted_labels
-    ranking = 1.0 - p_record if score == "mismatch" else expected_distance(space, probs, records)
-    return {"p_record": p_record, "score": ranking, "predicted": space.count_of(labels), "expected": space.expected_counts(probs)}
+    p_record = prediction.probability_of(records)
+    ranking = 1.0 - p_record if score == "mismatch" else expected_distance(prediction.space, prediction.probabilities, records)
+    return {"p_record": p_record, "score": ranking, "predicted": prediction.counts, "expected": prediction.expected_counts}
 
 
 def p_record_of(probabilities: dict[str, float], record: int) -> float:
     """P(count == record) from a stored {class name: probability} (a task's probabilities)."""
-    names = list(probabilities)
-    space = LabelSpace.from_names(names)
-    index = int(record_classes(space, [record])[0])
-    return float(probabilities[names[index]]) if index >= 0 else 0.0
+    space = LabelSpace.from_names(list(probabilities))
+    return float(space.probability_of([list(probabilities.values())], [record])[0])

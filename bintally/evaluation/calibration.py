@@ -63,10 +63,11 @@ def cross_validation_run(model: str | Path) -> Path | None:
 
 def split_probs(counter, data, split: str, batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     """(probabilities, labels, info) of one split's readable photos that the model's label space has a class for."""
-    from bintally.evaluation.evaluate import evaluation_photos, keep_readable, predict_probs, read_data
+    from bintally.evaluation.evaluate import evaluation_photos, keep_readable, predict_photos, read_data
 
     photos, info = evaluation_photos(read_data(data, progress), split, counter.labels)
-    probs, kept = predict_probs(counter, photos, batch_size, workers, progress)
+    prediction, kept = predict_photos(counter, photos, batch_size, workers, progress)
+    probs = prediction.raw
     labels = keep_readable(photos, kept, info)["label"].to_numpy(dtype=int)
     keep = labels < counter.labels.n_classes  # without an overflow class, photos above max_count have no class to score
     return probs[keep], labels[keep], info

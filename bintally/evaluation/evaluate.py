@@ -22,7 +22,7 @@ from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import PUBLISHED_MAX, bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
-from bintally.inference import Counter
+from bintally.inference import Counter, Prediction
 from bintally.io import atomic_path, check_output_file, check_output_folder
 from bintally.labels import LabelSpace
 from bintally.progress import progress_bar
@@ -135,18 +135,16 @@ def drop_unusable(df: pd.DataFrame, source: str, info: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------- the model's predictions
 
 
-def predict_probs(counter: Counter, photos: pd.DataFrame, batch_size: int = 64, workers: int = 2,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, row index of each) for the photos that could be read; unreadable ones are left out."""
+def predict_photos(counter: Counter, photos: pd.DataFrame, batch_size: int = 64, workers: int = 2,
+                   progress: bool = True) -> tuple[Prediction, np.ndarray]:
+    """(prediction, row index of each) for the photos that could be read; unreadable ones are left out."""
     loader = photo_loader(BinPhotos(photos, counter.artifact.transform, train=False), batch_size, workers)
-    probs, kept = [], []
+    raw, kept = [np.empty((0, counter.labels.n_classes), np.float32)], [np.empty(0, int)]
     for x, _, index in progress_bar(loader, desc="predicting", unit="batch", enabled=progress):
         if len(index):
-            probs.append(counter.probabilities(x.numpy()))
+            raw.append(counter.network_probabilities(x.numpy()))
             kept.append(index.numpy())
-    if not probs:
-        return np.empty((0, counter.labels.n_classes), np.float32), np.empty(0, int)
-    return np.concatenate(probs), np.concatenate(kept)
+    return counter.prediction(np.concatenate(raw)), np.concatenate(kept)
 
 
 def keep_readable(photos: pd.DataFrame, kept: np.ndarray, info: dict) -> pd.DataFrame:
@@ -174,13 +172,9 @@ def evaluate_model(model: str | Path, data: str | Path | None, split: str | None
     counter = Counter.load(model, backend)
     space = counter.labels
     photos, info = evaluation_photos(read_data(data, progress), split, space)
-    probs, kept = predict_probs(counter, photos, batch_size, workers, progress)
+    prediction, kept = predict_photos(counter, photos, batch_size, workers, progress)
     photos = keep_readable(photos, kept, info)
-    predicted = counter.decode(probs)
-    if not space.overflow:  # such a model never predicts "N+1+", but photos above N are still scored
-        probs = np.pad(probs, ((0, 0), (0, 1)))
-    scoring = LabelSpace(space.min_count, space.max_count, overflow=True)
-    frame = predictions_frame(photos, probs, predicted, scoring)
+    frame = predictions_frame(photos, prediction.with_overflow_class())  # photos above max_count are scored too
     info |= {"model": str(model), "model_version": counter.artifact.version, "backend": counter.backend_name,
              "decode": counter.artifact.decoding, "tta": counter.artifact.tta,
              "backbone": counter.artifact.model.backbone, "head": counter.artifact.model.head}

@@ -16,6 +16,7 @@ import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_string_dtype
 
 from bintally.errors import ConfigError, DataError
+from bintally.inference.prediction import Prediction
 from bintally.io import atomic_path
 from bintally.labels import LabelSpace
 
@@ -25,20 +26,20 @@ SUFFIXES = (".csv", ".parquet")
 ROUNDING = 1e-6  # probabilities this far outside [0, 1] are rounding, not a bad file
 
 
-def predictions_frame(photos: pd.DataFrame, probs: np.ndarray, predicted: np.ndarray, space: LabelSpace) -> pd.DataFrame:
-    probs = probs.astype(np.float64)  # so that a CSV round trip gives back the same numbers
-    counts = space.count_of(np.arange(space.n_classes))
+def predictions_frame(photos: pd.DataFrame, prediction: Prediction) -> pd.DataFrame:
+    """One row per photo of `photos` (id, path, count, label) with its prediction, in the same order."""
+    probs = prediction.probabilities.astype(np.float64)  # so that a CSV round trip gives back the same numbers
     frame = pd.DataFrame({
         "id": photos["id"].astype(str).to_numpy(),
         "path": photos["path"].astype(str).to_numpy(),
         "true_count": photos["count"].astype(int).to_numpy(),
         "true_label": photos["label"].astype(int).to_numpy(),
-        "predicted_label": predicted.astype(int),
-        "predicted_count": space.count_of(predicted),
-        "confidence": probs[np.arange(len(predicted)), predicted],
-        "expected_count": probs @ counts,
+        "predicted_label": prediction.classes.astype(int),
+        "predicted_count": prediction.counts,
+        "confidence": prediction.confidences,
+        "expected_count": prediction.expected_counts,
     })
-    for c, name in enumerate(space.names):
+    for c, name in enumerate(prediction.space.names):
         frame[f"{PROB_PREFIX}{name}"] = probs[:, c]
     return frame
 

@@ -145,7 +145,7 @@ def plot_counts(predictions, space, path: Path) -> None:
     ax.bar(x + 0.2, pred, width=0.4, label="predicted", color="#4c72b0")
     ax.set(xticks=x, xticklabels=classes, xlabel="count", ylabel="photos", title="How often each count occurs")
     ax.legend()
-    expected = prediction_probs(predictions) @ space.count_of(x)  # recomputed: a saved file may lack the column
+    expected = space.expected_counts(prediction_probs(predictions))  # from the probabilities: a saved file may lack the column
     groups = [expected[predictions["true_label"].to_numpy() == c] for c in x]
     box.boxplot([g if len(g) else [np.nan] for g in groups], positions=x)
     box.plot(x, space.count_of(x), "--", color="grey")

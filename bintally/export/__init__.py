@@ -146,10 +146,11 @@ def write_onnx(artifact: ModelArtifact, model_path: Path, legacy: Path | None, s
 
     from bintally import __version__
     from bintally.export import onnx as onnx_export
+    from bintally.inference import onnx as onnx_graph
 
     photos, data_source = validation_and_training_photos(artifact, model_path, legacy, data, quantize is not None, progress)
     fp32_file = staging / ONNX_FILE
-    shutil.copyfile(onnx_export.cached_onnx(artifact), fp32_file)  # the export --backend onnx made of this model version, or made now
+    shutil.copyfile(onnx_graph.cached_onnx(artifact), fp32_file)  # the export --backend onnx made of this model version, or made now
     val_images, val_paths = onnx_export.load_photos(photos["val"]["path"].head(MAX_VALIDATION_PHOTOS if quantize else onnx_export.PARITY_PHOTOS),
                                                     artifact.transform, progress, desc="reading validation photos")
     kept = photos["val"].set_index("path").loc[val_paths]
@@ -191,7 +192,7 @@ def write_onnx(artifact: ModelArtifact, model_path: Path, legacy: Path | None, s
     info = {"format": "onnx", "exported": now(), "bintally": __version__,
             "source": {"path": str(model_path), "version": artifact.version, "converted_from": str(legacy) if legacy else None},
             "exporter": f"torch.onnx ({meta.get('bintally_exporter', 'unknown')}), torch {torch.__version__}, onnx {onnx.__version__}",
-            "opset": onnx_export.DEFAULT_OPSET, "onnxruntime": onnxruntime.__version__, "data": data_source,
+            "opset": onnx_graph.DEFAULT_OPSET, "onnxruntime": onnxruntime.__version__, "data": data_source,
             "quantization": quantization, "parity": parity, **int8}
     exported = replace(artifact, path=staging, weights=weights, runtime="onnx", version=onnx_export.file_digest(staging / weights)[:12],
                        export=info, created=now())

@@ -1,9 +1,11 @@
 """The inference core: one path from a model artifact and photos to counts, shared by evaluate, predict, export and serve.
 
     photo (path or bytes) --decode_image--> RGB --preprocess--> float32 [3, H, W]
-        --backend (PyTorch ProbabilityModel, or its ONNX export)--> probabilities --LabelSpace.describe--> results
+        --backend (PyTorch ProbabilityModel, or its ONNX export)--> probabilities --Prediction--> rows, tensors, frames, scores
 """
 
 from bintally.inference.counter import BACKENDS, Counter
+from bintally.inference.prediction import Prediction
+from bintally.inference.signature import ModelSignature
 
-__all__ = ["BACKENDS", "Counter"]
+__all__ = ["BACKENDS", "Counter", "ModelSignature", "Prediction"]

@@ -1,8 +1,9 @@
-"""`Counter`: a loaded model artifact plus a backend; photos in, the one result shape out."""
+"""`Counter`: a loaded model artifact plus a backend; photos in, one `Prediction` out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from PIL import Image
 from bintally.data.images import decode_image
 from bintally.data.transforms import preprocess, preprocess_batch
 from bintally.errors import ConfigError, DataError
-from bintally.inference.temperature import apply_temperature
+from bintally.inference.prediction import Prediction
+from bintally.inference.signature import ModelSignature
 from bintally.labels import LabelSpace
 from bintally.models.artifact import ModelArtifact, read_artifact
 from bintally.progress import progress_bar
@@ -46,7 +48,7 @@ class Counter:
 
         model_file = None
         if artifact.runtime == "torch":
-            from bintally.export.onnx import cached_onnx
+            from bintally.inference.onnx import cached_onnx
 
             model_file = cached_onnx(artifact)
         return cls(artifact, OnnxBackend(artifact, threads, model_file), calibrated)
@@ -62,39 +64,44 @@ class Counter:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, self.artifact.transform)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities [N, n_classes] of pre-processed photos [N, 3, H, W]."""
+    @property
+    def temperature(self) -> float:
+        return self.artifact.temperature if self.calibrated else 1.0
+
+    @cached_property
+    def signature(self) -> ModelSignature:
+        return ModelSignature.of(self.labels, self.artifact.transform.image_size)
+
+    def network_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """The network's own probabilities [N, n_classes] of pre-processed photos [N, 3, H, W] (no temperature)."""
         size = self.artifact.transform.image_size
         if images.ndim != 4 or images.shape[1:] != (3, size, size):
             raise ValueError(f"expected pre-processed photos of shape [N, 3, {size}, {size}], got {list(images.shape)}")
         if not len(images):
             return np.zeros((0, self.labels.n_classes), np.float32)
-        probs = self.backend.probabilities(images)
-        return apply_temperature(probs, self.artifact.temperature) if self.calibrated else probs
+        return self.backend.probabilities(images)
 
-    def decode(self, probs: np.ndarray) -> np.ndarray:
-        """The class each row of `probabilities()` reports, decided on the network's own probabilities: the temperature
-        calibrates the probabilities, never the count (a median or mean decoding would move with it)."""
-        temperature = self.artifact.temperature if self.calibrated else 1.0
-        if temperature != 1.0 and self.artifact.decoding != "argmax":
-            probs = apply_temperature(probs, 1.0 / temperature)
-        return self.labels.decode(probs, self.artifact.decoding)
+    def prediction(self, raw: np.ndarray) -> Prediction:
+        """The prediction of network probabilities (`network_probabilities`), at this counter's temperature and decoding."""
+        return Prediction.of(self.labels, raw, self.artifact.decoding, self.temperature)
 
-    def describe(self, probs: np.ndarray) -> list[dict]:
-        return self.labels.describe(probs, self.artifact.decoding, self.decode(probs))
+    def predict(self, images: np.ndarray) -> Prediction:
+        """The prediction of pre-processed photos [N, 3, H, W]."""
+        return self.prediction(self.network_probabilities(images))
 
-    def count_arrays(self, images: np.ndarray) -> list[dict]:
-        return self.describe(self.probabilities(images))
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities [N, n_classes] of pre-processed photos [N, 3, H, W], calibrated unless the counter is not."""
+        return self.predict(images).probabilities
 
     def count_images(self, images: list[Image.Image]) -> list[dict]:
-        return self.count_arrays(preprocess_batch(images, self.artifact.transform))
+        return self.predict(preprocess_batch(images, self.artifact.transform)).rows()
 
     def count_paths(self, paths: list[str | Path], batch_size: int = 32, progress: bool = True) -> tuple[list[dict], list[str]]:
         """(results, failures): a result per readable photo, in order, each with its "image"; "path: problem" per photo that is not."""
         results, failures, names, batch = [], [], [], []
 
         def flush() -> None:
-            results.extend({"image": name, **result} for name, result in zip(names, self.count_arrays(np.stack(batch))))
+            results.extend({"image": name, **result} for name, result in zip(names, self.predict(np.stack(batch)).rows()))
             names.clear()
             batch.clear()
 
@@ -115,5 +122,5 @@ class Counter:
         a = self.artifact
         return {"name": a.name, "version": a.version, "backend": self.backend_name, "runtime": a.runtime,
                 "backbone": a.model.backbone, "head": a.model.head, "features": a.model.features, "members": a.model.members,
-                "classes": a.labels.names, "decoding": a.decoding, "temperature": a.temperature if self.calibrated else 1.0,
+                "classes": a.labels.names, "decoding": a.decoding, "temperature": self.temperature,
                 "tta": a.tta, "image_size": a.transform.image_size, "metrics": a.metrics}

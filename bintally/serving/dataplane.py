@@ -1,7 +1,8 @@
-"""The one data plane behind every protocol: load the model, decode, batch, infer, describe.
+"""The one data plane behind every protocol: load the model, decode, batch, infer, predict.
 
 Protocol adapters (rest.py: /v1/count and SageMaker; v2.py: the Open Inference Protocol; web.py; audit_api.py)
-only parse their request format and call `count_images`, `probabilities` or `fetch_uri`; every
+only parse their request format, call `predict_images`, `predict_arrays` or `fetch_uri`, and render the
+`Prediction` (REST rows, v2 tensors); every
 refusal is a `RequestError` (a 4xx/5xx with a JSON {"error": ...} body), never a 500 for bad input.
 """
 
@@ -18,6 +19,8 @@ import numpy as np
 
 from bintally.data.images import decode_image
 from bintally.errors import ConfigError, DataError
+from bintally.inference.prediction import Prediction
+from bintally.inference.signature import ARRAY_INPUT, ModelSignature
 from bintally.serving.batcher import Batcher, Overloaded, Stopped
 from bintally.serving.config import ServeConfig
 from bintally.serving.errors import RETRY_AFTER_S, RequestError, not_ready_error, source_refusal, too_many_images
@@ -35,7 +38,6 @@ class DataPlane:
         self.batcher: Batcher | None = None
         self.name = config.name or ""
         self.version = ""
-        self.labels = None
         self._warm = False
         self._shutting_down = False
         self._load_lock = threading.Lock()
@@ -62,12 +64,12 @@ class DataPlane:
                 raise ConfigError(f"cannot load the model {self.config.model} on {self.config.backend}/{self.config.device}: "
                                   f"{' '.join(str(e).split())[:300]}") from None
             artifact = counter.artifact
-            self.counter, self.labels = counter, counter.labels
+            self.counter = counter
             self.name = self.config.name or artifact.name
             self.version = artifact.version
             self.metrics.set_model(self.name, self.version, counter.backend_name)
             self._warm_up(counter)
-            self.batcher = Batcher(counter.probabilities, self.config.max_batch_size, self.config.max_wait_ms,
+            self.batcher = Batcher(counter.network_probabilities, self.config.max_batch_size, self.config.max_wait_ms,
                                    self.config.queue_size, self.metrics)
             self.batcher.start()
             self._warm = True
@@ -79,7 +81,7 @@ class DataPlane:
         a model that cannot take the batch sizes the batcher will send is refused now, not on the first request."""
         for n in sorted({1, min(2, self.config.max_batch_size)}):
             try:
-                probs = counter.probabilities(np.zeros([n, *self.input_shape], np.float32))
+                probs = counter.network_probabilities(np.zeros([n, *self.input_shape], np.float32))
             except Exception as e:  # noqa: BLE001 - any runtime failure here means the model cannot be served
                 raise ConfigError(f"{counter.artifact.path}: the model fails on a batch of {n} image(s): "
                                   f"{' '.join(str(e).split())[:300]}") from None
@@ -121,18 +123,24 @@ class DataPlane:
     # ---- what the model is -------------------------------------------------------------------------------------
     @property
     def input_shape(self) -> list[int]:
-        size = self.counter.artifact.transform.image_size
-        return [3, size, size]
+        """[3, S, S]: one pre-processed photo."""
+        return list(self.counter.signature.input(ARRAY_INPUT).shape[1:])
+
+    @property
+    def signature(self) -> ModelSignature:
+        """The tensors the model served takes and gives: what both metadata endpoints (REST and v2) describe."""
+        self.require_loaded()
+        return self.counter.signature
 
     def metadata(self) -> dict:
         """Name, version, backend, classes, inputs/outputs and platform of the model served."""
         self.require_loaded()
+        signature = self.signature
         info = self.counter.info()
         return {"name": self.name, "version": self.version, "backend": info["backend"], "platform": f"bintally-{info['backend']}",
-                "runtime": info["runtime"], "backbone": info["backbone"], "head": info["head"], "classes": info["classes"],
+                "runtime": info["runtime"], "backbone": info["backbone"], "head": info["head"], "classes": list(signature.classes),
                 "decoding": info["decoding"], "tta": info["tta"], "image_size": info["image_size"], "metrics": info["metrics"],
-                "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, *self.input_shape]}],
-                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(info["classes"])]}]}
+                "inputs": [signature.input(ARRAY_INPUT).to_dict()], "outputs": [signature.output("probabilities").to_dict()]}
 
     # ---- inference ---------------------------------------------------------------------------------------------
     def require_loaded(self) -> None:
@@ -176,16 +184,16 @@ class DataPlane:
     def _decode(self, data: bytes, name: str) -> np.ndarray:
         return self.counter.preprocess(decode_image(data, name=name))
 
-    async def count_images(self, images: list[bytes], names: list[str] | None = None) -> list[dict]:
-        """Count the items in each photo (encoded bytes); results in the one result shape, in order.
+    async def predict_images(self, images: list[bytes], names: list[str] | None = None) -> Prediction:
+        """The prediction of each photo (encoded bytes), in order.
 
         An image that cannot be decoded refuses the request: 400 naming it (its name, else "image N").
         """
         names = names or [f"image {i + 1}" if len(images) > 1 else "the image" for i in range(len(images))]
         if not images:
             raise RequestError(400, "no image in the request")
-        probs = await self.with_timeout(self._count(images, names))
-        return self.counter.describe(probs)
+        raw = await self.with_timeout(self._count(images, names))
+        return self.counter.prediction(raw)
 
     async def _count(self, images: list[bytes], names: list[str]) -> np.ndarray:
         self._admit(len(images))
@@ -208,8 +216,8 @@ class DataPlane:
             if not submitted:
                 self.batcher.release(len(images))
 
-    async def probabilities(self, arrays: np.ndarray) -> np.ndarray:
-        """Probabilities [N, C] of already pre-processed FP32 photos [N, 3, S, S]; a wrong shape is a 400."""
+    async def predict_arrays(self, arrays: np.ndarray) -> Prediction:
+        """The prediction of already pre-processed FP32 photos [N, 3, S, S]; a wrong shape is a 400."""
         self.require_loaded()
         shape = [3, *self.input_shape[1:]]
         if not isinstance(arrays, np.ndarray) or arrays.ndim != 4 or list(arrays.shape[1:]) != shape or not len(arrays):
@@ -223,10 +231,7 @@ class DataPlane:
             self._admit(len(arrays))
             return await self._infer(arrays, len(arrays))
 
-        return await self.with_timeout(run())
-
-    def describe(self, probs: np.ndarray) -> list[dict]:
-        return self.counter.describe(probs)
+        return self.counter.prediction(await self.with_timeout(run()))
 
     async def with_timeout(self, work):
         """Run a request's work within the per-request timeout: 504 past it."""

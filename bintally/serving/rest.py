@@ -137,8 +137,8 @@ async def count_request(request: Request, plane: DataPlane) -> dict:
         plane.require_loaded()
         images, names = await read_inputs(request, plane)
         labels = [name or (f"image {i + 1}" if len(images) > 1 else "the image") for i, name in enumerate(names)]
-        results = await plane.count_images(images, labels)
-        return [({"image": name} if name else {}) | result for name, result in zip(names, results)]
+        prediction = await plane.predict_images(images, labels)
+        return [({"image": name} if name else {}) | row for name, row in zip(names, prediction.rows())]
 
     results = await plane.with_timeout(work())
     return {"model": plane.name, "version": plane.version, "request_id": request.state.request_id, "results": results}

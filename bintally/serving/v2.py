@@ -31,6 +31,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import bintally
+from bintally.inference.prediction import OUTPUTS, Prediction
+from bintally.inference.signature import ARRAY_INPUT, IMAGE_INPUT
 from bintally.serving.bodies import decode_base64, json_object
 from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
@@ -39,8 +41,6 @@ from bintally.serving.errors import RequestError, error_responses, too_many_imag
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "bintally"
 EXTENSIONS = ["binary_tensor_data"]
-IMAGE_INPUT, ARRAY_INPUT = "image", "images"
-OUTPUTS = {"count": "INT64", "probabilities": "FP32", "label": "BYTES", "confidence": "FP32", "expected_count": "FP32"}
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
 NP_TYPES = {"INT64": "<i8", "FP32": "<f4"}
 
@@ -298,26 +298,13 @@ def parse_outputs(outputs, params: dict) -> list[tuple[str, bool]]:
 # ---------------------------------------------------------------------------------------------------- responses
 
 
-def output_tensors(results: list[dict], class_names: list[str]) -> dict[str, tuple[str, list[int], object]]:
-    """Each output as (datatype, shape, values) from results in the one result shape."""
-    n = len(results)
-    probs = np.array([[r["probabilities"][c] for c in class_names] for r in results], dtype=np.float32).reshape(n, len(class_names))
-    return {
-        "count": ("INT64", [n], np.array([r["count"] for r in results], dtype=np.int64)),
-        "probabilities": ("FP32", [n, len(class_names)], probs),
-        "label": ("BYTES", [n], [r["label"].encode() for r in results]),
-        "confidence": ("FP32", [n], np.array([r["confidence"] for r in results], dtype=np.float32)),
-        "expected_count": ("FP32", [n], np.array([r["expected_count"] for r in results], dtype=np.float32)),
-    }
-
-
-def build_response(model_name: str, version: str, request: InferRequest, results: list[dict],
-                   class_names: list[str]) -> tuple[bytes, dict[str, str], str]:
-    """(body, extra headers, media type) of the inference response."""
-    tensors = output_tensors(results, class_names)
+def build_response(model_name: str, version: str, request: InferRequest, prediction: Prediction) -> tuple[bytes, dict[str, str], str]:
+    """(body, extra headers, media type) of the inference response: the prediction's tensors, never rounded."""
+    tensors = prediction.tensors()
     outputs, chunks = [], []
     for name, binary in request.outputs:
-        datatype, shape, values = tensors[name]
+        datatype, values = OUTPUTS[name], tensors[name]
+        shape = [len(values)] if datatype == "BYTES" else list(values.shape)
         entry = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
             raw = serialize_bytes(values) if datatype == "BYTES" else np.ascontiguousarray(values, dtype=NP_TYPES[datatype]).tobytes()
@@ -344,21 +331,15 @@ def build_response(model_name: str, version: str, request: InferRequest, results
 
 
 def model_metadata(plane) -> dict:
-    names = list(plane.labels.names)
-    shape = list(plane.input_shape)
+    signature = plane.signature
     backend = getattr(plane.counter, "backend_name", "onnx")
     return {
         "name": plane.name,
         "versions": [plane.version],
         "platform": PLATFORMS.get(backend, backend),
-        "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
-                   {"name": ARRAY_INPUT, "datatype": "FP32", "shape": [-1, *shape]}],
-        "outputs": [{"name": "count", "datatype": "INT64", "shape": [-1]},
-                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(names)]},
-                    {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "confidence", "datatype": "FP32", "shape": [-1]},
-                    {"name": "expected_count", "datatype": "FP32", "shape": [-1]}],
-        "parameters": {"classes": names, "backend": backend},
+        "inputs": [tensor.to_dict() for tensor in signature.inputs],
+        "outputs": [tensor.to_dict() for tensor in signature.outputs],
+        "parameters": {"classes": list(signature.classes), "backend": backend},
     }
 
 
@@ -468,8 +449,8 @@ def add_infer_routes(router: APIRouter, plane: DataPlane, config: ServeConfig) -
         plane.require_model(name, version)
         body = await inference_body(request, config.max_body_bytes)
         parsed = parse_request(*split_body(body, request.headers.get(HEADER_LENGTH)), list(plane.input_shape), config.max_images)
-        results = await _run(plane, parsed)
-        content, headers, media = build_response(plane.name, plane.version, parsed, results, list(plane.labels.names))
+        prediction = await _run(plane, parsed)
+        content, headers, media = build_response(plane.name, plane.version, parsed, prediction)
         return Response(content, media_type=media, headers=headers)
 
     @router.post("/v2/models/{name}/infer", summary="Count the items in photos", openapi_extra=INFER_OPENAPI, responses=ERRORS)
@@ -482,9 +463,9 @@ def add_infer_routes(router: APIRouter, plane: DataPlane, config: ServeConfig) -
         return await infer(request, name, version)
 
 
-async def _run(plane, parsed: InferRequest) -> list[dict]:
+async def _run(plane, parsed: InferRequest) -> Prediction:
     if parsed.images is not None:
-        return await plane.count_images(parsed.images, [f"image[{i}]" for i in range(len(parsed.images))])
-    return plane.describe(await plane.probabilities(parsed.arrays))
+        return await plane.predict_images(parsed.images, [f"image[{i}]" for i in range(len(parsed.images))])
+    return await plane.predict_arrays(parsed.arrays)
 
 
