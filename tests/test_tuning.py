@@ -101,6 +101,7 @@ def test_bad_tune_settings_are_refused(tiny_manifest, tmp_path):
     ({"features": ["pooled", "bogus"]}, "unknown features 'bogus'"),
     ({"min_epochs": 5, "max_epochs": 3}, r"min_epochs \(5\) is more than max_epochs \(3\)"),
     ({"fixed": FIXED | {"bogus": 1}}, "unknown settings"),
+    ({"fixed": FIXED | {"folds": 3}}, "each trial is a single run: tune without folds"),
 ])
 def test_bad_tune_settings_are_one_line_config_errors(tiny_manifest, tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message) as error:
@@ -131,7 +132,7 @@ def trials_of(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 def train_then(monkeypatch, action, at_epoch: int) -> None:
     """Trials train for real, and call `action` just after epoch `at_epoch` has been reported."""
-    real_train = search.train
+    real_train = search.train_single_run
 
     def train(config, on_epoch):
         def report(epoch, metrics):
@@ -140,7 +141,7 @@ def train_then(monkeypatch, action, at_epoch: int) -> None:
             on_epoch(epoch, metrics)
         return real_train(config, on_epoch=report)
 
-    monkeypatch.setattr(search, "train", train)
+    monkeypatch.setattr(search, "train_single_run", train)
 
 
 @pytest.mark.parametrize("at_epoch, state", [(1, TrialState.PRUNED), (2, TrialState.COMPLETE)])
