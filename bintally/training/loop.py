@@ -55,7 +55,10 @@ class EpochStats:
     stopped: bool = False  # a stop signal came: the epoch ended after the step it came in
 
     def add(self, loss: float, right: int, photos: int) -> None:
-        self.seen, self.correct, self.loss_sum, self.batches = self.seen + photos, self.correct + right, self.loss_sum + loss, self.batches + 1
+        self.seen += photos
+        self.correct += right
+        self.loss_sum += loss
+        self.batches += 1
 
     @property
     def loss(self) -> float:
@@ -122,7 +125,7 @@ def train_one_epoch(trainer: Trainer, state: TrainState, stop_requested: Callabl
             done = time.perf_counter()
             state.monitor.on_step(loss, grad_norm, got_batch - tick, done - got_batch)
             stats.add(loss, right, len(y))
-            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.correct / stats.seen:.2f}",
+            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.2f}",
                             img_s=f"{len(y) * trainer.d.world_size / (done - tick):.1f}")
         state.scheduler.step()
         bar.update(1)

@@ -1,7 +1,8 @@
 """`bintally tune`: an Optuna study over training settings, scored on the validation split.
 
-Each trial is an ordinary `bintally train` run whose per-epoch validation accuracy (counts 0-N)
-is reported to Optuna, so the median or Hyperband pruner can stop it early. In frozen mode the
+Each trial is an ordinary single `bintally train` run whose per-epoch validation accuracy (counts
+0-N) is reported to Optuna, so the median or Hyperband pruner can stop it early; the trial's value
+is the same accuracy of the model the run kept. In frozen mode the
 trials train heads on the cached backbone features, which is what makes hundreds of trials cheap.
 The study lives in a database (SQLite by default, any SQLAlchemy URL), so re-running with the
 same study name adds trials to it, and workers on other machines can share it.
