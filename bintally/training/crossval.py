@@ -140,12 +140,7 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
             folder.started()  # the fold manifests are written: from here on this is a run to resume
         records = [train_one_fold(config, run_dir, fold) for fold in range(config.folds)]
         cv = CrossValResult(str(run_dir), records, fold_summary(records))
-        with atomic_path(run_dir / CV_FILE) as tmp:
-            tmp.write_text(json.dumps(cv.to_json(), indent=2, default=str))
-        save_ensemble(run_dir, config, cv)
-        with atomic_path(run_dir / "result.json") as tmp:
-            tmp.write_text(json.dumps({"run": str(run_dir), "cross_validation": cv.summary,
-                                       "wall_time_s": cv.wall_time_s}, indent=2))
+        write_results(cv, config, run_dir)
         ended_cleanly = True
         return cv
     finally:
@@ -153,6 +148,15 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
             folder.close(failed=not ended_cleanly)  # a failed start (bad data, say) leaves no folder behind
         else:
             lock.release()
+
+
+def write_results(cv: CrossValResult, config: TrainConfig, run_dir: Path) -> None:
+    """RUN/cv.json, RUN/model (the ensemble of the fold models) and RUN/result.json."""
+    with atomic_path(run_dir / CV_FILE) as tmp:
+        tmp.write_text(json.dumps(cv.to_json(), indent=2, default=str))
+    save_ensemble(run_dir, config, cv)
+    with atomic_path(run_dir / "result.json") as tmp:
+        tmp.write_text(json.dumps({"run": str(run_dir), "cross_validation": cv.summary, "wall_time_s": cv.wall_time_s}, indent=2))
 
 
 def train_one_fold(config: TrainConfig, run_dir: Path, fold: int) -> dict:
