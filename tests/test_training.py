@@ -18,8 +18,8 @@ from bintally.inference import Counter
 from bintally.models import CountingModel
 from bintally.paths import SAMPLE_DIR, cache_dir
 from bintally.training import TrainConfig, resolve_config, train
-from bintally.training.engine import lr_factor
 from bintally.training.health import HealthMonitor
+from bintally.training.state import lr_factor
 from tests.cli_helpers import run_cli
 from tests.training_helpers import assert_same_weights, state_of, tiny_config
 

@@ -74,6 +74,22 @@ def test_best_config_trains_with_one_command(tiny_manifest, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == result.best_params["lr"]
 
 
+def test_trials_are_scored_on_the_metric_they_report_and_the_cli_names(tiny_manifest, tmp_path):
+    """With --max-count 3 a trial's value is the 0-3 accuracy its epochs reported to the pruner (it was the 0-5 one)."""
+    (tmp_path / "fixed.json").write_text(json.dumps(FIXED | {"select": "last"}))
+    out = CliRunner().invoke(app, ["tune", "--data", str(tiny_manifest), "--out", str(tmp_path), "--study", "n3", "--n-trials", "2",
+                                   "--pruner", "none", "--max-count", "3", "--config", str(tmp_path / "fixed.json"),
+                                   "--backbones", FIXED["backbone"], "--image-sizes", "64", "--min-epochs", "2", "--max-epochs", "2",
+                                   "--no-progress"])
+    assert out.exit_code == 0, out.output
+    study = optuna.load_study(study_name="n3", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for t in trials:  # --select last keeps the last epoch: the value is what that epoch reported
+        assert t.value == t.intermediate_values[2]
+    assert f"best validation accuracy (counts 0-3): {study.best_value:.4f} with" in out.output
+
+
 @pytest.mark.parametrize("url", ["bogus://nowhere/db", "sqlite:////proc/no/such/dir/optuna.db",
                                  "postgresql+psycopg2://user@127.0.0.1:1/none"])
 def test_a_storage_that_cannot_be_opened_is_refused(tiny_manifest, tmp_path, url):
@@ -101,6 +117,7 @@ def test_bad_tune_settings_are_refused(tiny_manifest, tmp_path):
     ({"features": ["pooled", "bogus"]}, "unknown features 'bogus'"),
     ({"min_epochs": 5, "max_epochs": 3}, r"min_epochs \(5\) is more than max_epochs \(3\)"),
     ({"fixed": FIXED | {"bogus": 1}}, "unknown settings"),
+    ({"fixed": FIXED | {"folds": 3}}, "each trial is a single run: tune without folds"),
 ])
 def test_bad_tune_settings_are_one_line_config_errors(tiny_manifest, tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message) as error:
@@ -131,7 +148,7 @@ def trials_of(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 def train_then(monkeypatch, action, at_epoch: int) -> None:
     """Trials train for real, and call `action` just after epoch `at_epoch` has been reported."""
-    real_train = search.train
+    real_train = search.train_single_run
 
     def train(config, on_epoch):
         def report(epoch, metrics):
@@ -140,7 +157,7 @@ def train_then(monkeypatch, action, at_epoch: int) -> None:
             on_epoch(epoch, metrics)
         return real_train(config, on_epoch=report)
 
-    monkeypatch.setattr(search, "train", train)
+    monkeypatch.setattr(search, "train_single_run", train)
 
 
 @pytest.mark.parametrize("at_epoch, state", [(1, TrialState.PRUNED), (2, TrialState.COMPLETE)])

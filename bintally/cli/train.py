@@ -77,7 +77,7 @@ def train_cmd(
 ):
     """Train a counting model (run under torchrun for DistributedDataParallel)."""
     flags = {k: v for k, v in locals().items() if k not in ("resume", "preset", "config_file", "overwrite") and v is not None}
-    from bintally.training import Interrupted, resolve_config, train
+    from bintally.training import CrossValResult, Interrupted, resolve_config, train
     from bintally.training.config import read_config_file
 
     if progress is False:
@@ -94,12 +94,12 @@ def train_cmd(
     except KeyboardInterrupt:  # before the run started, or as it ended (then it finished and saved everything first)
         echo_stopped("stopped by signal; a run that had started kept its last checkpoint (bintally train --resume RUN)")
         raise typer.Exit(130) from None
+    if isinstance(result, CrossValResult):
+        echo_cross_validation(result.to_json())
+        return
     if result.already_finished:
         typer.echo(f"run {result.run} is already finished ({result.epochs_done} epochs); nothing to do. "
                    f"To train longer: bintally train --resume {result.run} --epochs N (N > {result.epochs_done})")
-        return
-    if result.cross_validation is not None:
-        echo_cross_validation(result.cross_validation)
         return
     final = result.final
     low, high = result.labels.min_count, result.labels.max_count

@@ -1,28 +1,23 @@
-"""Checkpoints hold everything a resumed run needs to continue exactly where it stopped."""
+"""Checkpoints hold everything a resumed run needs to continue exactly where it stopped: its `TrainState` and its config."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch import nn
 
 from bintally.errors import DataError
 from bintally.io import atomic_path
+from bintally.models.model import weights_problem
+from bintally.training.config import TrainConfig
+from bintally.training.state import TrainState
+
+CHECKPOINT_FIELDS = ("model", "optimizer", "scheduler", "ema", "health", "epoch", "step", "global_step", "best", "rng")
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.pt"
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -31,7 +26,8 @@ def save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-CHECKPOINT_FIELDS = ("model", "optimizer", "scheduler", "ema", "health", "epoch", "step", "global_step", "best", "rng")
+def save_checkpoint(state: TrainState, config: TrainConfig, run_dir: Path) -> None:
+    save_atomic(state.state_dict() | {"config": config.to_dict()}, checkpoint_path(run_dir))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -47,3 +43,21 @@ def load_checkpoint(path: Path) -> dict:
     if missing:
         raise DataError(path, f"not a bintally training checkpoint (missing {', '.join(missing)}); this run cannot be resumed")
     return checkpoint
+
+
+def check_checkpoint_fits(checkpoint: dict, path: Path, model: nn.Module) -> None:
+    """The checkpoint's weights fit the model its run's config.json describes (checked before anything is written)."""
+    weights = checkpoint["model"]
+    problem = weights_problem(model.state_dict(), weights) if isinstance(weights, dict) else "it holds no weights"
+    if problem:
+        raise DataError(path, f"does not fit the model in the run's config.json ({problem}); "
+                              "was config.json or the checkpoint replaced?")
+
+
+def restore_checkpoint(state: TrainState, checkpoint: dict, path: Path) -> None:
+    """Load a resumed run's state (its weights were checked by `check_checkpoint_fits`); a mismatch is a DataError naming it."""
+    try:
+        state.load_state_dict(checkpoint)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        detail = " ".join(str(e).split())[:200] or e.__class__.__name__
+        raise DataError(path, f"does not fit the run's config.json ({detail}); this run cannot be resumed") from None

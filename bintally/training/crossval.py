@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +32,14 @@ from bintally.data.split import assign_folds as group_folds
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import PUBLISHED_MAX
 from bintally.io import atomic_path
+from bintally.models.artifact import load_model as load_artifact_model
+from bintally.models.artifact import read_artifact, save_model
+from bintally.models.model import CountingEnsemble
+from bintally.training.checkpoint import checkpoint_path
 from bintally.training.config import TrainConfig
+from bintally.training.data import config_manifest, save_split
+from bintally.training.engine import Interrupted, train_single_run
+from bintally.training.rundir import RunDir, RunLock, holds_run, resumed_config
 
 log = logging.getLogger("bintally.train")
 POOL = ("train", "val")  # the photos cross-validation may use; test is left alone
@@ -40,10 +48,16 @@ CV_FILE = "cv.json"
 
 
 @dataclass
-class CrossValidation:
+class CrossValResult:
+    """A finished cross-validation (RUN/cv.json): each fold's validation metrics, and their mean and standard deviation."""
+
     run: str
     folds: list[dict]  # per fold: its run, photo counts, wall time and validation metrics (val_*)
     summary: dict  # metric -> {"mean", "std"} over the folds
+
+    @property
+    def wall_time_s(self) -> float:
+        return sum(f["wall_time_s"] or 0 for f in self.folds)
 
     def to_json(self) -> dict:
         return {"run": self.run, "k": len(self.folds), "folds": self.folds, "summary": self.summary}
@@ -107,11 +121,8 @@ def fold_record(fold: int, fold_dir: Path) -> dict:
 
 
 def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dict | None = None,
-                   overwrite: bool = False) -> CrossValidation:
+                   overwrite: bool = False) -> CrossValResult:
     """Train the K folds (or go on with those a stopped cross-validation left), then write cv.json and the ensemble."""
-    from bintally.training.engine import resumed_config
-    from bintally.training.rundir import RunDir, RunLock
-
     if resume is not None:
         run_dir, folder = Path(resume), None
         config = resumed_config(run_dir, explicit or {})
@@ -128,13 +139,8 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
                 fold_init(config.init, run_dir, fold)
             folder.started()  # the fold manifests are written: from here on this is a run to resume
         records = [train_one_fold(config, run_dir, fold) for fold in range(config.folds)]
-        cv = CrossValidation(str(run_dir), records, fold_summary(records))
-        with atomic_path(run_dir / CV_FILE) as tmp:
-            tmp.write_text(json.dumps(cv.to_json(), indent=2, default=str))
-        save_ensemble(run_dir, config, cv)
-        with atomic_path(run_dir / "result.json") as tmp:
-            tmp.write_text(json.dumps({"run": str(run_dir), "cross_validation": cv.summary,
-                                       "wall_time_s": sum(f["wall_time_s"] or 0 for f in records)}, indent=2))
+        cv = CrossValResult(str(run_dir), records, fold_summary(records))
+        write_results(cv, config, run_dir)
         ended_cleanly = True
         return cv
     finally:
@@ -144,20 +150,26 @@ def cross_validate(config: TrainConfig, resume: str | None = None, explicit: dic
             lock.release()
 
 
+def write_results(cv: CrossValResult, config: TrainConfig, run_dir: Path) -> None:
+    """RUN/cv.json, RUN/model (the ensemble of the fold models) and RUN/result.json."""
+    with atomic_path(run_dir / CV_FILE) as tmp:
+        tmp.write_text(json.dumps(cv.to_json(), indent=2, default=str))
+    save_ensemble(run_dir, config, cv)
+    with atomic_path(run_dir / "result.json") as tmp:
+        tmp.write_text(json.dumps({"run": str(run_dir), "cross_validation": cv.summary, "wall_time_s": cv.wall_time_s}, indent=2))
+
+
 def train_one_fold(config: TrainConfig, run_dir: Path, fold: int) -> dict:
     """Train fold `fold` (resumed if it has a checkpoint) and return its record; a signal names the cross-validation to resume."""
-    from bintally.training.engine import Interrupted, train
-    from bintally.training.rundir import holds_run
-
     fold_dir = run_dir / f"fold-{fold + 1}"
     fold_config = replace(config, folds=0, select="last", data=str(run_dir / "folds" / f"fold-{fold + 1}.parquet"), out=str(fold_dir),
                           init=fold_init(config.init, run_dir, fold))
     log.info("fold %d/%d: %s", fold + 1, config.folds, fold_dir)
     try:
-        if (fold_dir / "checkpoints" / "last.pt").is_file():
-            train(fold_config, resume=str(fold_dir), explicit={})
+        if checkpoint_path(fold_dir).is_file():
+            train_single_run(fold_config, resume=str(fold_dir), explicit={})
         else:
-            train(fold_config, overwrite=holds_run(fold_dir))
+            train_single_run(fold_config, overwrite=holds_run(fold_dir))
     except Interrupted:
         raise Interrupted(f"stopped by signal in fold {fold + 1} of {config.folds}; its checkpoint is in {fold_dir}. "
                           f"Continue the cross-validation with: bintally train --resume {run_dir}") from None
@@ -165,8 +177,6 @@ def train_one_fold(config: TrainConfig, run_dir: Path, fold: int) -> dict:
 
 
 def clear_folds(run_dir: Path) -> None:
-    import shutil
-
     for old in [run_dir / "folds", *run_dir.glob("fold-*")]:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
@@ -175,8 +185,6 @@ def clear_folds(run_dir: Path) -> None:
 
 def write_folds(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """Split train+val into the folds and write each fold's manifest (before any training); the config with its label space."""
-    from bintally.training.data import config_manifest, save_split
-
     df, config = config_manifest(config)
     if "split" not in df or not df["split"].isin(POOL).any():
         raise DataError(manifest_name(df), "no train or val photos to cross-validate")
@@ -191,12 +199,8 @@ def write_folds(config: TrainConfig, run_dir: Path) -> TrainConfig:
     return config
 
 
-def save_ensemble(run_dir: Path, config: TrainConfig, cv: CrossValidation) -> None:
+def save_ensemble(run_dir: Path, config: TrainConfig, cv: CrossValResult) -> None:
     """RUN/model: the K fold models as one ensemble (one shared backbone when they were trained on a frozen one)."""
-    from bintally.models.artifact import load_model as load_artifact_model
-    from bintally.models.artifact import read_artifact, save_model
-    from bintally.models.model import CountingEnsemble
-
     k = config.folds
     artifacts = [read_artifact(run_dir / f"fold-{fold + 1}") for fold in range(k)]
     transforms = {json.dumps(a.transform.to_dict(), sort_keys=True) for a in artifacts}

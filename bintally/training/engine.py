@@ -1,51 +1,45 @@
-"""`bintally train`: a readable recipe from a split manifest to a counting model.
+"""A single training run, a readable recipe from a split manifest to a counting model.
 
 One loop serves every mode: in `frozen` mode it trains the head on cached backbone features,
 in `partial` and `full` mode it trains on the photos themselves. Runs under torchrun for
 DistributedDataParallel. SIGTERM/SIGINT write a checkpoint before exit; `--resume` continues.
+`bintally.training.run.train` chooses between this and K-fold cross-validation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import subprocess
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from bintally.data.dataset import BinPhotos, photo_loader
 from bintally.data.transforms import TransformConfig
-from bintally.errors import ConfigError, DataError
-from bintally.evaluation.metrics import PUBLISHED_MAX, count_metrics
+from bintally.errors import ConfigError
 from bintally.io import atomic_path, check_output_folder
 from bintally.labels import LabelSpace
-from bintally.models.artifact import RUN_SUBDIR, read_artifact
+from bintally.models.artifact import RUN_SUBDIR, load_weights, read_artifact
 from bintally.models.artifact import save_model as save_artifact
 from bintally.models.backbones import weights_description
-from bintally.models.model import CachedViewProbs, CountingModel, ProbabilityModel, weights_problem
-from bintally.progress import progress_bar
-from bintally.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic
-from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
-from bintally.training.crossval import cross_validate
+from bintally.models.model import CountingModel, weights_problem
+from bintally.training.checkpoint import check_checkpoint_fits, checkpoint_path, load_checkpoint, restore_checkpoint, save_checkpoint
+from bintally.training.config import TrainConfig
 from bintally.training.data import check_training_data, config_manifest, save_split
 from bintally.training.distributed import Dist, any_rank, cleanup, pick_device, setup_distributed
 from bintally.training.features import cached_features
-from bintally.training.health import HealthMonitor
-from bintally.training.rundir import RunDir
+from bintally.training.loop import EpochStats, Trainer, class_weights, loader_workers, out_of_steps, selection_score, train_one_epoch, validate
+from bintally.training.rundir import RunDir, resumed_config
+from bintally.training.state import TrainState, freeze_for_mode
 
 log = logging.getLogger("bintally.train")
 # end-of-epoch checkpoints come at most this often (a signal still checkpoints at once): frozen-mode epochs take under a second
@@ -64,7 +58,6 @@ class TrainResult:
     labels: LabelSpace = field(default_factory=LabelSpace)
     already_finished: bool = False  # --resume of a run that had nothing left to do
     epochs_done: int = 0
-    cross_validation: dict | None = None  # --folds K: per-fold metrics, mean and standard deviation
 
 
 class Interrupted(Exception):
@@ -107,106 +100,7 @@ class StopFlag:
         self.signum = signum
 
 
-# ---------------------------------------------------------------- model, optimiser, schedule
-
-
-def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's stages from input to output, for partial unfreezing."""
-    if hasattr(backbone, "blocks") and hasattr(backbone, "conv_head"):  # timm EfficientNet family
-        stages = [nn.ModuleList([backbone.conv_stem, backbone.bn1]), *backbone.blocks,
-                  nn.ModuleList([backbone.conv_head, backbone.bn2])]
-        return [s for s in stages if any(True for _ in s.parameters())]  # cut at stride 16, the head conv is gone
-    if hasattr(backbone, "layer4"):  # torchvision ResNet
-        return [nn.ModuleList([backbone.conv1, backbone.bn1]), backbone.layer1, backbone.layer2,
-                backbone.layer3, backbone.layer4]
-    return list(backbone.children())
-
-
-def freeze_for_mode(model: CountingModel, config: TrainConfig) -> list[nn.Module]:
-    """Set requires_grad for the mode; return the backbone modules that stay frozen (kept in eval mode)."""
-    stages = backbone_stages(model.backbone)
-    if config.mode == "full":
-        return []
-    trainable = stages[len(stages) - config.unfreeze:] if config.mode == "partial" and config.unfreeze > 0 else []
-    frozen = [s for s in stages if all(s is not t for t in trainable)]
-    for stage in frozen:
-        stage.requires_grad_(False)
-    return frozen
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
-    groups = [{"params": head, "lr": config.lr}]
-    if body:
-        groups.append({"params": body, "lr": config.lr * config.backbone_lr_scale})
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
-    """Warm-up, then cosine / cosine with warm restarts (SGDR, period doubling) / step decay."""
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return 0.01 + 0.99 * step / warmup
-    t = step - warmup
-    total = max(config.epochs * steps_per_epoch - warmup, 1)
-    if config.schedule == "step":
-        return config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
-    if config.schedule == "sgdr":
-        period = config.restart_epochs * steps_per_epoch
-        while t >= period:
-            t, period = t - period, period * 2
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / period))
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t / total, 1.0)))
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    freq = np.bincount(labels, minlength=n_classes).astype(float)
-    w = np.where(freq > 0, 1.0 / np.maximum(freq, 1), 0.0)
-    return torch.tensor(w * n_classes / w.sum(), dtype=torch.float32)
-
-
-def epoch_indices(labels: np.ndarray, config: TrainConfig, epoch: int, d: Dist) -> list[int]:
-    """This rank's sample order for an epoch: seeded by (seed, epoch), sharded like DistributedSampler."""
-    g = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    n = len(labels)
-    if config.balance == "sampler":
-        weights = class_weights(labels, int(labels.max()) + 1)[labels]
-        order = torch.multinomial(weights, n, replacement=True, generator=g)
-    else:
-        order = torch.randperm(n, generator=g)
-    per_rank = n // d.world_size
-    return order[: per_rank * d.world_size][d.rank :: d.world_size].tolist()
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict_probs(probability_model: nn.Module, loader: DataLoader, device, amp: bool, progress: bool = False,
-                  desc="eval") -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of each photo (or cached views) the loader could read, and those photos' indices."""
-    probs, indices = [], []
-    for x, _, index in progress_bar(loader, desc=desc, leave=False, enabled=progress):
-        if not len(index):
-            continue
-        with autocast(device, amp):
-            p = probability_model(x.to(device, non_blocking=True))
-        probs.append(p.float().cpu())
-        indices.append(index)
-    if not probs:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=int)
-    return torch.cat(probs).numpy(), torch.cat(indices).numpy()
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the run directory
 
 
 @dataclass
@@ -214,6 +108,13 @@ class Run:
     dir: Path
     main: bool
     folder: RunDir | None = None  # the locked run directory (main process only)
+
+    def write_setup(self, config: TrainConfig, df: pd.DataFrame) -> None:
+        """RUN/config.json and, for a split made here, RUN/manifest.parquet; RUN/checkpoints/ is ready."""
+        if self.main:
+            (self.dir / "checkpoints").mkdir(exist_ok=True)
+            config.save(self.dir / "config.json")
+            save_split(df, self.dir)
 
     def write_json(self, name: str, obj) -> None:
         if self.main:
@@ -236,33 +137,6 @@ def git_commit() -> str:
                               cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def saved_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / "config.json"
-    try:
-        values = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise DataError(path, "missing: this run cannot be resumed without its config") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"malformed JSON ({e}); this run cannot be resumed") from None
-    if not isinstance(values, dict):
-        raise DataError(path, "expected a JSON object of settings")
-    return TrainConfig.from_dict(values, source=path)
-
-
-def resumed_config(run_dir: Path, explicit: dict) -> TrainConfig:
-    """The saved config with what a resume may change (workers, device, more epochs ...); anything else is refused."""
-    saved = saved_config(run_dir)
-    differences = config_differences(saved, explicit)
-    if differences:
-        listed = "; ".join(f"{k}: run has {a!r}, you asked for {b!r}" for k, (a, b) in differences.items())
-        raise ConfigError(f"{run_dir}: cannot resume a run with a different config ({listed})")
-    if explicit.get("epochs") is not None and explicit["epochs"] < saved.epochs:
-        raise ConfigError(f"{run_dir}: the run has {saved.epochs} epochs; a resume may add epochs, not remove them")
-    overrides = {k: v for k, v in explicit.items() if v is not None and k in RESUMABLE_CHANGES | EXTENDABLE}
-    overrides["max_steps"] = explicit.get("max_steps")  # a smoke-run limit does not carry over
-    return TrainConfig.from_dict(saved.to_dict() | overrides | {"out": str(run_dir)})
 
 
 def finished_result(run_dir: Path, checkpoint: dict, config: TrainConfig) -> TrainResult | None:
@@ -290,24 +164,22 @@ def shared_path(path: Path | None, d: Dist) -> Path:
 EpochCallback = Callable[[int, dict], None]
 
 
-def train(config: TrainConfig, resume: str | None = None, explicit: dict | None = None,
-          on_epoch: EpochCallback | None = None, overwrite: bool = False) -> TrainResult:
-    """Train (or resume) a counting model; return the final validation metrics and the run directory.
+def train_single_run(config: TrainConfig, resume: str | None = None, explicit: dict | None = None,
+                     on_epoch: EpochCallback | None = None, overwrite: bool = False) -> TrainResult:
+    """Train (or resume) one counting model; return the final validation metrics and the run directory.
 
     A new run refuses a directory that holds another run unless `overwrite`. Everything that can be
     refused (settings, data, output location) is checked before the run directory is made.
     `on_epoch(epoch, val_metrics)` is called after each epoch's validation (hyperparameter search
     uses it to report and prune); an exception it raises ends the run.
     """
-    if cross_validating(config, resume):
-        return cross_validation_result(cross_validate(config, resume, explicit, overwrite), config)
     d = setup_distributed(config.device)
     folder, ended_cleanly = None, False
     try:
         if resume is not None:
             folder = RunDir.resume(resume) if d.main else None
             config = resumed_config(Path(resume), explicit or {})
-            checkpoint = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
+            checkpoint = load_checkpoint(checkpoint_path(Path(resume)))
             done = finished_result(Path(resume), checkpoint, config)
             if done is not None:
                 ended_cleanly = True
@@ -318,7 +190,7 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
                 check_output_folder(config.out)
         setup = prepare(config, d)
         if checkpoint is not None:
-            check_checkpoint_fits(checkpoint, Path(resume) / "checkpoints" / "last.pt", setup.model)
+            check_checkpoint_fits(checkpoint, checkpoint_path(Path(resume)), setup.model)
         if resume is None and d.main:
             folder = RunDir.new(config.out, overwrite)
         run_dir = shared_path(folder.path if folder else None, d)
@@ -333,20 +205,7 @@ def train(config: TrainConfig, resume: str | None = None, explicit: dict | None 
         cleanup(d)
 
 
-def cross_validating(config: TrainConfig, resume: str | None) -> bool:
-    if resume is None:
-        return config.folds >= 2
-    try:
-        return json.loads((Path(resume) / "config.json").read_bytes()).get("folds", 0) >= 2
-    except (OSError, ValueError, AttributeError):
-        return False  # resume() names what is wrong with the run
-
-
-def cross_validation_result(cv, config: TrainConfig) -> TrainResult:
-    means = {k: v["mean"] for k, v in cv.summary.items()}
-    return TrainResult(run=cv.run, best_val=None, final=means, health={"findings": []}, world_size=1, model=None,
-                       wall_time_s=round(sum(f["wall_time_s"] for f in cv.folds), 1), labels=config.labels,
-                       epochs_done=config.epochs, cross_validation=cv.to_json())
+# ---------------------------------------------------------------- before the first step
 
 
 @dataclass
@@ -375,208 +234,8 @@ def prepare(config: TrainConfig, d: Dist) -> Setup:
     return Setup(config, model, df, parts, transform)
 
 
-def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag,
-        on_epoch: EpochCallback | None = None) -> TrainResult:
-    started = time.time()
-    config, model, parts, transform = setup.config, setup.model, setup.parts, setup.transform
-    amp = d.device.type == "cuda" if config.amp is None else config.amp
-    if run.main:
-        (run.dir / "checkpoints").mkdir(exist_ok=True)
-        config.save(run.dir / "config.json")
-        save_split(setup.df, run.dir)
-    frozen_modules = freeze_for_mode(model, config)
-    model.to(d.device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    train_labels = parts["train"]["label"].to_numpy(dtype=int)
-    if config.mode == "frozen":
-        views = cached_features(model, parts, transform, config, d)
-        train_set, val_set = views.train_dataset(config.seed), views.dataset("val")
-        trained: nn.Module = model.head
-        forward = model.head
-    else:
-        train_set = BinPhotos(parts["train"], transform, train=True, seed=config.seed)
-        val_set = BinPhotos(parts["val"], transform, train=False)
-        trained = model
-        forward = model
-    if d.enabled:
-        trained = DistributedDataParallel(trained)
-        forward = trained
-    if config.compile:
-        forward = torch.compile(forward)
-
-    optimizer = build_optimizer(model, config)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = len(train_labels) // d.world_size // config.batch_size
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, config))
-    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
-           if config.ema > 0 else None)
-    weights = class_weights(train_labels, config.labels.n_classes).to(d.device) if config.balance == "weights" else None
-    monitor = HealthMonitor(n_classes=config.labels.n_classes)
-    start_epoch, start_step, global_step, best = 0, 0, 0, None
-    if checkpoint is not None:
-        restore_checkpoint(checkpoint, run.dir / "checkpoints" / "last.pt", model, optimizer, scheduler, ema, monitor)
-        start_epoch, start_step, global_step, best = checkpoint["epoch"], checkpoint["step"], checkpoint["global_step"], checkpoint["best"]
-        log.info("resumed %s at epoch %d, step %d", run.dir, start_epoch + 1, start_step)
-
-    def save(epoch: int, step: int) -> None:
-        if run.main:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "ema": ema.state_dict() if ema is not None else None, "health": monitor.state_dict(),
-                         "epoch": epoch, "step": step, "global_step": global_step, "best": best,
-                         "rng": rng_state(), "config": config.to_dict()}, run.dir / "checkpoints" / "last.pt")
-            run.saved()
-
-    def stop_now(epoch: int, step: int) -> None:
-        save(epoch, step)
-        raise Interrupted(f"stopped by signal at epoch {epoch + 1}, step {step}; a checkpoint is in {run.dir}. "
-                          f"Continue with: bintally train --resume {run.dir}")
-
-    if any_rank(stop.requested, d):  # the signal came while the data or features were being prepared
-        stop_now(start_epoch, start_step)
-    profiler = make_profiler(config, run) if run.main else None
-    metrics: dict = {}
-    saved_at = time.time()
-    workers = 0 if config.mode == "frozen" else config.workers  # cached features need no loader processes
-    val_loader = photo_loader(val_set, config.batch_size * 2, workers)
-    for epoch in range(start_epoch, config.epochs):
-        indices = epoch_indices(train_labels, config, epoch, d)
-        skip = start_step * config.batch_size if epoch == start_epoch else 0
-        if hasattr(train_set, "epoch"):
-            train_set.epoch = epoch
-        loader = photo_loader(train_set, config.batch_size, workers, indices[skip:], drop_last=True)
-        trained.train()
-        for m in frozen_modules:
-            m.eval()
-        bar = progress_bar(total=steps_per_epoch, initial=skip // config.batch_size, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           enabled=run.main and config.progress, unit="step")
-        seen, correct, loss_sum, n_batches = 0, 0, 0.0, 0
-        step = skip // config.batch_size
-        tick = time.perf_counter()
-        for x, y, _ in loader:
-            got_batch = time.perf_counter()
-            step += 1
-            global_step += 1
-            if len(y):  # empty when every photo of the batch became unreadable (each was reported)
-                loss, grad_norm, right = train_step(model, forward, x, y, optimizer, ema, trainable, weights, config, d.device, amp)
-                done = time.perf_counter()
-                monitor.on_step(loss, grad_norm, got_batch - tick, done - got_batch)
-                correct += right
-                seen += len(y)
-                loss_sum += loss
-                n_batches += 1
-                bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", acc=f"{correct / seen:.2f}",
-                                img_s=f"{len(y) * d.world_size / (done - tick):.1f}")
-            scheduler.step()
-            bar.update(1)
-            if profiler is not None:
-                profiler.step()
-            tick = time.perf_counter()
-            if any_rank(stop.requested, d):
-                bar.close()
-                stop_now(epoch, step)
-            if config.max_steps is not None and global_step >= config.max_steps:
-                break
-        bar.close()
-        finished_epoch = step >= steps_per_epoch
-        eval_model = ema.module if ema is not None else model
-        eval_model.eval()
-        metrics = validate(eval_model, config, parts["val"], val_loader, d.device, amp)
-        train_acc = correct / max(seen, 1)
-        monitor.on_epoch(train_acc, metrics["val_accuracy"])
-        row = {"epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / max(n_batches, 1), "train_accuracy": train_acc,
-               "lr": scheduler.get_last_lr()[0], **metrics, "elapsed_s": round(time.time() - started, 1)}
-        run.append_metrics(row)
-        score = selection_score(metrics)
-        if best is None or score > tuple(best) or config.select == "last":
-            best = list(score)
-            save_model(eval_model, transform, config, metrics, run)
-        stopping = not finished_epoch or epoch + 1 == config.epochs or (config.max_steps is not None and global_step >= config.max_steps)
-        if stopping or time.time() - saved_at >= CHECKPOINT_INTERVAL_S:
-            save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else step)
-            saved_at = time.time()
-        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, metrics)
-        if config.max_steps is not None and global_step >= config.max_steps:
-            break
-        if epoch + 1 < config.epochs and any_rank(stop.requested, d):  # during validation: stop before the next epoch
-            stop_now(epoch + 1, 0)
-    if profiler is not None:
-        profiler.stop()
-    health = monitor.summary(d.device.type)
-    result = {"run": str(run.dir), "best_val": best, "final": metrics, "health": health,
-              "wall_time_s": round(time.time() - started, 1), "world_size": d.world_size}
-    run.write_json("health.json", health)
-    run.write_json("result.json", result)
-    if run.main:
-        write_model_card(run, config, setup.df, result)
-    return TrainResult(model=model, labels=config.labels, epochs_done=config.epochs, **result)
-
-
-def check_checkpoint_fits(checkpoint: dict, path: Path, model: nn.Module) -> None:
-    """The checkpoint's weights fit the model its run's config.json describes (checked before anything is written)."""
-    weights = checkpoint["model"]
-    problem = weights_problem(model.state_dict(), weights) if isinstance(weights, dict) else "it holds no weights"
-    if problem:
-        raise DataError(path, f"does not fit the model in the run's config.json ({problem}); "
-                              "was config.json or the checkpoint replaced?")
-
-
-def restore_checkpoint(checkpoint: dict, path: Path, model, optimizer, scheduler, ema, monitor) -> None:
-    """Load a resumed run's state (its weights were checked by `check_checkpoint_fits`); a mismatch is a DataError naming it."""
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        monitor.load_state_dict(checkpoint["health"])
-        restore_rng(checkpoint["rng"])
-    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
-        detail = " ".join(str(e).split())[:200] or e.__class__.__name__
-        raise DataError(path, f"does not fit the run's config.json ({detail}); this run cannot be resumed") from None
-
-
-def train_step(model: CountingModel, forward, x: torch.Tensor, y: torch.Tensor, optimizer, ema, trainable: list,
-               weights: torch.Tensor | None, config: TrainConfig, device: torch.device, amp: bool) -> tuple[float, float, int]:
-    """One optimiser step on a batch: its loss, the gradient norm (before clipping) and how many photos it counted right."""
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    if config.channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp):
-        out = forward(x)
-    out = out.float()
-    loss = model.head.loss(out, y, config.label_smoothing, weights)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 10.0))
-    optimizer.step()
-    if ema is not None:
-        ema.update_parameters(model)
-    with torch.no_grad():
-        predicted = config.labels.decode(model.head.probs(out).cpu().numpy(), model.decode)
-        right = int((predicted == y.cpu().numpy()).sum())
-    return loss.item(), grad_norm, right
-
-
-def validate(model: CountingModel, config: TrainConfig, photos: pd.DataFrame, loader: DataLoader, device, amp: bool) -> dict:
-    """Validation metrics (prefixed val_) over the photos the loader could read, counted in the run's label space."""
-    probability_model = CachedViewProbs(model.head, config.tta) if config.mode == "frozen" else ProbabilityModel(model, config.tta)
-    probs, indices = predict_probs(probability_model, loader, device, amp)
-    if not len(indices):
-        raise DataError(photos.attrs.get("source", "the val split"), "no validation photo could be read")
-    labels = config.labels
-    predicted = labels.decode(probs, model.decode)
-    true = labels.count_of(photos["label"].to_numpy(dtype=int)[indices])
-    return {f"val_{k}": v for k, v in count_metrics(true, labels.count_of(predicted), config.max_count).items()}
-
-
 def start_from(model: CountingModel, path: str) -> None:
     """--init: the weights of a trained model (same backbone, features, head and label space) as the starting point."""
-    from bintally.models.artifact import load_weights
-
     artifact = read_artifact(path)
     mine, theirs = model.config, artifact.model
     for name in ("backbone", "features", "head", "labels", "members"):
@@ -589,10 +248,29 @@ def start_from(model: CountingModel, path: str) -> None:
     model.load_state_dict(state)
 
 
-def selection_score(metrics: dict) -> tuple[float, float]:
-    """What `select best` maximises: validation accuracy on counts 0-5 (the published task), then -RMSE; NaN ranks last."""
-    accuracy, rmse = metrics[f"val_accuracy_0_{PUBLISHED_MAX}"], metrics[f"val_rmse_0_{PUBLISHED_MAX}"]
-    return (-1.0, 0.0) if math.isnan(accuracy) else (accuracy, -rmse)
+def build_trainer(setup: Setup, d: Dist, progress: bool) -> Trainer:
+    """Freeze what the mode keeps frozen, place the model, and make the datasets (cached features in frozen mode)."""
+    config, model, parts = setup.config, setup.model, setup.parts
+    frozen_modules = freeze_for_mode(model, config)
+    model.to(d.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_labels = parts["train"]["label"].to_numpy(dtype=int)
+    if config.mode == "frozen":
+        views = cached_features(model, parts, setup.transform, config, d)
+        train_set, val_set, trained = views.train_dataset(config.seed), views.dataset("val"), model.head
+    else:
+        train_set = BinPhotos(parts["train"], setup.transform, train=True, seed=config.seed)
+        val_set, trained = BinPhotos(parts["val"], setup.transform, train=False), model
+    if d.enabled:
+        trained = DistributedDataParallel(trained)
+    forward = torch.compile(trained) if config.compile else trained
+    amp = d.device.type == "cuda" if config.amp is None else config.amp
+    weights = class_weights(train_labels, config.labels.n_classes).to(d.device) if config.balance == "weights" else None
+    return Trainer(config, d, amp, train_set, train_labels, parts["val"], photo_loader(val_set, config.batch_size * 2, loader_workers(config)),
+                   trained=trained, forward=forward, frozen_modules=frozen_modules,
+                   trainable=[p for p in model.parameters() if p.requires_grad], loss_weights=weights,
+                   steps_per_epoch=len(train_labels) // d.world_size // config.batch_size, progress=progress)
 
 
 def prepare_features(config: TrainConfig) -> None:
@@ -600,6 +278,106 @@ def prepare_features(config: TrainConfig) -> None:
     d = Dist(device=pick_device(config.device))
     setup = prepare(config, d)
     cached_features(setup.model.to(d.device), setup.parts, setup.transform, setup.config, d)
+
+
+# ---------------------------------------------------------------- the loop over epochs
+
+
+def fit(setup: Setup, run: Run, checkpoint: dict | None, d: Dist, stop: StopFlag,
+        on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Go on from the checkpoint (if any): each epoch trains, validates, keeps the selected model and checkpoints."""
+    started, config = time.time(), setup.config
+    run.write_setup(config, setup.df)
+    trainer = build_trainer(setup, d, progress=run.main and config.progress)
+    state = TrainState.create(setup.model, config, trainer.steps_per_epoch)
+    if checkpoint is not None:
+        restore_checkpoint(state, checkpoint, checkpoint_path(run.dir))
+        log.info("resumed %s at epoch %d, step %d", run.dir, state.epoch + 1, state.step)
+    if any_rank(stop.requested, d):  # the signal came while the data or features were being prepared
+        stop_now(state, config, run)
+    profiler = make_profiler(config, run) if run.main else None
+    clock = CheckpointClock()
+    metrics: dict = {}
+    for epoch in range(state.epoch, config.epochs):
+        stats = train_one_epoch(trainer, state, lambda: any_rank(stop.requested, d), profiler)
+        if stats.stopped:
+            stop_now(state, config, run)
+        finished_epoch = state.step >= trainer.steps_per_epoch
+        if finished_epoch:
+            state.epoch, state.step = epoch + 1, 0
+        metrics = validate(state.eval_model, trainer)
+        row = record_epoch(run, state, epoch, stats, metrics, started)
+        keep_if_selected(state, metrics, setup, run)
+        if clock.due(run_ends=not finished_epoch or epoch + 1 == config.epochs or out_of_steps(state, config)):
+            checkpoint_now(state, config, run)
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
+        if out_of_steps(state, config):
+            break
+        if epoch + 1 < config.epochs and any_rank(stop.requested, d):  # during validation: stop before the next epoch
+            stop_now(state, config, run)
+    if profiler is not None:
+        profiler.stop()
+    return finish(setup, run, state, metrics, started, d)
+
+
+# ---------------------------------------------------------------- the end of an epoch, the end of the run
+
+
+def record_epoch(run: Run, state: TrainState, epoch: int, stats: EpochStats, metrics: dict, started: float) -> dict:
+    """The health checks see the epoch; RUN/metrics.jsonl gets its row."""
+    state.monitor.on_epoch(stats.accuracy, metrics["val_accuracy"])
+    row = {"epoch": epoch + 1, "step": state.global_step, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+           "lr": state.scheduler.get_last_lr()[0], **metrics, "elapsed_s": round(time.time() - started, 1)}
+    run.append_metrics(row)
+    return row
+
+
+def keep_if_selected(state: TrainState, metrics: dict, setup: Setup, run: Run) -> None:
+    """--select best: save the model when it beats the saved one (`selection_score`); --select last: save it every epoch."""
+    score = selection_score(metrics)
+    if state.best is None or score > tuple(state.best) or setup.config.select == "last":
+        state.best = list(score)
+        save_model(state.eval_model, setup.transform, setup.config, metrics, run)
+
+
+@dataclass
+class CheckpointClock:
+    """End-of-epoch checkpoints come at most every CHECKPOINT_INTERVAL_S, and always when the run ends."""
+
+    saved_at: float = field(default_factory=time.time)
+
+    def due(self, run_ends: bool) -> bool:
+        if run_ends or time.time() - self.saved_at >= CHECKPOINT_INTERVAL_S:
+            self.saved_at = time.time()
+            return True
+        return False
+
+
+def checkpoint_now(state: TrainState, config: TrainConfig, run: Run) -> None:
+    if run.main:
+        save_checkpoint(state, config, run.dir)
+        run.saved()
+
+
+def stop_now(state: TrainState, config: TrainConfig, run: Run) -> None:
+    """A stop signal: checkpoint where the run is, then end it with the command that continues it."""
+    checkpoint_now(state, config, run)
+    raise Interrupted(f"stopped by signal at epoch {state.epoch + 1}, step {state.step}; a checkpoint is in {run.dir}. "
+                      f"Continue with: bintally train --resume {run.dir}")
+
+
+def finish(setup: Setup, run: Run, state: TrainState, final: dict, started: float, d: Dist) -> TrainResult:
+    """RUN/health.json, RUN/result.json and RUN/model_card.md; the result."""
+    health = state.monitor.summary(d.device.type)
+    result = {"run": str(run.dir), "best_val": state.best, "final": final, "health": health,
+              "wall_time_s": round(time.time() - started, 1), "world_size": d.world_size}
+    run.write_json("health.json", health)
+    run.write_json("result.json", result)
+    if run.main:
+        write_model_card(run, setup.config, setup.df, result)
+    return TrainResult(model=setup.model, labels=setup.config.labels, epochs_done=setup.config.epochs, **result)
 
 
 def make_profiler(config: TrainConfig, run: Run):

@@ -1,4 +1,5 @@
-"""Run directories: never clobbered, never shared by two live runs, never left looking like a run after a failed start.
+"""Run directories: never clobbered, never shared by two live runs, never left looking like a run after a failed start;
+the config a resumed run goes on with.
 
 A run directory holds config.json, metrics.jsonl, checkpoints/last.pt, model/ and the rest. The
 process that trains into it holds an exclusive lock on RUN/.lock (an flock: the kernel drops it
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from bintally.errors import ConfigError, DataError
 from bintally.io import check_output_folder, remove_stale_temp_files
+from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
 
 DEFAULT_PARENT = Path("runs") / "train"
 RUN_MARKERS = ("config.json", "model/model.json", "best.pt", "metrics.jsonl", "checkpoints/last.pt", "result.json")
@@ -154,3 +156,30 @@ def clear_run(path: Path) -> None:
             shutil.rmtree(child)
         elif child.exists() or child.is_symlink():
             child.unlink()
+
+
+def saved_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    try:
+        values = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DataError(path, "missing: this run cannot be resumed without its config") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, f"malformed JSON ({e}); this run cannot be resumed") from None
+    if not isinstance(values, dict):
+        raise DataError(path, "expected a JSON object of settings")
+    return TrainConfig.from_dict(values, source=path)
+
+
+def resumed_config(run_dir: Path, explicit: dict) -> TrainConfig:
+    """The saved config with what a resume may change (workers, device, more epochs ...); anything else is refused."""
+    saved = saved_config(run_dir)
+    differences = config_differences(saved, explicit)
+    if differences:
+        listed = "; ".join(f"{k}: run has {a!r}, you asked for {b!r}" for k, (a, b) in differences.items())
+        raise ConfigError(f"{run_dir}: cannot resume a run with a different config ({listed})")
+    if explicit.get("epochs") is not None and explicit["epochs"] < saved.epochs:
+        raise ConfigError(f"{run_dir}: the run has {saved.epochs} epochs; a resume may add epochs, not remove them")
+    overrides = {k: v for k, v in explicit.items() if v is not None and k in RESUMABLE_CHANGES | EXTENDABLE}
+    overrides["max_steps"] = explicit.get("max_steps")  # a smoke-run limit does not carry over
+    return TrainConfig.from_dict(saved.to_dict() | overrides | {"out": str(run_dir)})

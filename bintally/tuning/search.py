@@ -1,7 +1,8 @@
 """`bintally tune`: an Optuna study over training settings, scored on the validation split.
 
-Each trial is an ordinary `bintally train` run whose per-epoch validation accuracy (counts 0-N)
-is reported to Optuna, so the median or Hyperband pruner can stop it early. In frozen mode the
+Each trial is an ordinary single `bintally train` run whose per-epoch validation accuracy (counts
+0-N) is reported to Optuna, so the median or Hyperband pruner can stop it early; the trial's value
+is the same accuracy of the model the run kept. In frozen mode the
 trials train heads on the cached backbone features, which is what makes hundreds of trials cheap.
 The study lives in a database (SQLite by default, any SQLAlchemy URL), so re-running with the
 same study name adds trials to it, and workers on other machines can share it.
@@ -32,13 +33,14 @@ from optuna.trial import TrialState
 
 from bintally.data.manifest import write_manifest
 from bintally.errors import ConfigError, DataError
+from bintally.models.artifact import read_artifact
 from bintally.models.backbones import LITE_VARIANTS, RESNETS
 from bintally.models.config import FEATURES
 from bintally.progress import progress_bar
 from bintally.settings import check_range, check_types
 from bintally.training.config import MODES, TrainConfig, check_choice, resolve_config
 from bintally.training.data import training_manifest
-from bintally.training.engine import Interrupted, prepare_features, train
+from bintally.training.engine import Interrupted, prepare_features, train_single_run
 
 log = logging.getLogger("bintally.tune")
 PRUNERS = ("median", "hyperband", "none")
@@ -89,7 +91,8 @@ class TuneConfig:
         for name in self.features:
             check_choice("features", name, FEATURES)
         # an unknown preset or fixed setting is refused here, not by the first trial
-        trial_config(self, {"backbone": self.backbones[0], "image_size": self.image_sizes[0]}, self.data, self.out)
+        if trial_config(self, {"backbone": self.backbones[0], "image_size": self.image_sizes[0]}, self.data, self.out).folds >= 2:
+            raise ConfigError("each trial is a single run: tune without folds, then cross-validate the best config")
 
     @property
     def study_dir(self) -> Path:
@@ -209,16 +212,16 @@ class StopRequested(Exception):
 
 
 def objective(trial: optuna.Trial, tc: TuneConfig, data: str, stop: StopSignals) -> float:
-    """Best validation accuracy on counts 0-N over the trial's epochs (what `best.pt` would keep).
+    """Validation accuracy on counts 0-N of the model the trial kept (its --select epoch); each epoch reports the same metric.
 
     A trial stopped by a signal is recorded as pruned, with the user attribute stopped_by_signal.
     """
     settings = suggest_settings(trial, tc)
     trial.set_user_attr("worker_pid", os.getpid())
-    key = f"val_accuracy_0_{tc.max_count}"
+    accuracy, rmse = f"val_accuracy_0_{tc.max_count}", f"val_rmse_0_{tc.max_count}"
 
     def report(epoch: int, metrics: dict) -> None:
-        trial.report(metrics[key], epoch)
+        trial.report(metrics[accuracy], epoch)
         if stop.requested:
             raise StopRequested
         if trial.should_prune():
@@ -228,14 +231,15 @@ def objective(trial: optuna.Trial, tc: TuneConfig, data: str, stop: StopSignals)
         if stop.requested:
             raise StopRequested
         with tempfile.TemporaryDirectory(prefix="bintally-trial-") as run_dir:
-            result = train(trial_config(tc, settings, data, run_dir), on_epoch=report)
+            result = train_single_run(trial_config(tc, settings, data, run_dir), on_epoch=report)
+            kept = read_artifact(result.run).metrics
     except (Interrupted, StopRequested):
         stop.request()
         trial.set_user_attr("stopped_by_signal", True)
         raise optuna.TrialPruned("stopped by a signal") from None
-    trial.set_user_attr("val_rmse_0_n", -result.best_val[1])
+    trial.set_user_attr("val_rmse_0_n", kept[rmse])
     trial.set_user_attr("wall_time_s", result.wall_time_s)
-    return result.best_val[0]
+    return kept[accuracy]
 
 
 def run_worker(tc: TuneConfig, data: str, target: int, threads: int, stop: StopSignals, worker: int = 0,
