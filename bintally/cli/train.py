@@ -9,9 +9,8 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_stopped, int_list, show_progress, split_list
-from bintally.labels import DECODINGS
-from bintally.models.config import FEATURES, HEADS
-from bintally.training.config import BALANCING, MODES, OPTIMIZERS, OVERFLOW, PRESETS, SCHEDULES, SELECT
+from bintally.cli.options import settings_options
+from bintally.training.config import MODES, PRESETS, TrainConfig
 
 
 def choice(values):
@@ -19,72 +18,23 @@ def choice(values):
     return Literal[tuple(values)]
 
 
-PRESET_HELP = "Named recipe: " + ", ".join(PRESETS) + "."
-
-
 @command(app, "train")
+@settings_options(TrainConfig, given_only=True)
 def train_cmd(
-    data: Annotated[Optional[str], Opt(help="Split manifest, bucket folder, class folders or CSV. Default: the bundled sample.")] = None,
-    preset: Annotated[Optional[choice(PRESETS)], Opt(help=PRESET_HELP)] = None,
+    settings: dict,
     config_file: Annotated[Optional[Path], Opt("--config", help="JSON settings (e.g. from bintally tune); flags override them.")] = None,
-    out: Annotated[Optional[str], Opt(help="Run directory. Default: a new numbered one, runs/train/run-NNN.")] = None,
     resume: Annotated[Optional[Path], Opt(help="Continue the run in this directory from its last checkpoint.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace the run already in --out (it is deleted first).")] = False,
-    backbone: Annotated[Optional[str], Opt(help="efficientnet_lite0/1/2, resnet18/34/50/101 or any timm model name.")] = None,
-    head: Annotated[Optional[choice(HEADS)], Opt(help="Head on the backbone's features.")] = None,
-    features: Annotated[Optional[choice(FEATURES)], Opt(help="What the head reads: pooled final features, "
-                                                             "or the stride-16 map through a small conv head.")] = None,
-    weights: Annotated[Optional[str], Opt(help="Backbone weights file (.pt/.pth state dict).")] = None,
-    init: Annotated[Optional[str], Opt(help="Start from a trained model's weights (a run or model folder; with --folds, "
-                                            "a cross-validation run over the same folds).")] = None,
-    pretrained: Annotated[Optional[bool], Opt("--pretrained/--random-init", help="Start from shipped ImageNet weights.")] = None,
-    min_count: Annotated[Optional[int], Opt(min=0, help="Smallest count with its own class (default: the manifest's split, else 0).")] = None,
-    max_count: Annotated[Optional[int], Opt(min=0, help="Largest count with its own class (default: the manifest's split, else 5).")] = None,
-    overflow: Annotated[Optional[choice(OVERFLOW)], Opt(help="class: counts above max-count form one class; exclude: learn counts min..max only.")] = None,
-    decode: Annotated[Optional[choice(("auto", *DECODINGS))], Opt(help="Count from probabilities (auto: median for ordinal, else argmax).")] = None,
-    dropout: Annotated[Optional[float], Opt(min=0.0, max=0.99, help="Dropout before the head's layers.")] = None,
-    mode: Annotated[Optional[choice(MODES)], Opt(help="frozen (head on cached features), partial or full fine-tuning.")] = None,
-    unfreeze: Annotated[Optional[int], Opt(min=0, help="partial: how many top backbone stages to train.")] = None,
-    image_size: Annotated[Optional[int], Opt(min=16, max=2048, help="Input size in pixels.")] = None,
-    epochs: Annotated[Optional[int], Opt(min=1)] = None,
-    batch_size: Annotated[Optional[int], Opt(min=1, help="Per process.")] = None,
-    optimizer: Annotated[Optional[choice(OPTIMIZERS)], Opt()] = None,
-    lr: Annotated[Optional[float], Opt(min=0.0, help="Head learning rate.")] = None,
-    backbone_lr_scale: Annotated[Optional[float], Opt(min=0.0, help="Backbone lr = lr x this.")] = None,
-    weight_decay: Annotated[Optional[float], Opt(min=0.0)] = None,
-    schedule: Annotated[Optional[choice(SCHEDULES)], Opt(help="cosine, sgdr (warm restarts) or step; all with warm-up.")] = None,
-    momentum: Annotated[Optional[float], Opt(min=0.0, max=1.0, help="SGD momentum.")] = None,
-    warmup_epochs: Annotated[Optional[float], Opt(min=0.0)] = None,
-    restart_epochs: Annotated[Optional[int], Opt(min=1, help="sgdr: length of the first cycle (doubles each restart).")] = None,
-    step_epochs: Annotated[Optional[int], Opt(min=1, help="step: decay every this many epochs.")] = None,
-    step_gamma: Annotated[Optional[float], Opt(min=0.0, max=1.0, help="step: decay factor.")] = None,
-    label_smoothing: Annotated[Optional[float], Opt(min=0.0, max=1.0)] = None,
-    balance: Annotated[Optional[choice(BALANCING)], Opt(help="none, sampler (class-balanced sampling) or weights (loss weights).")] = None,
-    ema: Annotated[Optional[float], Opt(min=0.0, max=1.0, help="EMA decay of the weights, e.g. 0.999; 0 = off.")] = None,
-    select: Annotated[Optional[choice(SELECT)], Opt(help="Keep the epoch best on validation (counts 0-5), or the last epoch.")] = None,
-    folds: Annotated[Optional[int], Opt(min=0, max=20, help="K >= 2: grouped K-fold cross-validation over train+val; "
-                                                            "RUN/model is the ensemble of the K fold models.")] = None,
-    amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: on for GPUs only).")] = None,
-    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
-    channels_last: Annotated[Optional[bool], Opt("--channels-last/--no-channels-last")] = None,
-    tta: Annotated[Optional[bool], Opt("--tta/--no-tta", help="Average with the mirrored photo when evaluating.")] = None,
-    workers: Annotated[Optional[int], Opt(min=0, help="Data-loader processes.")] = None,
-    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, cuda:1 ...")] = None,
-    seed: Annotated[Optional[int], Opt(min=0)] = None,
-    max_steps: Annotated[Optional[int], Opt(min=1, help="Stop after this many steps (smoke runs).")] = None,
-    profile: Annotated[Optional[bool], Opt("--profile", help="Write a PyTorch profiler trace to RUN/profile.")] = None,
-    progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Show progress bars (--no-progress hides every bar).")] = None,
 ):
     """Train a counting model (run under torchrun for DistributedDataParallel)."""
-    flags = {k: v for k, v in locals().items() if k not in ("resume", "preset", "config_file", "overwrite") and v is not None}
     from bintally.training import Interrupted, resolve_config, train
     from bintally.training.config import read_config_file
 
-    if progress is False:
+    if settings.get("progress") is False:
         show_progress(False)
     from_file = read_config_file(config_file) if config_file else {}
-    preset = preset or from_file.pop("preset", None)
-    explicit = from_file | flags
+    preset = settings.pop("preset", None) or from_file.pop("preset", None)
+    explicit = from_file | settings
     config = resolve_config(preset, **explicit)
     try:
         result = train(config, resume=str(resume) if resume else None, explicit=explicit, overwrite=overwrite)

@@ -1,0 +1,90 @@
+"""Command-line options generated from a settings dataclass: each field's `Setting` gives the flag, help, choices and range.
+
+    @command(app, "serve")
+    @settings_options(ServeConfig)
+    def serve_cmd(settings: dict, api_key_file: ... = None): ...
+
+The command receives the options that belong to the config as one dict, `settings`, next to its own parameters.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+import types
+import typing
+from dataclasses import MISSING, Field
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from bintally.settings import Setting, described_settings
+
+SETTINGS_PARAMETER = "settings"
+
+
+def flag_names(f: Field, kind, spec: Setting) -> tuple[str, ...]:
+    """The option's spelling: the setting's own, else --field-name (--name/--no-name for a switch)."""
+    if spec.flag:
+        return spec.flag
+    name = f.name.replace("_", "-")
+    return (f"--{name}/--no-{name}",) if base_type(kind) is bool else (f"--{name}",)
+
+
+def base_type(annotation):
+    """`int` for `int | None`, `list[str]` for `tuple[str, ...]`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return list[typing.get_args(annotation)[0]]
+    return annotation
+
+
+def option_type(annotation, spec: Setting):
+    if spec.choices:
+        return Literal[tuple(c.value if isinstance(c, enum.Enum) else c for c in spec.choices)]
+    annotation = base_type(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return Literal[tuple(m.value for m in annotation)]
+    return annotation
+
+
+def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> inspect.Parameter:
+    """One keyword parameter that Typer turns into the option; with `given_only`, None when it is not given."""
+    kind = option_type(annotation, spec)
+    bounds = {"min": spec.low, "max": spec.high} if kind in (int, float) else {}
+    info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **{k: v for k, v in bounds.items() if v is not None})
+    default = f.default if f.default is not MISSING else None
+    if given_only or default is None or f.default is MISSING:
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], info])
+    if isinstance(default, enum.Enum):
+        default = default.value
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
+
+
+def settings_options(settings_type, given_only: bool = False):
+    """Add an option for every field of `settings_type` offered on the command line (`Setting.cli`).
+
+    given_only: every option defaults to None and `settings` holds only the options given (for commands that layer
+    the options over a preset or a file); otherwise each option shows and passes the field's default.
+    """
+    described = [(f, spec) for f, spec in described_settings(settings_type) if spec.cli]
+
+    def decorate(command):
+        own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != SETTINGS_PARAMETER]
+        hints = typing.get_type_hints(settings_type)
+        generated = [option_parameter(f, hints[f.name], spec, given_only) for f, spec in described]
+
+        @functools.wraps(command)
+        def run(**values):
+            settings = {f.name: values.pop(f.name) for f, _ in described}
+            if given_only:
+                settings = {name: value for name, value in settings.items() if value is not None}
+            return command(settings, **values)
+
+        run.__signature__ = inspect.Signature(own + generated)
+        run.__annotations__ = {}
+        return run
+
+    return decorate
