@@ -35,8 +35,8 @@ from bintally.errors import ConfigError, DataError
 from bintally.models.backbones import LITE_VARIANTS, RESNETS
 from bintally.models.config import FEATURES
 from bintally.progress import progress_bar
-from bintally.settings import check_range, check_types
-from bintally.training.config import MODES, TrainConfig, check_choice, resolve_config
+from bintally.settings import check_choice, check_range, check_types
+from bintally.training.config import MODES, TrainConfig, resolve_config
 from bintally.training.data import training_manifest
 from bintally.training.engine import Interrupted, prepare_features, train
 
