@@ -6,7 +6,7 @@ feed approved recounts back as training labels.
     snapshots.py  where snapshots come from: a bucket-layout folder or a bin_id,image,record_qty CSV
     workflow.py   the task states, blind counts and reviews (409-style conflicts under concurrency)
     queries.py    runs with their metrics, worklists, the counter's blind view, exports and labels
-    store.py      the database (SQLite by default, any SQLAlchemy URL), schema upgraded by Alembic on open
+    store.py      the database (SQLite by default, or PostgreSQL), schema upgraded by Alembic on open
     schema.py     the tables
 """
 

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from bintally.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, set_max_pixels
 from bintally.progress import set_progress
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -50,13 +51,11 @@ ProgressOpt = Annotated[bool, Opt("--progress/--no-progress", help="Show progres
 @app.callback()
 def global_options(
     debug: Annotated[bool, Opt("--debug", help="Show a traceback with every error (or set BINTALLY_DEBUG=1).")] = False,
-    max_pixels: Annotated[Optional[int], Opt("--max-pixels", min=1, envvar="BINTALLY_MAX_PIXELS",
-                                             help="Refuse images with more pixels than this (decompression bombs). Default 50,000,000.")] = None,
+    max_pixels: Annotated[Optional[int], Opt("--max-pixels", min=1, envvar=MAX_PIXELS_ENV, show_default=f"{DEFAULT_MAX_PIXELS:,}",
+                                             help="Refuse images with more pixels than this (decompression bombs).")] = None,
 ):
     """Count items in warehouse bin photos."""
     if max_pixels is not None:
-        from bintally.data.images import set_max_pixels
-
         set_max_pixels(max_pixels)
 
 

@@ -54,7 +54,9 @@ def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> i
     """One keyword parameter that Typer turns into the option; with `given_only`, None when it is not given."""
     kind = option_type(annotation, spec)
     bounds = {"min": spec.low, "max": spec.high} if kind in (int, float) else {}
-    info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **{k: v for k, v in bounds.items() if v is not None})
+    shown = {"show_default": spec.default_text} if spec.default_text else {}
+    info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **shown,
+                        **{k: v for k, v in bounds.items() if v is not None})
     default = f.default if f.default is not MISSING else None
     if given_only or default is None or f.default is MISSING:
         return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], info])
@@ -83,7 +85,7 @@ def settings_options(settings_type, given_only: bool = False):
                 settings = {name: value for name, value in settings.items() if value is not None}
             return command(settings, **values)
 
-        run.__signature__ = inspect.Signature(own + generated)
+        run.__signature__ = inspect.Signature(generated + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own])
         run.__annotations__ = {}
         return run
 

@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from bintally.errors import ConfigError, DataError
-from bintally.serving.config import ServeConfig
+from bintally.serving.config import AUDIT_DB_HELP, ServeConfig
 from bintally.serving.dataplane import RequestError, not_ready_error, parse_json
 
 log = logging.getLogger("bintally.serving")
@@ -40,7 +40,7 @@ RUN_FIELDS = ("csv", "photos", "name", "score", "budget", "threshold", "control"
 COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
 COUNT_KEYS = {"qty", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
-OFF = "the audit API is off: start the server with --audit-db URL (a SQLAlchemy URL or a SQLite file)"
+OFF = f"the audit API is off: start the server with --audit-db ({AUDIT_DB_HELP})"
 
 
 def fail(status: int, message: str, headers: dict | None = None) -> HTTPException:
