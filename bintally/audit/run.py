@@ -30,8 +30,8 @@ from bintally.audit.store import Store, insert_ignoring_duplicates, open_store
 from bintally.audit.workflow import Conflict
 from bintally.errors import ConfigError, DataError
 from bintally.progress import progress_bar
+from bintally.settings import Backend, check_choice
 
-BACKENDS = ("onnx", "torch")
 SELECTION_KEYS = ("score", "budget", "threshold", "control", "tolerance", "seed", "snapshots")
 
 
@@ -53,7 +53,7 @@ class AuditConfig:
     score: str = "mismatch"  # mismatch: 1 - P(count == record); distance: expected |count - record| in items
     control: float = 0.02  # share of the remaining bins recounted at random
     tolerance: int = 0  # a first count further than this from the record asks for a recount
-    backend: str = "onnx"
+    backend: Backend = Backend.ONNX
     batch_size: int = 32
     seed: int = 0
     created_by: str = field(default_factory=default_user)
@@ -80,8 +80,7 @@ class AuditConfig:
             raise ConfigError(f"control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int) or self.tolerance < 0:
             raise ConfigError(f"tolerance must be a whole number >= 0, got {self.tolerance!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        check_choice("backend", self.backend, tuple(Backend))
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if self.name is not None and (not self.name.strip() or len(self.name) > 200):

@@ -9,6 +9,8 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from bintally.cli.app import HELP, Opt, ProgressOpt, app, command, echo_err, echo_stopped, show_progress
+from bintally.cli.options import choice
+from bintally.settings import Backend
 
 audit_app = typer.Typer(help="Reconcile bin photos with the inventory record: a ranked recount worklist, blind counts, "
                              "reviews, and approved recounts as training labels.", no_args_is_help=True, context_settings=HELP)
@@ -43,7 +45,7 @@ def run_cmd(
     name: Annotated[Optional[str], Opt(help="Run name. Default: the source's name and a digest of model and settings "
                                             "(the same command finds the same run).")] = None,
     by: Annotated[Optional[str], Opt(help="Who creates the run. Default: the login name.")] = None,
-    backend: Annotated[Literal["onnx", "torch"], Opt(help="Inference backend (a run is exported to ONNX once).")] = "onnx",
+    backend: Annotated[choice(Backend), Opt(help="Inference backend (a run is exported to ONNX once).")] = Backend.ONNX.value,
     batch_size: Annotated[int, Opt(min=1, help="Photos per forward pass (and per committed batch).")] = 32,
     seed: Annotated[int, Opt(help="Seed of the control slice's random draw.")] = 0,
     allow_s3_bucket: Annotated[Optional[list[str]], Opt(help="Bucket whose s3:// images may be read (repeatable).")] = None,

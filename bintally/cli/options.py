@@ -41,12 +41,17 @@ def base_type(annotation):
     return annotation
 
 
+def choice(values):
+    """A type whose values (names, or an enum's members) are listed in -h and checked by the parser."""
+    return Literal[tuple(v.value if isinstance(v, enum.Enum) else v for v in values)]
+
+
 def option_type(annotation, spec: Setting):
     if spec.choices:
-        return Literal[tuple(c.value if isinstance(c, enum.Enum) else c for c in spec.choices)]
+        return choice(spec.choices)
     annotation = base_type(annotation)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return Literal[tuple(m.value for m in annotation)]
+        return choice(annotation)
     return annotation
 
 

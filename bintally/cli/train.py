@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_stopped, int_list, show_progress, split_list
-from bintally.cli.options import settings_options
+from bintally.cli.options import choice, settings_options
 from bintally.training.config import MODES, PRESETS, TrainConfig
-
-
-def choice(values):
-    """A type whose values are listed in -h and checked by the parser."""
-    return Literal[tuple(values)]
 
 
 @command(app, "train")

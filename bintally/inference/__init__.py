@@ -4,6 +4,6 @@
         --backend (PyTorch ProbabilityModel, or its ONNX export)--> probabilities --LabelSpace.describe--> results
 """
 
-from bintally.inference.counter import BACKENDS, Counter
+from bintally.inference.counter import Counter
 
-__all__ = ["BACKENDS", "Counter"]
+__all__ = ["Counter"]
