@@ -36,6 +36,7 @@ class Setting:
     high_open: bool = False
     flag: tuple[str, ...] = ()  # the command-line spelling when it is not --field-name, e.g. ("--pretrained/--random-init",)
     envvar: str | None = None
+    separator: str | None = None  # a list given as one option value, items split on this (e.g. --image-sizes 224,288)
     cli: bool = True  # False: not a command-line option (the command fills it in from options of its own)
     default_text: str | None = None  # how help and docs state the default when the value alone does not say it
 
@@ -54,16 +55,16 @@ def described_settings(settings_type) -> list[tuple[Field, Setting]]:
 
 
 def check_settings(settings, what: str = "setting") -> None:
-    """Types (`check_types`), then each field's choices and range from its `Setting`; None is always allowed past these."""
+    """Types (`check_types`), then each field's choices and range from its `Setting` (for a list: each item's);
+    None is always allowed past these."""
     check_types(settings, what)
     for f, spec in described_settings(settings):
         value = getattr(settings, f.name)
-        if value is None:
-            continue
-        if spec.choices:
-            check_choice(f.name, value, spec.choices)
-        if spec.low is not None or spec.high is not None:
-            check_range(f.name, value, spec.low, spec.high, spec.low_open, spec.high_open)
+        for item in value if isinstance(value, (list, tuple)) else () if value is None else (value,):
+            if spec.choices:
+                check_choice(f.name, item, spec.choices)
+            if spec.low is not None or spec.high is not None:
+                check_range(f.name, item, spec.low, spec.high, spec.low_open, spec.high_open)
 
 
 def check_choice(name: str, value, allowed) -> None:

@@ -55,19 +55,38 @@ def option_type(annotation, spec: Setting):
     return annotation
 
 
+def field_default(f: Field):
+    value = f.default_factory() if f.default_factory is not MISSING else f.default
+    if isinstance(value, enum.Enum):
+        return value.value
+    return None if value is MISSING else value
+
+
 def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> inspect.Parameter:
     """One keyword parameter that Typer turns into the option; with `given_only`, None when it is not given."""
-    kind = option_type(annotation, spec)
+    kind = str if spec.separator else option_type(annotation, spec)
     bounds = {"min": spec.low, "max": spec.high} if kind in (int, float) else {}
     shown = {"show_default": spec.default_text} if spec.default_text else {}
     info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **shown,
                         **{k: v for k, v in bounds.items() if v is not None})
-    default = f.default if f.default is not MISSING else None
-    if given_only or default is None or f.default is MISSING:
+    default = field_default(f)
+    if spec.separator and default is not None:
+        default = spec.separator.join(map(str, default))
+    if given_only or default is None:
         return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], info])
-    if isinstance(default, enum.Enum):
-        default = default.value
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
+
+
+def split_items(text: str, f: Field, annotation, spec: Setting) -> list:
+    """An option such as --image-sizes 224,288 as the list its field holds (whole numbers where it holds them)."""
+    item_type = typing.get_args(base_type(annotation))[0]
+    items = [item.strip() for item in text.split(spec.separator) if item.strip()]
+    if item_type is int:
+        if not all(item.lstrip("-").isdigit() for item in items):
+            raise typer.BadParameter(f"expected whole numbers separated by {spec.separator!r}, got {text!r}",
+                                     param_hint=flag_names(f, annotation, spec)[0])
+        return [int(item) for item in items]
+    return items
 
 
 def settings_options(settings_type, given_only: bool = False):
@@ -86,6 +105,9 @@ def settings_options(settings_type, given_only: bool = False):
         @functools.wraps(command)
         def run(**values):
             settings = {f.name: values.pop(f.name) for f, _ in described}
+            for f, spec in described:
+                if spec.separator and settings[f.name] is not None:
+                    settings[f.name] = split_items(settings[f.name], f, hints[f.name], spec)
             if given_only:
                 settings = {name: value for name, value in settings.items() if value is not None}
             return command(settings, **values)

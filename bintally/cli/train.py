@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from bintally.cli.app import Opt, ProgressOpt, app, command, echo_stopped, int_list, show_progress, split_list
-from bintally.cli.options import choice, settings_options
-from bintally.training.config import MODES, PRESETS, TrainConfig
+from bintally.cli.app import Opt, app, command, echo_stopped, show_progress
+from bintally.cli.options import settings_options
+from bintally.training.config import TrainConfig
+from bintally.tuning.config import TuneConfig
 
 
 @command(app, "train")
@@ -72,42 +73,19 @@ def echo_cross_validation(cv: dict) -> None:
 
 
 @command(app, "tune")
+@settings_options(TuneConfig)
 def tune_cmd(
-    data: Annotated[Optional[str], Opt(help="Split manifest, bucket folder, class folders or CSV. Default: the bundled sample.")] = None,
-    n_trials: Annotated[int, Opt(min=1, help="Trials to add to the study in this call (all workers together).")] = 50,
-    timeout: Annotated[Optional[float], Opt(min=0.001, help="Stop starting new trials after this many seconds.")] = None,
-    study: Annotated[str, Opt(help="Study name; the same name resumes the study.")] = "bintally",
-    storage: Annotated[Optional[str], Opt(help="SQLAlchemy URL, e.g. postgresql://host/db. Default: sqlite:///OUT/optuna.db.")] = None,
-    out: Annotated[str, Opt(help="Outputs go to OUT/STUDY/.")] = "runs/tune",
-    jobs: Annotated[int, Opt(min=1, help="Local worker processes sharing the study.")] = 1,
-    pruner: Annotated[choice(("median", "hyperband", "none")), Opt(help="Stops unpromising trials early.")] = "median",
-    mode: Annotated[choice(MODES), Opt(help="frozen (heads on cached features), partial or full.")] = "frozen",
-    preset: Annotated[Optional[choice(PRESETS)], Opt(help="Fixed settings the search leaves alone: " + ", ".join(PRESETS) + ".")] = "fast",
+    settings: dict,
     config_file: Annotated[Optional[Path], Opt("--config", help="JSON of fixed training settings applied over the preset.")] = None,
-    backbones: Annotated[str, Opt(help="Comma-separated backbones to try.")] = "efficientnet_lite0",
-    image_sizes: Annotated[str, Opt(help="Comma-separated image sizes to try.")] = "224",
-    features: Annotated[str, Opt(help="Comma-separated: pooled and/or stride16 (the spatial head on the cached stride-16 map).")] = "pooled",
-    min_epochs: Annotated[int, Opt(min=1)] = 5,
-    max_epochs: Annotated[int, Opt(min=1)] = 30,
-    max_count: Annotated[int, Opt(min=0, help="Largest count with its own class.")] = 5,
-    seed: Annotated[int, Opt(min=0)] = 0,
-    progress: ProgressOpt = True,
 ):
     """Search training settings with Optuna (TPE, pruning on per-epoch validation accuracy)."""
     from bintally.io import check_output_folder
     from bintally.training import Interrupted
     from bintally.training.config import read_config_file
-    from bintally.tuning import TuneConfig, tune
+    from bintally.tuning import tune
 
-    sizes = int_list(image_sizes, "--image-sizes")
-    names = split_list(backbones)
-    if not names:
-        raise typer.BadParameter("give at least one backbone", param_hint="--backbones")
-    fixed = read_config_file(config_file) if config_file else {}
-    config = TuneConfig(data=data, study=study, storage=storage, out=out, n_trials=n_trials, timeout=timeout, jobs=jobs,
-                        pruner=pruner, mode=mode, preset=preset, fixed=fixed, backbones=names, image_sizes=sizes,
-                        features=split_list(features),
-                        min_epochs=min_epochs, max_epochs=max_epochs, max_count=max_count, seed=seed, progress=show_progress(progress))
+    show_progress(settings["progress"])
+    config = TuneConfig(**settings, fixed=read_config_file(config_file) if config_file else {})
     check_output_folder(config.study_dir)
     try:
         result = tune(config)
@@ -116,7 +94,7 @@ def tune_cmd(
         raise typer.Exit(130) from None
     typer.echo(f"study {result.study} ({result.storage}): {result.trials} trials, {result.complete} complete, {result.pruned} pruned")
     if result.best_config:
-        typer.echo(f"best validation accuracy (counts 0-{max_count}): {result.best_value:.4f} with {json.dumps(result.best_params)}")
+        typer.echo(f"best validation accuracy (counts 0-{config.max_count}): {result.best_value:.4f} with {json.dumps(result.best_params)}")
         typer.echo(f"train it: bintally train --config {result.best_config}")
     for name, path in result.outputs.items():
         typer.echo(f"{name}: {path}")

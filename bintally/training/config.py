@@ -25,6 +25,7 @@ RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_ste
 # a resumed run may be asked to go on for more epochs than it was started with
 EXTENDABLE = {"epochs"}
 NOT_EMPTY = ("data", "out", "weights", "init")  # '' would silently mean the current folder
+DATA_HELP = "Split manifest, bucket folder, class folders or CSV. Default: the bundled sample."
 
 PRESETS: dict[str, dict] = {
     # head-only training on cached frozen features: the CPU fast path (make demo)
@@ -48,7 +49,7 @@ PRESETS["best"] = PRESETS["spatial"] | dict(folds=5)
 
 @dataclass
 class TrainConfig:
-    data: str | None = setting(None, help="Split manifest, bucket folder, class folders or CSV. Default: the bundled sample.")
+    data: str | None = setting(None, help=DATA_HELP)
     out: str | None = setting(None, help="Run directory. Default: a new numbered one, runs/train/run-NNN.")
     preset: str | None = setting(None, choices=tuple(PRESETS), help="Named recipe: " + ", ".join(PRESETS) + ".")
     # model
