@@ -8,14 +8,22 @@ feed approved recounts back as training labels.
     queries.py    runs with their metrics, worklists, the counter's blind view, exports and labels
     store.py      the database (SQLite by default, or PostgreSQL), schema upgraded by Alembic on open
     schema.py     the tables
+    config.py     `AuditConfig`
+
+Names load on first use, so that the command line reads `AuditConfig` without importing SQLAlchemy.
 """
 
-from bintally.audit.queries import counter_view, export_run, get_run_summary, list_runs, list_tasks, task_detail, write_labels
-from bintally.audit.run import AuditConfig, AuditResult, audit_run, select_tasks
-from bintally.audit.scoring import discrepancy_scores, record_probability
-from bintally.audit.store import Store, database_url, open_store
-from bintally.audit.workflow import OUTCOMES, REASONS, STATUSES, Conflict, NotFound, assign, review, submit_count
+from importlib import import_module
 
-__all__ = ["AuditConfig", "AuditResult", "Conflict", "assign", "NotFound", "OUTCOMES", "REASONS", "STATUSES", "Store", "audit_run",
-           "counter_view", "database_url", "discrepancy_scores", "export_run", "get_run_summary", "list_runs", "list_tasks",
-           "open_store", "record_probability", "review", "select_tasks", "submit_count", "task_detail", "write_labels"]
+LAZY = {"AuditConfig": "config", "AuditResult": "run", "audit_run": "run", "select_tasks": "run", "discrepancy_scores": "scoring",
+        "record_probability": "scoring", "Store": "store", "database_url": "store", "open_store": "store"}
+LAZY |= dict.fromkeys(["counter_view", "export_run", "get_run_summary", "list_runs", "list_tasks", "task_detail", "write_labels"], "queries")
+LAZY |= dict.fromkeys(["OUTCOMES", "REASONS", "STATUSES", "Conflict", "NotFound", "assign", "review", "submit_count"], "workflow")
+
+__all__ = sorted(LAZY)
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(import_module(f"bintally.audit.{LAZY[name]}"), name)
+    raise AttributeError(f"module 'bintally.audit' has no attribute {name!r}")

@@ -57,9 +57,7 @@ def option_type(annotation, spec: Setting):
 
 def field_default(f: Field):
     value = f.default_factory() if f.default_factory is not MISSING else f.default
-    if isinstance(value, enum.Enum):
-        return value.value
-    return None if value is MISSING else value
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> inspect.Parameter:
@@ -69,6 +67,8 @@ def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> i
     shown = {"show_default": spec.default_text} if spec.default_text else {}
     info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **shown,
                         **{k: v for k, v in bounds.items() if v is not None})
+    if f.default is MISSING and f.default_factory is MISSING:
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=..., annotation=Annotated[kind, info])
     default = field_default(f)
     if spec.separator and default is not None:
         default = spec.separator.join(map(str, default))

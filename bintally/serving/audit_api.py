@@ -230,7 +230,7 @@ def audit_router(service: AuditService) -> APIRouter:
                          "control": {"type": "number"}, "tolerance": {"type": "integer"}, "created_by": {"type": "string"}}}}}}})
     async def create_run(request: Request):
         """201 with the run and its metrics; 200 when the same run (name, snapshots, settings) already existed."""
-        from bintally.audit.run import AuditConfig
+        from bintally.audit.config import AuditConfig
         from bintally.audit.snapshots import UPLOAD_SCHEME, csv_snapshots
 
         service.require()
