@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from bintally.audit.scoring import SCORES
 from bintally.audit.snapshots import MAX_PHOTO_BYTES
 from bintally.errors import ConfigError
+from bintally.progress import PROGRESS_HELP
 from bintally.settings import Backend, check_settings, setting
 
 
@@ -41,7 +42,7 @@ class AuditConfig:
     allow_https_hosts: tuple[str, ...] = setting((), flag=("--allow-https-host",), help="Host whose https:// images may be read (repeatable).")
     file_root: str | None = setting(None, help="Folder whose file:// images may be read.")
     max_photo_bytes: int = setting(MAX_PHOTO_BYTES, cli=False)
-    progress: bool = setting(True, help="Show progress bars (--no-progress hides every bar).")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def validate(self) -> "AuditConfig":
         check_settings(self, "audit setting")  # types, score, backend, tolerance, batch size

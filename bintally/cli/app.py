@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from bintally.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, set_max_pixels
-from bintally.progress import set_progress
+from bintally.progress import PROGRESS_HELP, set_progress
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
@@ -45,7 +45,7 @@ def show_progress(enabled: bool) -> bool:
     return enabled
 
 
-ProgressOpt = Annotated[bool, Opt("--progress/--no-progress", help="Show progress bars (--no-progress hides every bar).")]
+ProgressOpt = Annotated[bool, Opt("--progress/--no-progress", help=PROGRESS_HELP)]
 
 
 @app.callback()

@@ -12,6 +12,7 @@ from pathlib import Path
 from bintally.errors import ConfigError
 from bintally.labels import DECODINGS, OVERFLOW_POLICIES, LabelSpace
 from bintally.models.config import FEATURES, HEADS, ModelConfig
+from bintally.progress import PROGRESS_HELP
 from bintally.settings import check_settings, setting
 
 MODES = ("frozen", "partial", "full")
@@ -102,7 +103,7 @@ class TrainConfig:
     seed: int = setting(0, low=0, high=2**32 - 1)  # what every random generator accepts (as `data split --seed`)
     max_steps: int | None = setting(None, low=1, help="Stop after this many steps (smoke runs).")
     profile: bool = setting(False, flag=("--profile",), help="Write a PyTorch profiler trace to RUN/profile.")
-    progress: bool = setting(True, help="Show progress bars (--no-progress hides every bar).")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def __post_init__(self):
         check_settings(self)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bintally.errors import ConfigError
 from bintally.models.config import FEATURES
+from bintally.progress import PROGRESS_HELP
 from bintally.settings import check_settings, setting
 from bintally.training.config import DATA_HELP, MODES, PRESETS, TrainConfig, resolve_config
 
@@ -35,7 +36,7 @@ class TuneConfig:
     max_epochs: int = setting(30, low=1)
     max_count: int = setting(5, low=0, help="Largest count with its own class.")
     seed: int = setting(0, low=0)
-    progress: bool = setting(True, help="Show progress bars (--no-progress hides every bar).")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def __post_init__(self):
         check_settings(self, "tune setting")
