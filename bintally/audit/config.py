@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from bintally.audit.scoring import SCORES
 from bintally.audit.snapshots import MAX_PHOTO_BYTES
 from bintally.errors import ConfigError
+from bintally.models.artifact import MODEL_HELP
 from bintally.progress import PROGRESS_HELP
 from bintally.settings import Backend, check_settings, setting
 
@@ -21,7 +22,7 @@ def default_user() -> str:
 
 @dataclass
 class AuditConfig:
-    model: str = setting(flag=("--model", "-m"), help="Run directory, its model/ folder, or an export folder.")
+    model: str = setting(flag=("--model", "-m"), help=MODEL_HELP)
     data: str = setting(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY) or a CSV "
                              "of bin_id,image,record_qty[,captured_at] (image: a path or an allowlisted URI).")
     db: str | None = setting(None, cli=False)  # bintally audit's shared --db option

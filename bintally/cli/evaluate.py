@@ -11,9 +11,9 @@ import typer
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_err, show_progress
 from bintally.cli.options import choice
 from bintally.io import check_output_file, check_output_folder
+from bintally.models.artifact import MODEL_HELP
 from bintally.settings import Backend
 
-MODEL_HELP = "Run directory, its model/ folder, or an export folder."
 BackendOpt = Annotated[choice(Backend), Opt(help="Inference backend: PyTorch, or ONNX Runtime (a run is exported first, once).")]
 
 

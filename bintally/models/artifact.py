@@ -35,6 +35,7 @@ META_FILE = "model.json"
 RUN_SUBDIR = "model"  # where a training run keeps its model
 LEGACY_FILE = "best.pt"
 DEFAULT_NAME = "bin-counter"
+MODEL_HELP = "Run directory, its model/ folder, or an export folder."  # what --model takes, wherever a model is read
 WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.(safetensors|onnx)$")  # a plain name inside the folder, never a path
 
 

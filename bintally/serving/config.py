@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from bintally.errors import ConfigError
+from bintally.models.artifact import MODEL_HELP
 from bintally.settings import Backend, check_settings, setting
 
 CONFIG_ENV = "BINTALLY_SERVE_CONFIG"
@@ -39,7 +40,7 @@ def default_port() -> int:
 @dataclass
 class ServeConfig:
     model: str | None = setting(None, flag=("--model", "-m"), default_text=f"{SAGEMAKER_MODEL_DIR} if it exists",
-                                help=f"A training run, its model/ folder, or an export folder; none given and no {SAGEMAKER_MODEL_DIR}: error, exit 2.")
+                                help=f"{MODEL_HELP} None given and no {SAGEMAKER_MODEL_DIR}: error, exit 2.")
     host: str = setting("127.0.0.1", envvar="BINTALLY_HOST", default_text="$BINTALLY_HOST, else 127.0.0.1",
                         help="Address to listen on; 0.0.0.0 for every interface (containers).")
     port: int | None = setting(None, low=1, high=65535, default_text=f"${SAGEMAKER_PORT_ENV}, else {DEFAULT_PORT}",
