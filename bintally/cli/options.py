@@ -60,33 +60,44 @@ def field_default(f: Field):
     return value.value if isinstance(value, enum.Enum) else value
 
 
+def shown_default(default, flag: str) -> str | None:
+    """How -h states a default it does not pass: a switch by the name that is on (--pretrained/--random-init: pretrained)."""
+    if isinstance(default, bool):
+        names = flag.split("/")
+        return names[0 if default else 1].lstrip("-") if len(names) == 2 else None
+    return None if default in (None, "") else str(default)
+
+
 def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> inspect.Parameter:
-    """One keyword parameter that Typer turns into the option; with `given_only`, None when it is not given."""
+    """One keyword parameter that Typer turns into the option; with `given_only`, None when it is not given
+    (its help still shows the field's default)."""
     kind = str if spec.separator else option_type(annotation, spec)
-    bounds = {"min": spec.low, "max": spec.high} if kind in (int, float) else {}
-    shown = {"show_default": spec.default_text} if spec.default_text else {}
-    info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **shown,
-                        **{k: v for k, v in bounds.items() if v is not None})
-    if f.default is MISSING and f.default_factory is MISSING:
-        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=..., annotation=Annotated[kind, info])
-    default = field_default(f)
+    required = f.default is MISSING and f.default_factory is MISSING
+    default = None if required else field_default(f)
     if spec.separator and default is not None:
         default = spec.separator.join(map(str, default))
+    shown = spec.default_text or (shown_default(default, flag_names(f, annotation, spec)[0]) if given_only else None)
+    bounds = {"min": spec.low, "max": spec.high} if kind in (int, float) else {}
+    info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **({"show_default": shown} if shown else {}),
+                        **{k: v for k, v in bounds.items() if v is not None})
+    if required:
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=..., annotation=Annotated[kind, info])
     if given_only or default is None:
         return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], info])
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
 
 
 def split_items(text: str, f: Field, annotation, spec: Setting) -> list:
-    """An option such as --image-sizes 224,288 as the list its field holds (whole numbers where it holds them)."""
+    """An option such as --image-sizes 224,288 as the list its field holds (numbers where it holds numbers)."""
     item_type = typing.get_args(base_type(annotation))[0]
     items = [item.strip() for item in text.split(spec.separator) if item.strip()]
-    if item_type is int:
-        if not all(item.lstrip("-").isdigit() for item in items):
-            raise typer.BadParameter(f"expected whole numbers separated by {spec.separator!r}, got {text!r}",
-                                     param_hint=flag_names(f, annotation, spec)[0])
-        return [int(item) for item in items]
-    return items
+    if item_type not in (int, float):
+        return items
+    try:
+        return [item_type(item) for item in items]
+    except ValueError:
+        what = "whole numbers" if item_type is int else "numbers"
+        raise typer.BadParameter(f"expected {what} separated by {spec.separator!r}, got {text!r}", param_hint=flag_names(f, annotation, spec)[0]) from None
 
 
 def settings_options(settings_type, given_only: bool = False):
