@@ -68,15 +68,3 @@ def default_manifest(manifest: Optional[Path]) -> Path:
     path = sample_manifest()
     echo_err(f"no manifest given: using the bundled sample ({path})")
     return path
-
-
-def split_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def int_list(text: str, option: str) -> list[int]:
-    """A comma-separated list of positive whole numbers, or a usage error naming the option."""
-    items = split_list(text)
-    if not items or not all(item.isdigit() and int(item) > 0 for item in items):
-        raise typer.BadParameter(f"expected positive whole numbers separated by commas, got {text!r}", param_hint=option)
-    return [int(item) for item in items]

@@ -76,9 +76,10 @@ def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> i
     default = None if required else field_default(f)
     if spec.separator and default is not None:
         default = spec.separator.join(map(str, default))
-    shown = spec.default_text or (shown_default(default, flag_names(f, annotation, spec)[0]) if given_only else None)
+    flags = flag_names(f, annotation, spec)
+    shown = spec.default_text or (shown_default(default, flags[0]) if given_only else None)
     bounds = {"min": spec.low, "max": spec.high} if kind in (int, float) else {}
-    info = typer.Option(*flag_names(f, annotation, spec), help=spec.help or None, envvar=spec.envvar, **({"show_default": shown} if shown else {}),
+    info = typer.Option(*flags, help=spec.help or None, envvar=spec.envvar, **({"show_default": shown} if shown else {}),
                         **{k: v for k, v in bounds.items() if v is not None})
     if required:
         return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=..., annotation=Annotated[kind, info])
