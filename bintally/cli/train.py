@@ -29,7 +29,8 @@ def train_cmd(
     if settings.get("progress") is False:
         show_progress(False)
     from_file = read_config_file(config_file) if config_file else {}
-    preset = settings.pop("preset", None) or from_file.pop("preset", None)
+    file_preset = from_file.pop("preset", None)
+    preset = settings.pop("preset", None) or file_preset  # --preset over the file's
     explicit = from_file | settings
     config = resolve_config(preset, **explicit)
     try:
