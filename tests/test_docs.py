@@ -8,6 +8,7 @@ import pytest
 
 from bintally.audit.config import AuditConfig
 from bintally.cli.docs import DOCS, TABLE, click_command, option_table, stale_tables
+from bintally.data.split_config import SplitConfig
 from bintally.serving.config import ServeConfig
 from bintally.settings import described_settings
 from bintally.training.config import TrainConfig
@@ -27,7 +28,7 @@ def test_the_serve_table_lists_every_setting_with_its_default():
     assert "SQLAlchemy" not in table  # the audit store runs on SQLite or PostgreSQL only
 
 
-@pytest.mark.parametrize("path, settings_type", [("bintally train", TrainConfig), ("bintally tune", TuneConfig),
+@pytest.mark.parametrize("path, settings_type", [("bintally train", TrainConfig), ("bintally tune", TuneConfig), ("bintally data split", SplitConfig),
                                                  ("bintally serve", ServeConfig), ("bintally audit run", AuditConfig)])
 def test_every_setting_is_an_option_with_the_configs_help_choices_and_range(path, settings_type):
     options = {p.name: p for p in click_command(path).params}
@@ -40,3 +41,8 @@ def test_every_setting_is_an_option_with_the_configs_help_choices_and_range(path
             assert typing.get_args(option.type_descriptor.annotation) == tuple(str(c) for c in spec.choices), f.name
         if spec.separator is None and (spec.low, spec.high) != (None, None):
             assert (option.min, option.max) == (spec.low, spec.high), f.name
+
+
+def test_every_option_generated_from_a_setting_has_help():
+    for settings_type in (TrainConfig, TuneConfig, ServeConfig, AuditConfig, SplitConfig):
+        assert [f.name for f, spec in described_settings(settings_type) if spec.cli and not spec.help] == [], settings_type.__name__

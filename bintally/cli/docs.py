@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 import sys
+import typing
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -45,10 +47,12 @@ def option_names(param) -> str:
 
 
 def meaning(param) -> str:
-    """The help, and the environment variable that sets the option when the default does not name it already."""
+    """The help, the values a choice takes, and the environment variable that sets the option (unless the default names it)."""
+    choices = typing.get_args(param.type_descriptor.annotation) if typing.get_origin(param.type_descriptor.annotation) is Literal else ()
+    values = f" One of {', '.join(f'`{c}`' for c in choices)}." if choices else ""
     default = default_cell(param)
     also = f" Also `${param.envvar}`." if param.envvar and param.envvar not in default else ""
-    return (param.help or "") + also
+    return (param.help or "") + values + also
 
 
 def option_rows(command, suffix: str = "") -> list[str]:

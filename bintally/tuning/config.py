@@ -32,10 +32,10 @@ class TuneConfig:
                                      help="Comma-separated image sizes to try.")
     features: list[str] = setting(default_factory=lambda: ["pooled"], choices=FEATURES, separator=",",
                                   help="Comma-separated: pooled and/or stride16 (the spatial head on the cached stride-16 map).")
-    min_epochs: int = setting(5, low=1)
-    max_epochs: int = setting(30, low=1)
+    min_epochs: int = setting(5, low=1, help="Fewest epochs a trial may ask for.")
+    max_epochs: int = setting(30, low=1, help="Most epochs a trial may ask for (and Hyperband's largest budget).")
     max_count: int = setting(5, low=0, help="Largest count with its own class.")
-    seed: int = setting(0, low=0)
+    seed: int = setting(0, low=0, help="Seed of the sampler (each worker adds its own offset) and of each trial's training.")
     progress: bool = setting(True, help=PROGRESS_HELP)
 
     def __post_init__(self):
