@@ -7,6 +7,7 @@ import os
 from tqdm.std import tqdm  # tqdm.auto iterates a DataLoader once more just to start (twice the workers)
 
 ENV = "BINTALLY_NO_PROGRESS"
+PROGRESS_HELP = "Show progress bars (--no-progress hides every bar)."
 
 
 def set_progress(enabled: bool) -> None:

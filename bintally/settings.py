@@ -1,13 +1,75 @@
-"""Typed settings objects: a value of the wrong type is refused with one line naming the setting."""
+"""Typed settings objects: each field states its help, choices and range once (`setting`), and a value of the
+wrong type, off its choices or out of its range is refused with one line naming the setting (`check_settings`).
+
+The command-line options and the option tables in the docs are generated from the same fields.
+"""
 
 from __future__ import annotations
 
+import enum
 import math
 import types
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 
 from bintally.errors import ConfigError
+
+SETTING = "bintally.setting"  # the metadata key a field's `Setting` is stored under
+
+
+class Backend(enum.StrEnum):
+    """The runtime a model runs on: PyTorch, or ONNX Runtime (a PyTorch model is exported first)."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a settings field means to a person: its help, allowed values and range."""
+
+    help: str = ""
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    flag: tuple[str, ...] = ()  # the command-line spelling when it is not --field-name, e.g. ("--pretrained/--random-init",)
+    envvar: str | None = None
+    separator: str | None = None  # a list given as one option value, items split on this (e.g. --image-sizes 224,288)
+    cli: bool = True  # False: not a command-line option (the command fills it in from options of its own)
+    default_text: str | None = None  # how help and docs state the default when the value alone does not say it
+
+
+def setting(default=MISSING, *, default_factory=MISSING, **spec) -> typing.Any:
+    """A dataclass field with its `Setting`: `lr: float = setting(1e-3, help="...", low=0, low_open=True)`."""
+    return field(default=default, default_factory=default_factory, metadata={SETTING: Setting(**spec)})
+
+
+def spec_of(f: Field) -> Setting:
+    return f.metadata.get(SETTING) or Setting()
+
+
+def described_settings(settings_type) -> list[tuple[Field, Setting]]:
+    return [(f, spec_of(f)) for f in fields(settings_type)]
+
+
+def check_settings(settings, what: str = "setting") -> None:
+    """Types (`check_types`), then each field's choices and range from its `Setting` (for a list: each item's);
+    None is always allowed past these."""
+    check_types(settings, what)
+    for f, spec in described_settings(settings):
+        value = getattr(settings, f.name)
+        for item in value if isinstance(value, (list, tuple)) else () if value is None else (value,):
+            if spec.choices:
+                check_choice(f.name, item, spec.choices)
+            if spec.low is not None or spec.high is not None:
+                check_range(f.name, item, spec.low, spec.high, spec.low_open, spec.high_open)
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}: use one of {', '.join(map(str, allowed))}")
 
 JSON_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "an object", list: "a list"}
 
@@ -30,18 +92,22 @@ def matches(value, expected) -> bool:
         return isinstance(value, (list, tuple)) and all(any(matches(v, a) for a in args) for v in value)
     if origin is dict or expected is dict:
         return isinstance(value, dict)
+    if isinstance(expected, type) and issubclass(expected, enum.Enum):
+        return value in {member.value for member in expected}
     return isinstance(value, expected) if isinstance(expected, type) else True
 
 
 def describe(expected) -> str:
     options = [a for a in typing.get_args(expected) if a is not type(None)] if typing.get_origin(expected) in (typing.Union, types.UnionType) else [expected]
-    names = [JSON_NAMES.get(typing.get_origin(o) or o, str(o)) for o in options]
+    names = [" or ".join(repr(m.value) for m in o) if isinstance(o, type) and issubclass(o, enum.Enum) else JSON_NAMES.get(typing.get_origin(o) or o, str(o))
+             for o in options]
     nullable = " or null" if typing.get_origin(expected) in (typing.Union, types.UnionType) and type(None) in typing.get_args(expected) else ""
     return " or ".join(names) + nullable
 
 
 def check_types(settings, what: str = "setting") -> None:
-    """Raise ConfigError for the first field whose value does not fit its annotation; ints become floats where floats are wanted."""
+    """Raise ConfigError for the first field whose value does not fit its annotation; ints become floats where floats are wanted,
+    names become members where an enum is wanted."""
     hints = typing.get_type_hints(type(settings))
     for f in fields(settings):
         value, expected = getattr(settings, f.name), hints[f.name]
@@ -51,6 +117,15 @@ def check_types(settings, what: str = "setting") -> None:
             raise ConfigError(f"{what} {f.name}: expected a finite number, got {value!r}")
         if expected is float and isinstance(value, int):
             setattr(settings, f.name, float(value))
+        enum_type = enum_of(expected)
+        if enum_type is not None and value is not None:
+            setattr(settings, f.name, enum_type(value))
+
+
+def enum_of(expected) -> type[enum.Enum] | None:
+    """The enum in an annotation such as `Backend` or `Backend | None`."""
+    options = typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
+    return next((o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)), None)
 
 
 def check_range(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False) -> None:

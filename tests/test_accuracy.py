@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bintally.data.duplicates import duplicate_groups
-from bintally.data.index import read_or_index
 from bintally.data.manifest import write_manifest
+from bintally.data.sample import read_or_index
 from bintally.data.split import SplitConfig, split_manifest
 from bintally.evaluation.metrics import count_metrics
 from bintally.inference import Counter

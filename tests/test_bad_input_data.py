@@ -25,9 +25,9 @@ import pytest
 from PIL import Image
 
 from bintally.data import DataError, build_manifest, check_manifest, index_to_manifest, read_manifest, split_manifest
-from bintally.data.index import read_or_index
 from bintally.data.manifest import write_manifest
 from bintally.data.report import write_report
+from bintally.data.sample import read_or_index
 from bintally.data.split import SPLITS, SplitConfig, split_summary, split_warnings
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import copy_bucket

@@ -6,16 +6,24 @@ feed approved recounts back as training labels.
     snapshots.py  where snapshots come from: a bucket-layout folder or a bin_id,image,record_qty CSV
     workflow.py   the task states, blind counts and reviews (409-style conflicts under concurrency)
     queries.py    runs with their metrics, worklists, the counter's blind view, exports and labels
-    store.py      the database (SQLite by default, any SQLAlchemy URL), schema upgraded by Alembic on open
+    store.py      the database (SQLite by default, or PostgreSQL), schema upgraded by Alembic on open
     schema.py     the tables
+    config.py     `AuditConfig`
+
+Names load on first use, so that the command line reads `AuditConfig` without importing SQLAlchemy.
 """
 
-from bintally.audit.queries import counter_view, export_run, get_run_summary, list_runs, list_tasks, task_detail, write_labels
-from bintally.audit.run import AuditConfig, AuditResult, audit_run, select_tasks
-from bintally.audit.scoring import discrepancy_scores
-from bintally.audit.store import Store, database_url, open_store
-from bintally.audit.workflow import OUTCOMES, REASONS, STATUSES, Conflict, NotFound, assign, review, submit_count
+from importlib import import_module
 
-__all__ = ["AuditConfig", "AuditResult", "Conflict", "assign", "NotFound", "OUTCOMES", "REASONS", "STATUSES", "Store", "audit_run",
-           "counter_view", "database_url", "discrepancy_scores", "export_run", "get_run_summary", "list_runs", "list_tasks",
-           "open_store", "review", "select_tasks", "submit_count", "task_detail", "write_labels"]
+LAZY = {"AuditConfig": "config", "AuditResult": "run", "audit_run": "run", "select_tasks": "run", "discrepancy_scores": "scoring",
+        "Store": "store", "database_url": "store", "open_store": "store"}
+LAZY |= dict.fromkeys(["counter_view", "export_run", "get_run_summary", "list_runs", "list_tasks", "task_detail", "write_labels"], "queries")
+LAZY |= dict.fromkeys(["OUTCOMES", "REASONS", "STATUSES", "Conflict", "NotFound", "assign", "review", "submit_count"], "workflow")
+
+__all__ = sorted(LAZY)
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(import_module(f"bintally.audit.{LAZY[name]}"), name)
+    raise AttributeError(f"module 'bintally.audit' has no attribute {name!r}")

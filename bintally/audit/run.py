@@ -10,86 +10,29 @@ misses without selection bias. Re-running on the same snapshots finds the run an
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import math
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select, update
 
+from bintally.audit.config import AuditConfig
 from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, Task, utcnow
-from bintally.audit.scoring import SCORES, discrepancy_scores
-from bintally.audit.snapshots import MAX_PHOTO_BYTES, PhotoReader, SnapshotIn, read_source
+from bintally.audit.scoring import discrepancy_scores
+from bintally.audit.snapshots import PhotoReader, SnapshotIn, read_source
 from bintally.audit.store import Store, insert_ignoring_duplicates, open_store
 from bintally.audit.workflow import Conflict
 from bintally.errors import ConfigError, DataError
 from bintally.inference.prediction import Prediction
 from bintally.progress import progress_bar
 
-BACKENDS = ("onnx", "torch")
 SELECTION_KEYS = ("score", "budget", "threshold", "control", "tolerance", "seed", "snapshots")
-
-
-def default_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-@dataclass
-class AuditConfig:
-    model: str
-    data: str
-    db: str | None = None
-    name: str | None = None
-    budget: float | None = None  # share of bins to recount, highest scores first (default 0.10 unless threshold)
-    threshold: float | None = None  # or: every bin whose score is at least this
-    score: str = "mismatch"  # mismatch: 1 - P(count == record); distance: expected |count - record| in items
-    control: float = 0.02  # share of the remaining bins recounted at random
-    tolerance: int = 0  # a first count further than this from the record asks for a recount
-    backend: str = "onnx"
-    batch_size: int = 32
-    seed: int = 0
-    created_by: str = field(default_factory=default_user)
-    allow_s3_buckets: tuple[str, ...] = ()
-    allow_https_hosts: tuple[str, ...] = ()
-    file_root: str | None = None
-    max_photo_bytes: int = MAX_PHOTO_BYTES
-    progress: bool = True
-
-    def validate(self) -> "AuditConfig":
-        if self.budget is not None and self.threshold is not None:
-            raise ConfigError("give either a budget or a threshold, not both")
-        if self.budget is None and self.threshold is None:
-            self.budget = 0.10
-        if self.budget is not None and not 0 < self.budget <= 1:
-            raise ConfigError(f"budget must be a share of the bins above 0 and at most 1 (0.10 = 10%), got {self.budget}")
-        if self.score not in SCORES:
-            raise ConfigError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
-        if self.threshold is not None and self.score == "mismatch" and not 0 <= self.threshold <= 1:
-            raise ConfigError(f"threshold must be a score from 0 to 1, got {self.threshold}")
-        if self.threshold is not None and not self.threshold >= 0:
-            raise ConfigError(f"threshold must be a distance of 0 items or more, got {self.threshold}")
-        if not 0 <= self.control < 1:
-            raise ConfigError(f"control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int) or self.tolerance < 0:
-            raise ConfigError(f"tolerance must be a whole number >= 0, got {self.tolerance!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
-        if self.name is not None and (not self.name.strip() or len(self.name) > 200):
-            raise ConfigError(f"name {self.name!r}: give 1-200 characters")
-        if not self.created_by or len(self.created_by) > 100:
-            raise ConfigError(f"created_by {self.created_by!r}: give a name of 1-100 characters")
-        return self
 
 
 @dataclass

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from bintally.progress import set_progress
+from bintally.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, set_max_pixels
+from bintally.progress import PROGRESS_HELP, set_progress
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
@@ -44,19 +45,17 @@ def show_progress(enabled: bool) -> bool:
     return enabled
 
 
-ProgressOpt = Annotated[bool, Opt("--progress/--no-progress", help="Show progress bars (--no-progress hides every bar).")]
+ProgressOpt = Annotated[bool, Opt("--progress/--no-progress", help=PROGRESS_HELP)]
 
 
 @app.callback()
 def global_options(
     debug: Annotated[bool, Opt("--debug", help="Show a traceback with every error (or set BINTALLY_DEBUG=1).")] = False,
-    max_pixels: Annotated[Optional[int], Opt("--max-pixels", min=1, envvar="BINTALLY_MAX_PIXELS",
-                                             help="Refuse images with more pixels than this (decompression bombs). Default 50,000,000.")] = None,
+    max_pixels: Annotated[Optional[int], Opt("--max-pixels", min=1, envvar=MAX_PIXELS_ENV, show_default=f"{DEFAULT_MAX_PIXELS:,}",
+                                             help="Refuse images with more pixels than this (decompression bombs).")] = None,
 ):
     """Count items in warehouse bin photos."""
     if max_pixels is not None:
-        from bintally.data.images import set_max_pixels
-
         set_max_pixels(max_pixels)
 
 
@@ -69,15 +68,3 @@ def default_manifest(manifest: Optional[Path]) -> Path:
     path = sample_manifest()
     echo_err(f"no manifest given: using the bundled sample ({path})")
     return path
-
-
-def split_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def int_list(text: str, option: str) -> list[int]:
-    """A comma-separated list of positive whole numbers, or a usage error naming the option."""
-    items = split_list(text)
-    if not items or not all(item.isdigit() and int(item) > 0 for item in items):
-        raise typer.BadParameter(f"expected positive whole numbers separated by commas, got {text!r}", param_hint=option)
-    return [int(item) for item in items]

@@ -8,7 +8,9 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from bintally.cli.app import HELP, Opt, ProgressOpt, app, command, echo_err, echo_stopped, show_progress
+from bintally.audit.config import AuditConfig
+from bintally.cli.app import HELP, Opt, app, command, echo_err, echo_stopped, show_progress
+from bintally.cli.options import settings_options
 
 audit_app = typer.Typer(help="Reconcile bin photos with the inventory record: a ranked recount worklist, blind counts, "
                              "reviews, and approved recounts as training labels.", no_args_is_help=True, context_settings=HELP)
@@ -28,41 +30,16 @@ def positive_id(value: int, what: str) -> int:
 
 
 @command(audit_app, "run")
-def run_cmd(
-    model: Annotated[Path, Opt("--model", "-m", help="Run directory, its model/ folder, or an export folder.")],
-    data: Annotated[Path, Opt(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY) or a CSV "
-                                   "of bin_id,image,record_qty[,captured_at] (image: a path or an allowlisted URI).")],
-    budget: Annotated[Optional[float], Opt(help="Share of the bins to recount, highest scores first. Default 0.10.")] = None,
-    threshold: Annotated[Optional[float], Opt(help="Instead of --budget: recount every bin scoring at least this (0-1, or "
-                                                   "items with --score distance).")] = None,
-    score: Annotated[Literal["mismatch", "distance"], Opt(help="Rank by 1 - P(count == record) (mismatch), or by the expected "
-                                                              "|count - record| in items (distance).")] = "mismatch",
-    control: Annotated[float, Opt(help="Share of the bins recounted at random besides (estimates what the model misses).")] = 0.02,
-    tolerance: Annotated[int, Opt(min=0, help="A first count further than this from the record asks for a recount.")] = 0,
-    db: DbOpt = None,
-    name: Annotated[Optional[str], Opt(help="Run name. Default: the source's name and a digest of model and settings "
-                                            "(the same command finds the same run).")] = None,
-    by: Annotated[Optional[str], Opt(help="Who creates the run. Default: the login name.")] = None,
-    backend: Annotated[Literal["onnx", "torch"], Opt(help="Inference backend (a run is exported to ONNX once).")] = "onnx",
-    batch_size: Annotated[int, Opt(min=1, help="Photos per forward pass (and per committed batch).")] = 32,
-    seed: Annotated[int, Opt(help="Seed of the control slice's random draw.")] = 0,
-    allow_s3_bucket: Annotated[Optional[list[str]], Opt(help="Bucket whose s3:// images may be read (repeatable).")] = None,
-    allow_https_host: Annotated[Optional[list[str]], Opt(help="Host whose https:// images may be read (repeatable).")] = None,
-    file_root: Annotated[Optional[Path], Opt(help="Folder whose file:// images may be read.")] = None,
-    json_out: JsonOpt = False,
-    progress: ProgressOpt = True,
-):
+@settings_options(AuditConfig)
+def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False):
     """Score every bin snapshot and write a recount worklist ranked by how likely the record is wrong.
 
     Under torchrun (or any launcher setting RANK and WORLD_SIZE) each process scores its share into the same store.
     """
-    from bintally.audit import AuditConfig, audit_run
-    from bintally.audit.run import default_user
+    from bintally.audit import audit_run
 
-    config = AuditConfig(model=str(model), data=str(data), db=db, name=name, score=score, budget=budget, threshold=threshold, control=control,
-                         tolerance=tolerance, backend=backend, batch_size=batch_size, seed=seed, created_by=by or default_user(),
-                         allow_s3_buckets=tuple(allow_s3_bucket or ()), allow_https_hosts=tuple(allow_https_host or ()),
-                         file_root=str(file_root) if file_root else None, progress=show_progress(progress))
+    show_progress(settings["progress"])
+    config = AuditConfig(**settings, db=db)
     try:
         result = audit_run(config)
     except KeyboardInterrupt:

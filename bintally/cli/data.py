@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from bintally.cli.app import Opt, ProgressOpt, command, data_app, default_manifest, echo_err, show_progress
+from bintally.cli.options import settings_options
+from bintally.data.split_config import NEAR_DUPLICATE_DISTANCE, NEAR_DUPLICATE_HELP, SplitConfig
 from bintally.errors import DataError
 from bintally.io import atomic_path, check_output_file, check_output_folder
 
@@ -42,32 +44,21 @@ def index_cmd(
 
 
 @command(data_app, "split")
+@settings_options(SplitConfig, given_only=True)
 def split_cmd(
+    settings: dict,
     manifest: Annotated[Optional[Path], typer.Argument(help="Manifest from `bintally data index`. Default: the bundled sample.")] = None,
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Where to write the split manifest (default: in place).")] = None,
-    fractions: Annotated[str, Opt(help="train,val,test fractions, e.g. 0.8,0.1,0.1.")] = "0.8,0.1,0.1",
-    seed: Annotated[int, Opt(help="Seed for the group shuffle.")] = 0,
-    min_count: Annotated[Optional[int], Opt(min=0, help="Smallest count with its own class (default 0; a --file-list sets it from its counts).")] = None,
-    max_count: Annotated[Optional[int], Opt(min=0, help="Largest count with its own class (default 5; a --file-list sets it from its counts).")] = None,
-    overflow: Annotated[Optional[str], Opt(help="Counts above --max-count: 'class' (one overflow class) or 'exclude' "
-                                                "(default class; exclude with a --file-list).")] = None,
-    file_list: Annotated[Optional[Path], Opt(help="Udacity file_list.json: split only the ids it lists, with the counts it lists.")] = None,
-    near_duplicate_distance: Annotated[int, Opt(min=0, max=64, help="pHash bits within which two photos are near-duplicates.")] = 6,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing split (in place) or an existing --out file.")] = False,
 ):
     """Assign train/val/test, stratified by count, keeping near-duplicates in one split."""
     from bintally.data.manifest import read_manifest, write_manifest
-    from bintally.data.split import SplitConfig, split_manifest, split_summary, split_warnings
+    from bintally.data.split import split_manifest, split_summary, split_warnings
 
     manifest = default_manifest(manifest)
     target = out or manifest
     check_output_file(target, (".parquet",))
-    try:
-        parts = tuple(float(f) for f in fractions.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"expected three numbers such as 0.8,0.1,0.1, got {fractions!r}", param_hint="--fractions") from None
-    config = SplitConfig.for_options(fractions=parts, seed=seed, min_count=min_count, max_count=max_count, overflow=overflow,
-                                     file_list=str(file_list) if file_list else None, near_duplicate_distance=near_duplicate_distance)
+    config = SplitConfig.for_options(**settings)
     df = read_manifest(manifest)
     if out is not None:
         refuse_to_replace(out, overwrite, "a manifest")
@@ -85,7 +76,7 @@ def split_cmd(
 def check_cmd(
     manifest: Annotated[Optional[Path], typer.Argument(help="Manifest (split or not). Default: the bundled sample.")] = None,
     json_out: Annotated[Optional[Path], Opt("--json", help="Write the full findings as JSON.")] = None,
-    near_duplicate_distance: Annotated[int, Opt(min=0, max=64, help="pHash bits within which two photos are near-duplicates.")] = 6,
+    near_duplicate_distance: Annotated[int, Opt(min=0, max=64, help=NEAR_DUPLICATE_HELP)] = NEAR_DUPLICATE_DISTANCE,
     verify_hashes: Annotated[bool, Opt("--verify-hashes", help="Also re-hash every photo (sha256) to find changed files.")] = False,
     progress: ProgressOpt = True,
 ):

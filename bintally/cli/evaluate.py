@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from bintally.cli.app import Opt, ProgressOpt, app, command, echo_err, show_progress
+from bintally.cli.options import choice
 from bintally.io import check_output_file, check_output_folder
+from bintally.models.artifact import MODEL_HELP
+from bintally.settings import Backend
 
-MODEL_HELP = "Run directory, its model/ folder, or an export folder."
-BackendOpt = Annotated[Literal["torch", "onnx"], Opt(help="Inference backend: PyTorch, or ONNX Runtime (a run is exported first, once).")]
+BackendOpt = Annotated[choice(Backend), Opt(help="Inference backend: PyTorch, or ONNX Runtime (a run is exported first, once).")]
 
 
 @command(app, "evaluate")
@@ -26,7 +28,7 @@ def evaluate_cmd(
     save_predictions: Annotated[Optional[Path], Opt(help="Save per-photo predictions (.csv or .parquet).")] = None,
     bootstrap: Annotated[int, Opt(min=1, help="Bootstrap resamples for the 95% intervals.")] = 1000,
     workers: Annotated[int, Opt(min=0, help="Data-loader processes.")] = 2,
-    backend: BackendOpt = "torch",
+    backend: BackendOpt = Backend.TORCH.value,
     progress: ProgressOpt = True,
 ):
     """Score a trained model: accuracy, RMSE, per-class metrics, calibration and confidence intervals."""
@@ -64,7 +66,7 @@ def predict_cmd(
     model: Annotated[Path, Opt("--model", "-m", help=MODEL_HELP)],
     as_json: Annotated[bool, Opt("--json", help="Full output: probabilities of every count.")] = False,
     batch_size: Annotated[int, Opt(min=1, help="Photos per forward pass.")] = 32,
-    backend: BackendOpt = "torch",
+    backend: BackendOpt = Backend.TORCH.value,
     progress: ProgressOpt = True,
 ):
     """Count the items in each photo. Photos that cannot be read are reported one per line (exit 1)."""
@@ -92,7 +94,7 @@ def calibrate_cmd(
     split: Annotated[str, Opt(help="The split to fit on (never test: that is for the final score).")] = "val",
     overwrite: Annotated[bool, Opt(help="Fit again over an existing calibration.")] = False,
     workers: Annotated[int, Opt(min=0, help="Data-loader processes.")] = 2,
-    backend: BackendOpt = "torch",
+    backend: BackendOpt = Backend.TORCH.value,
     progress: ProgressOpt = True,
 ):
     """Fit temperature scaling on validation photos and store it in the model, so its probabilities can be trusted."""

@@ -7,11 +7,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-# pHash Hamming distance at or under which two photos count as the same bin scene. Measured on the
-# 8,053-photo mirror: pairs at <= 6 are the same bin a moment apart; at 8 they are mostly different
-# bins of the same type; a random pair's median is 30 (docs/data.md).
-NEAR_DUPLICATE_DISTANCE = 6
-ID_BLOCK = 10
+from bintally.data.split_config import ID_BLOCK, NEAR_DUPLICATE_DISTANCE
 
 
 def phash_bits(phashes: pd.Series) -> np.ndarray:

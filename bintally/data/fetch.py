@@ -23,7 +23,7 @@ import httpx
 import tenacity
 
 from bintally import __version__
-from bintally.data.split import read_file_list
+from bintally.data.split_config import read_file_list
 from bintally.errors import ConfigError, DataError
 from bintally.progress import progress_bar
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from bintally.data.images import IMAGE_SUFFIXES, ImageFacts, probe_image
-from bintally.data.manifest import OK, SCHEMA, read_manifest, usable, write_manifest
+from bintally.data.manifest import OK, SCHEMA, usable, write_manifest
 from bintally.data.metadata import parse_count, read_metadata
 from bintally.errors import ConfigError, DataError
 from bintally.io import check_output_file, given_path
@@ -300,19 +300,6 @@ def report_unusable(df: pd.DataFrame) -> None:
         log.warning("%d usable photos, %d unusable (left out) in %s", len(df) - len(bad), len(bad), source)
     else:
         log.info("%d usable photos in %s", len(df), source)
-
-
-def read_or_index(data: str | Path | None, progress: bool = True) -> pd.DataFrame:
-    """A manifest (.parquet) as it is, a folder or CSV indexed now, or the bundled sample's manifest for None."""
-    if data is None:
-        from bintally.data.sample import sample_manifest
-
-        data = sample_manifest()
-    if given_path(data, "data path").suffix.lower() == ".parquet":
-        return read_manifest(data)
-    df = build_manifest(data, progress=progress)
-    report_unusable(df)
-    return df
 
 
 def index_to_manifest(src: str | Path, out: str | Path, workers: int | None = None, progress: bool = True) -> pd.DataFrame:

@@ -1,20 +1,22 @@
-"""The bundled ABID sample: the default data of every command."""
+"""The bundled ABID sample: the default data of every command, and the one place that falls back to it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from bintally import __version__
+from bintally.data.index import build_manifest, report_unusable
+from bintally.data.manifest import read_manifest, write_manifest
+from bintally.data.split import split_manifest
+from bintally.errors import DataError
+from bintally.io import given_path
 from bintally.paths import SAMPLE_DIR, cache_dir
 
 
 def sample_manifest(refresh: bool = False) -> Path:
     """Index and split the bundled sample once; later calls reuse the cached manifest (rebuilt if it is unreadable)."""
-    from bintally.data.index import build_manifest
-    from bintally.data.manifest import read_manifest, write_manifest
-    from bintally.data.split import split_manifest
-    from bintally.errors import DataError
-
     path = cache_dir() / f"sample-{__version__}.parquet"
     if path.exists() and not refresh:
         try:
@@ -25,3 +27,14 @@ def sample_manifest(refresh: bool = False) -> Path:
     df = split_manifest(build_manifest(SAMPLE_DIR))
     write_manifest(df, path, info=df.attrs["info"])
     return path
+
+
+def read_or_index(data: str | Path | None, progress: bool = True) -> pd.DataFrame:
+    """A manifest (.parquet) as it is, a folder or CSV indexed now, or the bundled sample's manifest for None."""
+    if data is None:
+        data = sample_manifest()
+    if given_path(data, "data path").suffix.lower() == ".parquet":
+        return read_manifest(data)
+    df = build_manifest(data, progress=progress)
+    report_unusable(df)
+    return df

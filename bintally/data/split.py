@@ -9,101 +9,20 @@ train moves one of them into train (a model cannot learn a class it never sees).
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from bintally.data.duplicates import ID_BLOCK, NEAR_DUPLICATE_DISTANCE, duplicate_groups
+from bintally.data.duplicates import duplicate_groups
 from bintally.data.manifest import EXCLUDED, SPLITS, info_labels, manifest_name, usable
-from bintally.data.metadata import load_json
-from bintally.errors import ConfigError, DataError
+from bintally.data.split_config import SplitConfig, read_file_list
+from bintally.errors import DataError
 from bintally.labels import LabelSpace
 
 FOLDS = 20  # assignment granularity: 5% of the data
-MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
-
-
-@dataclass
-class SplitConfig:
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    max_count: int = 5
-    overflow: str = "class"  # "class": counts above max_count become class max_count+1; "exclude"
-    min_count: int = 0  # counts below it have no class (the capstones' 1-5 task uses 1)
-    near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE
-    id_block: int = ID_BLOCK
-    file_list: str | None = None  # Udacity file_list.json: keep only the ids it names
-
-    def __post_init__(self):
-        self.fractions = checked_fractions(self.fractions)
-        check_whole_number("seed", self.seed, 0, MAX_SEED)
-        check_whole_number("near_duplicate_distance", self.near_duplicate_distance, 0, 64)
-        check_whole_number("id_block", self.id_block, 1, None)
-        LabelSpace.of(self.min_count, self.max_count, self.overflow)  # raises ConfigError for a bad label space
-
-    @property
-    def labels(self) -> LabelSpace:
-        return LabelSpace.of(self.min_count, self.max_count, self.overflow)
-
-    @classmethod
-    def for_options(cls, min_count: int | None = None, max_count: int | None = None, overflow: str | None = None,
-                    file_list: str | None = None, **others) -> "SplitConfig":
-        """Settings left out (None) take their defaults; with a file list, the label space is the counts it lists."""
-        space = {"min_count": 0, "max_count": 5, "overflow": "class"}
-        if file_list:
-            counts = file_list_counts(file_list)
-            space = {"min_count": min(counts), "max_count": max(counts), "overflow": "exclude"}
-        given = {"min_count": min_count, "max_count": max_count, "overflow": overflow}
-        space |= {k: v for k, v in given.items() if v is not None}
-        return cls(file_list=file_list, **space, **others)
-
-
-def checked_fractions(fractions) -> tuple[float, float, float]:
-    problem = ConfigError(f"fractions must be three numbers >= 0 for train, val and test that sum to 1, got {fractions!r}")
-    try:
-        values = tuple(float(f) for f in fractions)
-    except (TypeError, ValueError):
-        raise problem from None
-    if len(values) != 3 or not all(math.isfinite(f) and f >= 0 for f in values) or abs(sum(values) - 1) > 1e-6:
-        raise problem
-    return values
-
-
-def check_whole_number(name: str, value, low: int, high: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be a whole number {bounds}, got {value!r}")
-
-
-def class_names(max_count: int, overflow: bool = True, min_count: int = 0) -> list[str]:
-    """Label i is the count min_count + i; the last label is the overflow class, more than max_count items (if there is one)."""
-    return LabelSpace(min_count, max_count, overflow).names
-
-
-def read_file_list_doc(path: str | Path) -> dict[str, list]:
-    doc = load_json(path, "file list")
-    if (not isinstance(doc, dict) or not doc or not all(isinstance(v, list) for v in doc.values())
-            or not all(isinstance(p, str) for v in doc.values() for p in v)):
-        raise DataError(path, 'expected a Udacity file list: {"<count>": ["metadata/<id>.json", ...], ...}')
-    return doc
-
-
-def read_file_list(path: str | Path) -> set[str]:
-    """Ids named by a Udacity-style file_list.json ({"1": ["metadata/523.json", ...], ...})."""
-    return {Path(p).stem for paths in read_file_list_doc(path).values() for p in paths}
-
-
-def file_list_counts(path: str | Path) -> list[int]:
-    """The counts a file list is keyed by (the capstones' list has 1..5)."""
-    keys = list(read_file_list_doc(path))
-    if not all(k.strip().isdigit() for k in keys):
-        raise DataError(path, f"file list keys must be counts such as \"1\", found {keys[:5]}")
-    return sorted(int(k) for k in keys)
 
 
 def assign_folds(labels: np.ndarray, groups: np.ndarray, seed: int, folds_wanted: int = FOLDS) -> tuple[np.ndarray, int]:

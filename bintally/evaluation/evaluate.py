@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from bintally.data.dataset import BinPhotos, photo_loader
-from bintally.data.index import read_or_index
 from bintally.data.manifest import manifest_name, usable
+from bintally.data.sample import read_or_index
 from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import PUBLISHED_MAX, bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets

@@ -244,7 +244,7 @@ def validation_and_training_photos(artifact: ModelArtifact, model_path: Path, le
 
 def training_data(artifact: ModelArtifact, legacy: Path | None, data: str | Path | None, progress: bool):
     """The model's photos: `data`; else the run's own split (RUN/manifest.parquet); else its training data; else the bundled sample."""
-    from bintally.data.index import read_or_index
+    from bintally.data.sample import read_or_index
 
     if data is not None:
         return read_or_index(data, progress=progress), str(data)
@@ -258,9 +258,7 @@ def training_data(artifact: ModelArtifact, legacy: Path | None, data: str | Path
             raise DataError(trained_on, "the model's training data is not here (needed for validation photos to check the "
                                         "export on): give the data with --data")
         return read_or_index(found, progress=progress), str(trained_on)
-    from bintally.data.sample import sample_manifest
-
-    return read_or_index(sample_manifest(), progress=progress), "the bundled sample"
+    return read_or_index(None, progress=progress), "the bundled sample"
 
 
 def find_relative(path: Path, run: Path) -> Path | None:

@@ -4,8 +4,8 @@
         --backend (PyTorch ProbabilityModel, or its ONNX export)--> probabilities --Prediction--> rows, tensors, frames, scores
 """
 
-from bintally.inference.counter import BACKENDS, Counter
+from bintally.inference.counter import Counter
 from bintally.inference.prediction import Prediction
 from bintally.inference.signature import ModelSignature
 
-__all__ = ["BACKENDS", "Counter", "ModelSignature", "Prediction"]
+__all__ = ["Counter", "ModelSignature", "Prediction"]

@@ -17,8 +17,7 @@ from bintally.inference.signature import ModelSignature
 from bintally.labels import LabelSpace
 from bintally.models.artifact import ModelArtifact, read_artifact
 from bintally.progress import progress_bar
-
-BACKENDS = ("torch", "onnx")
+from bintally.settings import Backend, check_choice
 
 
 @dataclass
@@ -28,7 +27,7 @@ class Counter:
     calibrated: bool = True  # apply the artifact's temperature (`bintally calibrate`); False: the network's own probabilities
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None,
+    def load(cls, path: str | Path, backend: Backend | str = Backend.TORCH, device: str = "cpu", threads: int | None = None,
              calibrated: bool = True) -> "Counter":
         """The model at `path` (a run, its model/ folder or an export) on the named backend.
 
@@ -36,8 +35,7 @@ class Counter:
         runs only on `onnx`.
         """
         artifact = read_artifact(path)
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        check_choice("backend", backend, tuple(Backend))
         if backend == "torch":
             if artifact.runtime == "onnx":
                 raise ConfigError(f"{artifact.path} is an ONNX export: use --backend onnx, or give the training run for --backend torch")

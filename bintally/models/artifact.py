@@ -27,14 +27,15 @@ from bintally.errors import ConfigError, DataError
 from bintally.io import atomic_path, given_path
 from bintally.labels import DECODINGS, LabelSpace
 from bintally.models.config import FEATURES, ModelConfig
+from bintally.settings import Backend
 
 FORMAT = "bintally-model"
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 RUN_SUBDIR = "model"  # where a training run keeps its model
-RUNTIMES = ("torch", "onnx")
 LEGACY_FILE = "best.pt"
 DEFAULT_NAME = "bin-counter"
+MODEL_HELP = "Run directory, its model/ folder, or an export folder."  # what --model takes, wherever a model is read
 WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.(safetensors|onnx)$")  # a plain name inside the folder, never a path
 
 
@@ -199,8 +200,8 @@ def format_problem(meta: dict) -> str:
     for key, kind in OPTIONAL.items():  # may be absent or null; otherwise of their type
         if meta.get(key) is not None and type_problem(meta, key, kind):
             return type_problem(meta, key, kind)
-    if meta["runtime"] not in RUNTIMES:
-        return f"unknown runtime {meta['runtime']!r}: use one of {', '.join(RUNTIMES)}"
+    if meta["runtime"] not in tuple(Backend):
+        return f"unknown runtime {meta['runtime']!r}: use one of {', '.join(Backend)}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", meta["name"]):
         return f"name {meta['name']!r} must be 1-64 letters, digits, '.', '_' or '-'"
     if meta.get("decoding") is not None and meta["decoding"] not in DECODINGS:

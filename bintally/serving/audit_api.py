@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 
 from bintally.errors import ConfigError, DataError
 from bintally.serving.bodies import json_object, media_type, read_form
-from bintally.serving.config import ServeConfig
+from bintally.serving.config import AUDIT_DB_HELP, ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError
 from bintally.serving.web import page_response, page_settings
@@ -41,7 +41,7 @@ RUN_FIELDS = ("csv", "photos", "name", "score", "budget", "threshold", "control"
 COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
 COUNT_KEYS = {"qty", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
-OFF = "the audit API is off: start the server with --audit-db URL (a SQLite file or a PostgreSQL URL)"
+OFF = f"the audit API is off: start the server with --audit-db ({AUDIT_DB_HELP})"
 
 
 def fail(status: int, message: str, headers: dict | None = None) -> RequestError:
@@ -245,7 +245,7 @@ def form_snapshots(form: RunForm) -> list:
 
 def run_config(form: RunForm, config: ServeConfig):
     """The AuditConfig of a create-run request: its form fields, the server's model, backend and allowlists."""
-    from bintally.audit.run import AuditConfig
+    from bintally.audit.config import AuditConfig
 
     fields = form.fields
     settings = {k: form_number(fields, k, kind) for k, kind in

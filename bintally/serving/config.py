@@ -1,5 +1,8 @@
 """`ServeConfig`: every setting of `bintally serve`, validated before any port is bound.
 
+Each field states its help, choices and range once: the options of `bintally serve` and the option table in
+docs/serving.md are generated from them.
+
 The config travels to uvicorn worker processes as JSON in one environment variable (`CONFIG_ENV`),
 because uvicorn starts workers from an import string and a factory, not from Python objects.
 """
@@ -12,6 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from bintally.errors import ConfigError
+from bintally.models.artifact import MODEL_HELP
+from bintally.settings import Backend, check_settings, setting
 from bintally.sources import SourcePolicy
 
 CONFIG_ENV = "BINTALLY_SERVE_CONFIG"
@@ -19,7 +24,8 @@ API_KEY_ENV = "BINTALLY_API_KEY"
 SAGEMAKER_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PORT = 8080
-BACKENDS = ("onnx", "torch")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+AUDIT_DB_HELP = "a SQLite file path or a PostgreSQL URL (postgresql+psycopg://user:pass@host/db)"
 
 
 def default_port() -> int:
@@ -34,62 +40,62 @@ def default_port() -> int:
 
 @dataclass
 class ServeConfig:
-    model: str | None = None  # run dir / model dir / export dir; None -> /opt/ml/model (SageMaker) if it exists
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT  # env SAGEMAKER_BIND_TO_PORT overrides the default (see default_port)
-    backend: str = "onnx"  # onnx | torch
-    device: str = "cpu"  # torch backend: cpu, cuda, cuda:1, ... (ONNX Runtime runs on the CPU)
-    workers: int = 1
-    threads: int | None = None  # intra-op threads per inference
-    max_batch_size: int = 16  # micro-batching: images per forward pass
-    max_wait_ms: float = 2.0  # how long the first image of a batch waits for company (2 vs 5 ms: same throughput, 4 ms less at concurrency 1)
-    queue_size: int = 256  # images waiting; beyond -> 503 + Retry-After
-    timeout_s: float = 30.0  # per request -> 504
-    max_body_bytes: int = 20_000_000  # -> 413
-    max_images: int = 64  # per request -> 413
-    api_key: str | None = None  # from env BINTALLY_API_KEY or --api-key-file; guards all but health, /metrics and GET /
-    allow_s3_buckets: tuple[str, ...] = ()
-    allow_https_hosts: tuple[str, ...] = ()
-    file_root: str | None = None  # file:// URIs only under this root (no .. or symlink escapes)
-    name: str | None = None  # model name in URLs; default: the artifact's name
-    shutdown_delay_s: float = 0.0  # after SIGTERM: not ready at once, keep serving this long, then stop (load balancers)
-    log_level: str = "info"
-    audit_db: str | None = None  # the audit store (SQLAlchemy URL or SQLite path): turns on /v1/audit-runs, /v1/tasks, /audit
+    model: str | None = setting(None, flag=("--model", "-m"), default_text=f"{SAGEMAKER_MODEL_DIR} if it exists",
+                                help=f"{MODEL_HELP} None given and no {SAGEMAKER_MODEL_DIR}: error, exit 2.")
+    host: str = setting("127.0.0.1", envvar="BINTALLY_HOST", default_text="$BINTALLY_HOST, else 127.0.0.1",
+                        help="Address to listen on; 0.0.0.0 for every interface (containers).")
+    port: int | None = setting(None, low=1, high=65535, default_text=f"${SAGEMAKER_PORT_ENV}, else {DEFAULT_PORT}",
+                               help="Port to listen on.")
+    backend: Backend = setting(Backend.ONNX, help="onnx (ONNX Runtime, CPU; a PyTorch run is exported once and cached) or torch.")
+    device: str = setting("cpu", help="torch backend only: cpu, cuda, cuda:N (ONNX Runtime runs on the CPU).")
+    threads: int | None = setting(None, low=1, default_text="the runtime's", help="Intra-op threads per forward pass.")
+    workers: int = setting(1, low=1, high=256, help="Server processes on this machine, sharing the port; each loads the model.")
+    max_batch_size: int = setting(16, low=1, high=4096, help="Most images in one forward pass (dynamic batching).")
+    # 2 vs 5 ms: the same throughput, 4 ms less at concurrency 1
+    max_wait_ms: float = setting(2.0, low=0, help="How long the first waiting image waits for others to join its batch.")
+    queue_size: int = setting(256, low=1, high=10**7, help="Images admitted and not yet in a forward pass; beyond it 503 + Retry-After.")
+    timeout_s: float = setting(30.0, low=0, low_open=True, flag=("--timeout",),
+                               help="Seconds per request (fetching, decoding, queueing, inference); beyond it 504.")
+    max_body_bytes: int = setting(20_000_000, low=1, high=2**40, cli=False)  # bintally serve's --max-body-mb
+    max_images: int = setting(64, low=1, high=10**6, help="Most photos in one request; beyond it 413.")
+    api_key: str | None = setting(None, cli=False)  # --api-key-file or $BINTALLY_API_KEY; guards all but health, /metrics and GET /
+    allow_s3_buckets: tuple[str, ...] = setting((), flag=("--allow-s3-bucket",), default_text="none",
+                                                help="A bucket whose s3:// URIs may be fetched (repeat for more).")
+    allow_https_hosts: tuple[str, ...] = setting((), flag=("--allow-https-host",), default_text="none",
+                                                 help="A host whose https:// URIs may be fetched (repeat for more).")
+    file_root: str | None = setting(None, default_text="none", help="A folder whose file:// URIs may be read (nothing outside it).")
+    name: str | None = setting(None, default_text="the model's name", help="The model name in answers and in /v2/models/{name}.")
+    shutdown_delay_s: float = setting(0.0, low=0, flag=("--shutdown-delay",),
+                                      help="Seconds to keep serving after SIGTERM while reporting not ready (for load balancers), "
+                                           "then finish in-flight requests and stop.")
+    log_level: str = setting("info", choices=LOG_LEVELS, help="Server log level; debug also logs every request.")
+    audit_db: str | None = setting(None, flag=("--audit-db",), default_text="none",
+                                   help=f"The audit store, {AUDIT_DB_HELP}: turns on the audit API (/v1/audit-runs, /v1/tasks, ...) "
+                                        "and the dashboard at /audit.")
 
     def __post_init__(self):
         self.allow_s3_buckets = tuple(self.allow_s3_buckets)
         self.allow_https_hosts = tuple(self.allow_https_hosts)  # lower-cased by the SourcePolicy
 
     def validate(self) -> "ServeConfig":
-        """Raise ConfigError (one line) for a setting that cannot work; resolve the model folder."""
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if self.backend == "onnx" and self.device != "cpu":
+        """Raise ConfigError (one line) for a setting that cannot work; resolve the port, the model folder and the audit store."""
+        check_settings(self)
+        if self.backend == Backend.ONNX and self.device != "cpu":
             raise ConfigError(f"--device {self.device}: the onnx backend runs on the CPU; use --backend torch for a GPU")
-        checks = [("port", self.port, 1, 65535), ("workers", self.workers, 1, 256), ("max_batch_size", self.max_batch_size, 1, 4096),
-                  ("queue_size", self.queue_size, 1, 10**7), ("max_body_bytes", self.max_body_bytes, 1, 2**40),
-                  ("max_images", self.max_images, 1, 10**6)]
-        for name, value, low, high in checks:
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be a whole number >= 1, got {self.threads!r}")
-        if not self.max_wait_ms >= 0:
-            raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
-        if not self.shutdown_delay_s >= 0:
-            raise ConfigError(f"shutdown delay must be >= 0 seconds, got {self.shutdown_delay_s!r}")
-        if not self.timeout_s > 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout_s!r}")
+        if self.port is None:
+            self.port = default_port()
         if self.model is None:
             if not Path(SAGEMAKER_MODEL_DIR).is_dir():
                 raise ConfigError(f"no model: give --model RUN_OR_EXPORT (or mount one at {SAGEMAKER_MODEL_DIR})")
             self.model = SAGEMAKER_MODEL_DIR
+        if self.name is not None and (not self.name.strip() or "/" in self.name):
+            raise ConfigError(f"--name {self.name!r} is not a model name (no '/', not empty)")
         self.file_root = self.source_policy().checked().file_root
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty")
         if self.audit_db is not None:
-            if not isinstance(self.audit_db, str) or not self.audit_db.strip():
-                raise ConfigError("--audit-db: give a SQLAlchemy URL or the path of a SQLite file")
+            if not self.audit_db.strip():
+                raise ConfigError(f"--audit-db: give {AUDIT_DB_HELP}")
             from bintally.audit.store import database_url
 
             self.audit_db = database_url(self.audit_db.strip())  # a relative SQLite path: absolute, the same for every worker

@@ -1,4 +1,7 @@
-"""Training configuration: one flat, typed object with defaults that work, and named presets."""
+"""Training configuration: one flat, typed object with defaults that work, and named presets.
+
+Each field states its help, choices and range once; `bintally train` offers every field as an option built from them.
+"""
 
 from __future__ import annotations
 
@@ -7,104 +10,108 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from bintally.errors import ConfigError
-from bintally.labels import DECODINGS, LabelSpace
+from bintally.labels import DECODINGS, OVERFLOW_POLICIES, LabelSpace
 from bintally.models.config import FEATURES, HEADS, ModelConfig
-from bintally.settings import check_range, check_types
+from bintally.progress import PROGRESS_HELP
+from bintally.settings import check_settings, setting
 
 MODES = ("frozen", "partial", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "sgdr", "step")
 BALANCING = ("none", "sampler", "weights")
-OVERFLOW = ("class", "exclude")
 SELECT = ("best", "last")  # which epoch's model a run keeps: the best on validation, or the last (cross-validation's honest choice)
-# settings that may change when a run is resumed: they do not change what is computed
 MAX_FOLDS = 20
+# settings that may change when a run is resumed: they do not change what is computed
 RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_steps"}
 # a resumed run may be asked to go on for more epochs than it was started with
 EXTENDABLE = {"epochs"}
+NOT_EMPTY = ("data", "out", "weights", "init")  # '' would silently mean the current folder
+DATA_HELP = "Split manifest, bucket folder, class folders or CSV. Default: the bundled sample."
+
+PRESETS: dict[str, dict] = {
+    # head-only training on cached frozen features: the CPU fast path (make demo)
+    "fast": dict(mode="frozen", head="linear", epochs=15, batch_size=64, lr=2e-3, weight_decay=0.05,
+                 dropout=0.5, label_smoothing=0.1, warmup_epochs=1, image_size=224),
+    # full fine-tune of EfficientNet-Lite0
+    "finetune": dict(mode="full", head="ordinal", epochs=4, batch_size=32, lr=1e-3, backbone_lr_scale=0.3,
+                     image_size=224, label_smoothing=0.1, ema=0.0),
+}
+# the seeds' recipe: a frozen ResNet with a two-layer FC head (no ResNet ImageNet weights offline: random init)
+PRESETS["seed-baseline"] = dict(mode="frozen", backbone="resnet18", pretrained=False, head="mlp", epochs=15, batch_size=64,
+                                optimizer="adam", lr=1e-3, weight_decay=0.0, dropout=0.5, label_smoothing=0.0, warmup_epochs=1)
+# a small conv head on the frozen, cached stride-16 map of EfficientNet-Lite0, trained on counts 0-5
+PRESETS["spatial"] = dict(mode="frozen", features="stride16", head="ordinal", max_count=5, overflow="exclude", epochs=10,
+                          batch_size=64, lr=1e-3, weight_decay=0.05, dropout=0.2, label_smoothing=0.1, warmup_epochs=1,
+                          select="last", image_size=224)
+# the recipe chosen by 3-fold cross-validation (docs/benchmarks.md, "Accuracy"): `spatial` trained on 5 folds of
+# train+val, whose 5 models form the served ensemble
+PRESETS["best"] = PRESETS["spatial"] | dict(folds=5)
 
 
 @dataclass
 class TrainConfig:
-    data: str | None = None  # manifest, bucket folder, class folders or CSV; None: the bundled sample
-    out: str | None = None  # None: a new numbered run directory, runs/train/run-NNN
-    preset: str | None = None
+    data: str | None = setting(None, help=DATA_HELP)
+    out: str | None = setting(None, help="Run directory. Default: a new numbered one, runs/train/run-NNN.")
+    preset: str | None = setting(None, choices=tuple(PRESETS), help="Named recipe: " + ", ".join(PRESETS) + ".")
     # model
-    backbone: str = "efficientnet_lite0"
-    head: str = "ordinal"
-    features: str = "pooled"  # what the head reads: pooled final features, or the stride-16 map (a small conv head)
+    backbone: str = setting("efficientnet_lite0", help="efficientnet_lite0/1/2, resnet18/34/50/101 or any timm model name.")
+    head: str = setting("ordinal", choices=HEADS, help="Head on the backbone's features.")
+    features: str = setting("pooled", choices=FEATURES, help="What the head reads: pooled final features, "
+                                                             "or the stride-16 map through a small conv head.")
     # the label space; None: the one the manifest was split with (0-5 and an overflow class if it was not split)
-    min_count: int | None = None
-    max_count: int | None = None
-    overflow: str | None = None  # class: counts above max_count form one class; exclude: train and validate on min..max only
-    pretrained: bool = True
-    weights: str | None = None
-    init: str | None = None  # start from this trained model's weights (with folds: a cross-validation run, fold by fold)
-    dropout: float = 0.2
-    decode: str = "auto"  # argmax | median | expected; auto: median for the ordinal head
+    min_count: int | None = setting(None, low=0, help="Smallest count with its own class (default: the manifest's split, else 0).")
+    max_count: int | None = setting(None, low=0, help="Largest count with its own class (default: the manifest's split, else 5).")
+    overflow: str | None = setting(None, choices=OVERFLOW_POLICIES,
+                                   help="class: counts above max-count form one class; exclude: learn counts min..max only.")
+    pretrained: bool = setting(True, flag=("--pretrained/--random-init",), help="Start from shipped ImageNet weights.")
+    weights: str | None = setting(None, help="Backbone weights file (.pt/.pth state dict).")
+    init: str | None = setting(None, help="Start from a trained model's weights (a run or model folder; with --folds, "
+                                          "a cross-validation run over the same folds).")
+    dropout: float = setting(0.2, low=0, high=1, high_open=True, help="Dropout before the head's layers.")
+    decode: str = setting("auto", choices=("auto", *DECODINGS), help="Count from probabilities (auto: median for ordinal, else argmax).")
     # what is trained
-    mode: str = "full"  # frozen: head on cached features; partial: top `unfreeze` stages too; full
-    unfreeze: int = 2
-    image_size: int = 224
+    mode: str = setting("full", choices=MODES, help="frozen (head on cached features), partial or full fine-tuning.")
+    unfreeze: int = setting(2, low=0, help="partial: how many top backbone stages to train.")
+    image_size: int = setting(224, low=16, high=2048, help="Input size in pixels.")
     # optimisation
-    epochs: int = 5
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.3  # backbone learning rate = lr * this
-    weight_decay: float = 0.02
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.5
-    restart_epochs: int = 2  # sgdr: first cycle length
-    step_epochs: int = 2  # step: decay every this many epochs ...
-    step_gamma: float = 0.3  # ... by this factor
-    label_smoothing: float = 0.1
-    balance: str = "none"
-    ema: float = 0.0  # decay of the weight EMA; 0 turns it off
+    epochs: int = setting(5, low=1, help="Passes over the training photos.")
+    batch_size: int = setting(32, low=1, help="Per process.")
+    optimizer: str = setting("adamw", choices=OPTIMIZERS, help="adam, adamw (decoupled weight decay) or sgd (Nesterov, with --momentum).")
+    lr: float = setting(1e-3, low=0, high=10, low_open=True, help="Head learning rate.")
+    backbone_lr_scale: float = setting(0.3, low=0, help="Backbone lr = lr x this.")
+    weight_decay: float = setting(0.02, low=0, help="Weight decay (decoupled for adamw).")
+    momentum: float = setting(0.9, low=0, high=1, help="SGD momentum.")
+    schedule: str = setting("cosine", choices=SCHEDULES, help="cosine, sgdr (warm restarts) or step; all with warm-up.")
+    warmup_epochs: float = setting(0.5, low=0, help="Linear learning-rate warm-up, in epochs (fractions allowed).")
+    restart_epochs: int = setting(2, low=1, help="sgdr: length of the first cycle (doubles each restart).")
+    step_epochs: int = setting(2, low=1, help="step: decay every this many epochs.")
+    step_gamma: float = setting(0.3, low=0, high=1, low_open=True, help="step: decay factor.")
+    label_smoothing: float = setting(0.1, low=0, high=1, high_open=True, help="Label smoothing of the training targets.")
+    balance: str = setting("none", choices=BALANCING, help="none, sampler (class-balanced sampling) or weights (loss weights).")
+    ema: float = setting(0.0, low=0, high=1, high_open=True, help="EMA decay of the weights, e.g. 0.999; 0 = off.")
     # model selection
-    select: str = "best"  # keep the epoch best on validation (counts 0-5), or the last one
-    folds: int = 0  # >= 2: grouped K-fold cross-validation over train+val; the K models form the run's ensemble
+    select: str = setting("best", choices=SELECT, help="Keep the epoch best on validation (counts 0-5), or the last epoch.")
+    folds: int = setting(0, low=0, high=MAX_FOLDS, help="K >= 2: grouped K-fold cross-validation over train+val; "
+                                                        "RUN/model is the ensemble of the K fold models.")
     # execution
-    amp: bool | None = None  # bf16 autocast; None: on for GPUs, off on CPU (where it is slower)
-    channels_last: bool = True
-    compile: bool = False
-    tta: bool = True  # average with the horizontally flipped photo when evaluating
-    workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-    max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
-    profile: bool = False
-    progress: bool = True
+    amp: bool | None = setting(None, help="bf16 autocast (default: on for GPUs only, where it is faster).")
+    channels_last: bool = setting(True, help="Channels-last memory format (faster convolutions on most hardware).")
+    compile: bool = setting(False, help="torch.compile the model.")
+    tta: bool = setting(True, help="Average with the mirrored photo when evaluating.")
+    workers: int = setting(2, low=0, help="Data-loader processes.")
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:1 ...")
+    seed: int = setting(0, low=0, high=2**32 - 1, help="Seed of the run's random generators.")  # what every generator accepts
+    max_steps: int | None = setting(None, low=1, help="Stop after this many steps (smoke runs).")
+    profile: bool = setting(False, flag=("--profile",), help="Write a PyTorch profiler trace to RUN/profile.")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def __post_init__(self):
-        check_types(self)
-        check_choice("mode", self.mode, MODES)
-        check_choice("head", self.head, HEADS)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("balance", self.balance, BALANCING)
-        check_choice("decode", self.decode, ("auto", *DECODINGS))
-        check_choice("features", self.features, FEATURES)
-        check_choice("select", self.select, SELECT)
-        if self.folds == 1 or self.folds > MAX_FOLDS:
+        check_settings(self)
+        if self.folds == 1:
             raise ConfigError(f"folds must be 0 (no cross-validation) or 2 to {MAX_FOLDS}, got {self.folds}")
-        if self.overflow is not None:
-            check_choice("overflow", self.overflow, OVERFLOW)
-        for name in ("data", "out", "weights", "init"):  # '' would silently mean the current folder
+        for name in NOT_EMPTY:
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise ConfigError(f"{name} is empty: give a file or folder name, or leave it out for the default")
-        for name in ("epochs", "batch_size", "restart_epochs", "step_epochs", "max_steps"):
-            check_range(name, getattr(self, name), low=1)
-        for name in ("min_count", "max_count", "unfreeze", "workers", "folds", "weight_decay", "backbone_lr_scale", "warmup_epochs"):
-            check_range(name, getattr(self, name), low=0)
-        check_range("seed", self.seed, 0, 2**32 - 1)  # what every random generator accepts (as `data split --seed`)
-        check_range("image_size", self.image_size, 16, 2048)
-        check_range("lr", self.lr, 0, 10, low_open=True)
-        check_range("momentum", self.momentum, 0, 1)
-        check_range("step_gamma", self.step_gamma, 0, 1, low_open=True)
-        for name in ("label_smoothing", "dropout", "ema"):
-            check_range(name, getattr(self, name), 0, 1, high_open=True)
         if None not in (self.min_count, self.max_count):
             _ = self.labels  # min_count <= max_count
 
@@ -142,31 +149,6 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2))
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"unknown {name} {value!r}: use one of {', '.join(allowed)}")
-
-
-PRESETS: dict[str, dict] = {
-    # head-only training on cached frozen features: the CPU fast path (make demo)
-    "fast": dict(mode="frozen", head="linear", epochs=15, batch_size=64, lr=2e-3, weight_decay=0.05,
-                 dropout=0.5, label_smoothing=0.1, warmup_epochs=1, image_size=224),
-    # full fine-tune of EfficientNet-Lite0
-    "finetune": dict(mode="full", head="ordinal", epochs=4, batch_size=32, lr=1e-3, backbone_lr_scale=0.3,
-                     image_size=224, label_smoothing=0.1, ema=0.0),
-}
-# the seeds' recipe: a frozen ResNet with a two-layer FC head (no ResNet ImageNet weights offline: random init)
-PRESETS["seed-baseline"] = dict(mode="frozen", backbone="resnet18", pretrained=False, head="mlp", epochs=15, batch_size=64,
-                                optimizer="adam", lr=1e-3, weight_decay=0.0, dropout=0.5, label_smoothing=0.0, warmup_epochs=1)
-# a small conv head on the frozen, cached stride-16 map of EfficientNet-Lite0, trained on counts 0-5
-PRESETS["spatial"] = dict(mode="frozen", features="stride16", head="ordinal", max_count=5, overflow="exclude", epochs=10,
-                          batch_size=64, lr=1e-3, weight_decay=0.05, dropout=0.2, label_smoothing=0.1, warmup_epochs=1,
-                          select="last", image_size=224)
-# the recipe chosen by 3-fold cross-validation (docs/benchmarks.md, "Accuracy"): `spatial` trained on 5 folds of
-# train+val, whose 5 models form the served ensemble
-PRESETS["best"] = PRESETS["spatial"] | dict(folds=5)
 
 
 def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:

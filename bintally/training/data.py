@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bintally.data.index import read_or_index
 from bintally.data.manifest import EXCLUDED, manifest_name, write_manifest
+from bintally.data.sample import read_or_index
 from bintally.data.split import SPLITS, SplitConfig, manifest_labels, split_manifest
 from bintally.data.verify import drop_stale
 from bintally.errors import ConfigError, DataError

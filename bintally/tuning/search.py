@@ -4,7 +4,7 @@ Each trial is an ordinary single `bintally train` run whose per-epoch validation
 0-N) is reported to Optuna, so the median or Hyperband pruner can stop it early; the trial's value
 is the same accuracy of the model the run kept. In frozen mode the
 trials train heads on the cached backbone features, which is what makes hundreds of trials cheap.
-The study lives in a database (SQLite by default, any SQLAlchemy URL), so re-running with the
+The study lives in a database (SQLite by default, any Optuna storage URL), so re-running with the
 same study name adds trials to it, and workers on other machines can share it.
 """
 
@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import connection, resource_tracker
 from pathlib import Path
 
@@ -34,81 +34,15 @@ from optuna.trial import TrialState
 from bintally.data.manifest import write_manifest
 from bintally.errors import ConfigError, DataError
 from bintally.models.artifact import read_artifact
-from bintally.models.backbones import LITE_VARIANTS, RESNETS
-from bintally.models.config import FEATURES
 from bintally.progress import progress_bar
-from bintally.settings import check_range, check_types
-from bintally.training.config import MODES, TrainConfig, check_choice, resolve_config
 from bintally.training.data import training_manifest
 from bintally.training.engine import Interrupted, prepare_features, train_single_run
+from bintally.tuning.config import TuneConfig, trial_config
 
 log = logging.getLogger("bintally.tune")
-PRUNERS = ("median", "hyperband", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HELPER_GRACE_S = 60  # after a stop, how long a helper worker may take to end its trial before it is killed
-
-
-@dataclass
-class TuneConfig:
-    data: str | None = None  # manifest, bucket folder, class folders or CSV; None: the bundled sample
-    study: str = "bintally"
-    storage: str | None = None  # SQLAlchemy URL; None: sqlite:///<out>/optuna.db
-    out: str = "runs/tune"  # the study's outputs go to <out>/<study>/
-    n_trials: int = 50  # trials to add in this call (all workers together)
-    timeout: float | None = None  # seconds; each worker stops starting trials after this
-    jobs: int = 1  # local worker processes sharing the study
-    pruner: str = "median"
-    mode: str = "frozen"  # frozen: heads on cached features (fast); partial/full: trials train on the photos
-    preset: str | None = "fast"  # the settings the search does not touch ...
-    fixed: dict = field(default_factory=dict)  # ... and changes to them (TrainConfig fields)
-    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
-    image_sizes: list[int] = field(default_factory=lambda: [224])
-    features: list[str] = field(default_factory=lambda: ["pooled"])  # what the head reads; stride16 tunes the spatial head
-    min_epochs: int = 5
-    max_epochs: int = 30
-    max_count: int = 5
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self):
-        check_types(self, "tune setting")
-        check_choice("pruner", self.pruner, PRUNERS)
-        check_choice("mode", self.mode, MODES)
-        for name in ("n_trials", "jobs", "min_epochs", "max_epochs"):
-            check_range(name, getattr(self, name), low=1)
-        for name in ("max_count", "seed"):
-            check_range(name, getattr(self, name), low=0)
-        check_range("timeout", self.timeout, low=0, low_open=True)
-        if self.min_epochs > self.max_epochs:
-            raise ConfigError(f"min_epochs ({self.min_epochs}) is more than max_epochs ({self.max_epochs})")
-        if not self.backbones or not self.image_sizes:
-            raise ConfigError("give at least one backbone and one image size")
-        for size in self.image_sizes:
-            check_range("image_sizes", size, 16, 2048)
-        for name in self.backbones:
-            check_backbone(name)
-        for name in self.features:
-            check_choice("features", name, FEATURES)
-        # an unknown preset or fixed setting is refused here, not by the first trial
-        if trial_config(self, {"backbone": self.backbones[0], "image_size": self.image_sizes[0]}, self.data, self.out).folds >= 2:
-            raise ConfigError("each trial is a single run: tune without folds, then cross-validate the best config")
-
-    @property
-    def study_dir(self) -> Path:
-        return Path(self.out) / self.study
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{Path(self.out) / 'optuna.db'}"
-
-
-def check_backbone(name: str) -> None:
-    """An unknown name is refused before any trial starts, not by every trial."""
-    import timm
-
-    if name not in LITE_VARIANTS + RESNETS and not timm.is_model(name):
-        raise ConfigError(f"unknown backbone {name!r}: use {', '.join(LITE_VARIANTS + RESNETS)} or a timm model name")
 
 
 # ---------------------------------------------------------------- the search space
@@ -132,11 +66,6 @@ def suggest_settings(trial: optuna.Trial, tc: TuneConfig) -> dict:
     if tc.mode == "partial":
         settings["unfreeze"] = trial.suggest_int("unfreeze", 1, 4)
     return settings
-
-
-def trial_config(tc: TuneConfig, settings: dict, data: str, out: str) -> TrainConfig:
-    run = {"data": data, "out": out, "mode": tc.mode, "max_count": tc.max_count, "seed": tc.seed, "progress": False}
-    return resolve_config(tc.preset, **(tc.fixed | run | settings))
 
 
 # ---------------------------------------------------------------- the study

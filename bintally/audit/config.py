@@ -1,0 +1,66 @@
+"""`AuditConfig`: the settings of `bintally audit run` (and of a run created over HTTP), validated before any work."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+
+from bintally.audit.scoring import SCORES
+from bintally.audit.snapshots import MAX_PHOTO_BYTES
+from bintally.errors import ConfigError
+from bintally.models.artifact import MODEL_HELP
+from bintally.progress import PROGRESS_HELP
+from bintally.settings import Backend, check_settings, setting
+
+
+def default_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass
+class AuditConfig:
+    model: str = setting(flag=("--model", "-m"), help=MODEL_HELP)
+    data: str = setting(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY) or a CSV "
+                             "of bin_id,image,record_qty[,captured_at] (image: a path or an allowlisted URI).")
+    db: str | None = setting(None, cli=False)  # bintally audit's shared --db option
+    name: str | None = setting(None, help="Run name. Default: the source's name and a digest of model and settings "
+                                          "(the same command finds the same run).")
+    budget: float | None = setting(None, help="Share of the bins to recount, highest scores first. Default 0.10.")
+    threshold: float | None = setting(None, help="Instead of --budget: recount every bin scoring at least this (0-1, or "
+                                                 "items with --score distance).")
+    score: str = setting("mismatch", choices=SCORES, help="Rank by 1 - P(count == record) (mismatch), or by the expected "
+                                                          "|count - record| in items (distance).")
+    control: float = setting(0.02, help="Share of the bins recounted at random besides (estimates what the model misses).")
+    tolerance: int = setting(0, low=0, help="A first count further than this from the record asks for a recount.")
+    backend: Backend = setting(Backend.ONNX, help="Inference backend (a run is exported to ONNX once).")
+    batch_size: int = setting(32, low=1, help="Photos per forward pass (and per committed batch).")
+    seed: int = setting(0, help="Seed of the control slice's random draw.")
+    created_by: str = setting(default_factory=default_user, flag=("--by",), default_text="the login name", help="Who creates the run.")
+    allow_s3_buckets: tuple[str, ...] = setting((), flag=("--allow-s3-bucket",), help="Bucket whose s3:// images may be read (repeatable).")
+    allow_https_hosts: tuple[str, ...] = setting((), flag=("--allow-https-host",), help="Host whose https:// images may be read (repeatable).")
+    file_root: str | None = setting(None, help="Folder whose file:// images may be read.")
+    max_photo_bytes: int = setting(MAX_PHOTO_BYTES, cli=False)
+    progress: bool = setting(True, help=PROGRESS_HELP)
+
+    def validate(self) -> "AuditConfig":
+        check_settings(self, "audit setting")  # types, score, backend, tolerance, batch size
+        if self.budget is not None and self.threshold is not None:
+            raise ConfigError("give either a budget or a threshold, not both")
+        if self.budget is None and self.threshold is None:
+            self.budget = 0.10
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ConfigError(f"budget must be a share of the bins above 0 and at most 1 (0.10 = 10%), got {self.budget}")
+        if self.threshold is not None and self.score == "mismatch" and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"threshold must be a score from 0 to 1, got {self.threshold}")
+        if self.threshold is not None and not self.threshold >= 0:
+            raise ConfigError(f"threshold must be a distance of 0 items or more, got {self.threshold}")
+        if not 0 <= self.control < 1:
+            raise ConfigError(f"control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
+        if self.name is not None and (not self.name.strip() or len(self.name) > 200):
+            raise ConfigError(f"name {self.name!r}: give 1-200 characters")
+        if not self.created_by or len(self.created_by) > 100:
+            raise ConfigError(f"created_by {self.created_by!r}: give a name of 1-100 characters")
+        return self
