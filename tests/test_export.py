@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,43 +170,7 @@ def test_int8_export_records_accuracy_and_speed(tiny_artifact, small_data, tmp_p
     assert len(results) == 3
 
 
-# ---------------------------------------------------------------- safetensors and older runs
-
-
-def write_legacy_run(artifact, run: Path) -> Path:
-    """A best.pt saved the way bintally saved models before the model artifact."""
-    import torch
-
-    from bintally.models.artifact import load_model
-
-    model = load_model(artifact)
-    run.mkdir(parents=True)
-    torch.save({"model_config": asdict(model.config), "transform": artifact.transform.to_dict(), "state_dict": model.state_dict(),
-                "classes": artifact.labels.names, "metrics": {}, "train_config": {}}, run / "best.pt")
-    return run / "best.pt"
-
-
-@pytest.mark.slow
-def test_legacy_best_pt_converts_to_the_same_model(tiny_artifact, tmp_path):
-    import torch
-
-    from bintally.data.images import decode_image
-    from bintally.data.transforms import preprocess_batch
-    from bintally.inference import Counter
-    from bintally.models.legacy import read_model_file
-
-    best = write_legacy_run(tiny_artifact, tmp_path / "old-run")
-    result = run_cli("export", "--model", best, "--format", "safetensors", "--out", tmp_path / "old-run" / "model", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"converted {best}", f"wrote {tmp_path / 'old-run' / 'model'}"]
-    converted = Counter.load(tmp_path / "old-run", backend="torch")  # the run now reads as a model
-    assert converted.artifact.runtime == "torch" and converted.artifact.export["converted_from"] == str(best)
-    images = preprocess_batch([decode_image(p) for p in photos(6, 50)], tiny_artifact.transform)
-    original = Counter.load(tiny_artifact.path).probabilities(images)
-    np.testing.assert_array_equal(converted.probabilities(images), original)
-    saved = read_model_file(best)
-    state = converted.backend.net.model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in saved["state_dict"].items())
+# ---------------------------------------------------------------- safetensors
 
 
 def test_safetensors_export_copies_the_model(tiny_artifact, tmp_path):
@@ -248,7 +212,7 @@ def test_export_never_replaces_its_own_source(tiny_artifact, tmp_path):
     assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in tiny_artifact.path.iterdir())
 
 
-@pytest.mark.parametrize("case", ["missing", "junk-json", "damaged-best", "int8-safetensors", "bad-format", "bad-quantize",
+@pytest.mark.parametrize("case", ["missing", "junk-json", "int8-safetensors", "bad-format", "bad-quantize",
                                   "out-is-file", "onnx-of-onnx"])
 def test_bad_input_is_one_line_exit_2(case, tiny_artifact, tmp_path):
     model, out, extra, fragments = tiny_artifact.path, tmp_path / "out", [], []
@@ -259,10 +223,6 @@ def test_bad_input_is_one_line_exit_2(case, tiny_artifact, tmp_path):
         model.mkdir()
         (model / "model.json").write_text("{not json")
         fragments = ["model.json", "not valid JSON"]
-    elif case == "damaged-best":
-        best = write_legacy_run(tiny_artifact, tmp_path / "old")
-        best.write_bytes(best.read_bytes()[:2000])
-        model, fragments = best, [str(best), "damaged"]
     elif case == "int8-safetensors":
         extra, fragments = ["--format", "safetensors", "--quantize", "int8"], ["--quantize int8", "onnx"]
     elif case == "bad-format":
