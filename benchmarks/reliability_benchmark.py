@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        from bintally.data.sample import sample_manifest
+        from bintally.data.index import sample_manifest
 
         manifest = work / "mirror.parquet"
         subprocess.run([sys.executable, "-m", "bintally", "data", "index", str(args.mirror), "--out", str(manifest), "--no-progress"],

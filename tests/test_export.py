@@ -273,23 +273,23 @@ def test_data_defaults_to_the_runs_own_split(tmp_path, small_data, monkeypatch):
     """No --data: RUN/manifest.parquet (a run that split its data), else train_config["data"], else the sample."""
     import pandas as pd
 
-    import bintally.data.sample
+    import bintally.data.index
     from bintally.export import training_data
     from bintally.models.artifact import read_artifact
 
     artifact = make_artifact(tmp_path / "run" / "model")
-    monkeypatch.setattr(bintally.data.sample, "sample_manifest", lambda: pytest.fail("the sample was used"))
+    monkeypatch.setattr(bintally.data.index, "sample_manifest", lambda: pytest.fail("the sample was used"))
     shutil.copy(small_data, tmp_path / "run" / "manifest.parquet")
-    df, source = training_data(artifact, None, None, progress=False)
+    df, source = training_data(artifact, None, progress=False)
     assert source == str(tmp_path / "run" / "manifest.parquet") and set(df["split"]) >= {"train", "val"}
     (tmp_path / "run" / "manifest.parquet").unlink()
     artifact = read_artifact(artifact.path)
     relative = os.path.relpath(small_data, tmp_path)
     monkeypatch.chdir(tmp_path)
-    df, source = training_data(replace(artifact, train_config={"data": relative}), None, None, progress=False)
+    df, source = training_data(replace(artifact, train_config={"data": relative}), None, progress=False)
     assert source == relative and len(df) == len(pd.read_parquet(small_data))
     with pytest.raises(DataError, match="--data"):
-        training_data(replace(artifact, train_config={"data": "gone.parquet"}), None, None, progress=False)
+        training_data(replace(artifact, train_config={"data": "gone.parquet"}), None, progress=False)
 
 
 @pytest.mark.slow

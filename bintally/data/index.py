@@ -29,11 +29,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from bintally import __version__
 from bintally.data.images import IMAGE_SUFFIXES, ImageFacts, probe_image
 from bintally.data.manifest import OK, SCHEMA, read_manifest, usable, write_manifest
 from bintally.data.metadata import parse_count, read_metadata
 from bintally.errors import ConfigError, DataError
 from bintally.io import check_output_file, given_path
+from bintally.paths import SAMPLE_DIR, cache_dir
 from bintally.progress import progress_bar
 
 log = logging.getLogger("bintally.data")
@@ -302,12 +304,30 @@ def report_unusable(df: pd.DataFrame) -> None:
         log.info("%d usable photos in %s", len(df), source)
 
 
+def sample_manifest(refresh: bool = False) -> Path:
+    """The bundled sample, indexed and split once; later calls reuse the cached manifest (rebuilt if it is unreadable)."""
+    from bintally.data.split import split_manifest  # scikit-learn: a second's import that indexing alone does not need
+
+    path = cache_dir() / f"sample-{__version__}.parquet"
+    if path.exists() and not refresh:
+        try:
+            read_manifest(path)
+            return path
+        except DataError:  # damaged, or written by another version of the checks: the sample is cheap to rebuild
+            pass
+    df = split_manifest(build_manifest(SAMPLE_DIR))
+    write_manifest(df, path, info=df.attrs["info"])
+    return path
+
+
+def data_or_sample(data: str | Path | None) -> str | Path:
+    """The data a command was given, or the bundled sample's manifest when none was: every command's default data."""
+    return sample_manifest() if data is None else data
+
+
 def read_or_index(data: str | Path | None, progress: bool = True) -> pd.DataFrame:
     """A manifest (.parquet) as it is, a folder or CSV indexed now, or the bundled sample's manifest for None."""
-    if data is None:
-        from bintally.data.sample import sample_manifest
-
-        data = sample_manifest()
+    data = data_or_sample(data)
     if given_path(data, "data path").suffix.lower() == ".parquet":
         return read_manifest(data)
     df = build_manifest(data, progress=progress)

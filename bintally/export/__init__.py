@@ -218,9 +218,7 @@ def training_data(artifact: ModelArtifact, data: str | Path | None, progress: bo
             raise DataError(trained_on, "the model's training data is not here (needed for validation photos to check the "
                                         "export on): give the data with --data")
         return read_or_index(found, progress=progress), str(trained_on)
-    from bintally.data.sample import sample_manifest
-
-    return read_or_index(sample_manifest(), progress=progress), "the bundled sample"
+    return read_or_index(None, progress=progress), "the bundled sample"
 
 
 def find_relative(path: Path, run: Path) -> Path | None:
