@@ -10,6 +10,7 @@ import pytest
 
 from bintally.data import build_manifest, split_manifest, write_manifest
 from bintally.paths import SAMPLE_DIR
+from tests.helpers import required_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "abid"
@@ -26,8 +27,9 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mirror() -> Path:
+    """The local ABID mirror beside the checkout (README.md, "Tests", says where it comes from)."""
     if not (MIRROR / "bin-images").is_dir():
-        pytest.fail(f"the ABID mirror is missing at {MIRROR}")
+        required_or_skip(f"the ABID mirror is missing at {MIRROR} (README.md, section Tests, says how to get it)")
     return MIRROR
 
 

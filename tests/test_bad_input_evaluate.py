@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,7 @@ from bintally.paths import SAMPLE_DIR
 from bintally.training import train
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import copy_bucket
+from tests.helpers import png_bomb
 from tests.training_helpers import tiny_config
 
 SAMPLE_PHOTOS = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))
@@ -42,14 +42,6 @@ def run(tiny_manifest, tmp_path_factory):
 def saved_model(run) -> dict:
     """The run's model.json, as written by training."""
     return json.loads((run / "model" / "model.json").read_text())
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels, with almost no data: a decompression bomb's shape."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def unusual_images(folder) -> list:
@@ -79,7 +71,7 @@ def bad_images(folder) -> dict:
     cases["folder"][0].mkdir()
     cases["truncated"][0].write_bytes(data[: len(data) // 2])
     cases["text"][0].write_text("these are not pixels\n")
-    cases["bomb"][0].write_bytes(png_claiming(30_000, 30_000))
+    cases["bomb"][0].write_bytes(png_bomb(30_000, 30_000))
     cases["empty"][0].write_bytes(b"")
     return cases
 

@@ -24,7 +24,8 @@ from bintally.inference import Counter
 from bintally.paths import SAMPLE_DIR
 from bintally.serving.config import SAGEMAKER_MODEL_DIR, SAGEMAKER_PORT_ENV, ServeConfig, default_port
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.serving_helpers import QUIET_ENV, free_port
+from tests.helpers import free_port
+from tests.serving_helpers import QUIET_ENV
 from tests.serving_threads import BACKEND, JPEG, PHOTOS, ServerThread, assert_same, metric_value, metrics, post_jpeg, reference_counts
 
 

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import base64
 import datetime
-import io
 import ssl
-import struct
 import threading
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from bintally.serving.config import API_KEY_ENV, ServeConfig
+from tests.helpers import png_bomb
 from tests.serving_threads import BACKEND, JPEG, PHOTOS, ServerThread, assert_same, metric_value, metrics, reference_counts
 
 LIMIT = 1_000_000
@@ -199,17 +196,6 @@ def test_malformed_json_is_400_on_every_endpoint(server):
             response = httpx.post(server.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=30)
             assert response.status_code == 400, (path, body[:20], response.status_code, response.text)
             assert response.json()["error"]
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid, tiny PNG whose header declares width x height pixels (the pixel data would be gigabytes)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = 8  # after the signature: length(4) 'IHDR'(4) data(13) crc(4)
-    struct.pack_into(">II", data, ihdr + 8, width, height)
-    struct.pack_into(">I", data, ihdr + 8 + 13, zlib.crc32(bytes(data[ihdr + 4: ihdr + 8 + 13])))
-    return bytes(data)
 
 
 def test_decompression_bomb_is_refused_before_decoding(server):
