@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bintally.data import build_manifest, split_manifest, write_manifest
+from bintally.data import build_manifest, read_manifest, split_manifest, write_manifest
 from bintally.data.split import SplitConfig
 from bintally.errors import DataError
 from bintally.paths import SAMPLE_DIR
@@ -49,6 +49,13 @@ def onnx_export(tiny_artifact, small_data, tmp_path_factory):
 
 def photos(n: int, start: int = 0) -> list[Path]:
     return SAMPLE_PHOTOS[start:start + n]
+
+
+def photo_counts(counter, paths) -> np.ndarray:
+    """The counts a model gives the photos, in their order."""
+    results, failures = counter.count_paths(list(paths), progress=False)
+    assert not failures
+    return np.array([r["count"] for r in results])
 
 
 # ---------------------------------------------------------------- fp32 ONNX
@@ -159,13 +166,19 @@ def test_int8_export_records_accuracy_and_speed(tiny_artifact, small_data, tmp_p
     assert info["quantization"]["format"] == "QDQ" and info["quantization"]["calibration_photos"] > 20
     validation, speed, size = info["validation"], info["speed"], info["size_bytes"]
     assert validation["photos"] > 20 and validation["split"] == "val"
+    val_photos = read_manifest(small_data).query("split == 'val'")
+    true_counts = val_photos["count"].clip(upper=tiny_artifact.labels.max_count + 1).to_numpy()  # 6+ scores as 6
+    counts = {"fp32": photo_counts(Counter.load(tiny_artifact.path), val_photos["path"]),  # the fp32 export counts as PyTorch
+              "int8": photo_counts(Counter.load(out, backend="onnx"), val_photos["path"])}
+    assert validation["photos"] == len(val_photos)
     for model in ("fp32", "int8"):
         assert all(math.isfinite(validation[model][k]) for k in ("accuracy", "rmse", "mae", "within1"))
-        assert 0 <= validation[model]["accuracy"] <= 1
+        assert validation[model]["accuracy"] == round(float(np.mean(counts[model] == true_counts)), 4)
         assert speed[f"{model}_images_per_s"] > 0 and speed[f"{model}_cpu_ms_per_image"] > 0
     assert speed["speedup"] == pytest.approx(speed["int8_images_per_s"] / speed["fp32_images_per_s"], rel=1e-2)
     assert size["int8"] < size["fp32"] and (out / "model.int8.onnx").stat().st_size == size["int8"]
-    assert info["parity"]["fp32"]["count_agreement"] == 1.0 and 0 <= info["parity"]["int8"]["count_agreement"] <= 1
+    parity = counts["fp32"][:onnx_export.PARITY_PHOTOS] == counts["int8"][:onnx_export.PARITY_PHOTOS]
+    assert info["parity"]["fp32"]["count_agreement"] == 1.0 and info["parity"]["int8"]["count_agreement"] == float(np.mean(parity))
     results, _ = Counter.load(out, backend="onnx").count_paths(photos(3), progress=False)
     assert len(results) == 3
 

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from bintally.data import write_manifest
+from bintally.data import read_manifest, write_manifest
 from bintally.errors import ConfigError, DataError
 from bintally.inference import Counter
 from bintally.models import CountingModel
@@ -31,13 +32,16 @@ def test_one_step_smoke_run(tiny_manifest, tmp_path):
         assert (run / name).exists(), name
     assert not (run / "best.pt").exists()
     assert len(list((run / "model").glob("weights-*.safetensors"))) == 1
-    assert result.final["val_n"] == 56 and 0 <= result.final["val_accuracy"] <= 1
+    assert result.final["val_n"] == 56
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(ckpt)
     assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (0, 1, 1)
     photos = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))[:3]
     counter = Counter.load(run)
     assert counter.artifact.decoding == "median" and counter.artifact.metrics == result.final
+    val = read_manifest(tiny_manifest).query("split == 'val'")
+    val_counts = [r["count"] for r in counter.count_paths(val["path"].tolist(), progress=False)[0]]
+    assert result.final["val_accuracy"] == pytest.approx(float(np.mean(np.array(val_counts) == val["label"].to_numpy())))
     preds, failures = counter.count_paths(photos)
     assert len(preds) == 3 and failures == []
     for p in preds:
