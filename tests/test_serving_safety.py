@@ -20,7 +20,7 @@ import pytest
 
 from bintally.serving.config import API_KEY_ENV, ServeConfig
 from tests.helpers import png_bomb
-from tests.serving_threads import BACKEND, JPEG, PHOTOS, ServerThread, assert_same, metric_value, metrics, reference_counts
+from tests.serving_threads import BACKEND, JPEG, PHOTOS, assert_same, metric_value, metrics, reference_counts
 
 LIMIT = 1_000_000
 KEY = "s3cret-key-123"
@@ -127,7 +127,7 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_artifact, root, tls, s3):
+def server(serve_module, tiny_artifact, root, tls, s3):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ENDPOINT_URL", s3.url)
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
@@ -136,8 +136,7 @@ def server(tiny_artifact, root, tls, s3):
         config = ServeConfig(model=str(tiny_artifact.path), backend=BACKEND, threads=1, max_body_bytes=LIMIT, max_images=3,
                              file_root=str(root), allow_s3_buckets=("allowed-bucket",),
                              allow_https_hosts=("localhost", "169.254.169.254"))
-        with ServerThread(config) as s:
-            yield s
+        yield serve_module(config)
 
 
 def count(server, body=None, **kw) -> httpx.Response:
@@ -265,9 +264,8 @@ def test_allowlisted_https_host_is_fetched_within_limits(server, tls, reference)
 
 # ------------------------------------------------------------------------------------------------ API key
 @pytest.fixture(scope="module")
-def keyed(tiny_artifact):
-    with ServerThread(ServeConfig(model=str(tiny_artifact.path), backend=BACKEND, threads=1, api_key=KEY)) as s:
-        yield s
+def keyed(serve_module, tiny_artifact):
+    return serve_module(ServeConfig(model=str(tiny_artifact.path), backend=BACKEND, threads=1, api_key=KEY))
 
 
 def test_api_key_guards_everything_but_health_metrics_and_the_page(keyed):
