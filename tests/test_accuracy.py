@@ -216,7 +216,6 @@ def test_a_signal_during_a_fold_stops_cleanly_and_resume_finishes_the_cross_vali
     import signal
     import time
 
-    from tests.cli_helpers import bintally
     from tests.helpers import process_group, wait_for
     from tests.test_reliability_train import train_process
 
@@ -231,7 +230,7 @@ def test_a_signal_during_a_fold_stops_cleanly_and_resume_finishes_the_cross_vali
     assert proc.returncode == 130, err
     assert f"bintally train --resume {run}" in err and "Traceback" not in err
     assert list(process_group(proc.pid)) == [] and not (run / "cv.json").exists()
-    resumed = bintally("train", "--resume", run, "--no-progress")
+    resumed = run_cli("train", "--resume", run, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     cv = json.loads((run / "cv.json").read_text())
     assert [f["fold"] for f in cv["folds"]] == [1, 2]

@@ -50,12 +50,10 @@ def test_one_step_smoke_run(tiny_manifest, tmp_path):
         index = counter.labels.names.index(p["label"])
         assert p["count"] == index and p["confidence"] == p["probabilities"][p["label"]]
         assert sum(probs[:index]) < 0.5 <= sum(probs[: index + 1]) + 1e-3  # ordinal head: the median
-    cli = subprocess.run([sys.executable, "-m", "bintally", "predict", "--model", run, "--json", photos[0]],
-                         capture_output=True, text=True)
+    cli = run_cli("predict", "--model", run, "--json", photos[0])
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)[0] == preds[0]
-    lines = subprocess.run([sys.executable, "-m", "bintally", "predict", "--model", run / "model", "--no-progress", *photos],
-                           capture_output=True, text=True)
+    lines = run_cli("predict", "--model", run / "model", "--no-progress", *photos)
     assert lines.returncode == 0, lines.stderr
     for line, p in zip(lines.stdout.splitlines(), preds, strict=True):
         assert line == f"{p['image']}\t{p['label']}\t(p={p['confidence']:.2f}, expected {p['expected_count']:.2f})"
