@@ -87,3 +87,4 @@ def tiny_artifact(tmp_path_factory):
 
 from tests.postgres import fresh_pg_db, postgres_server, postgres_url  # noqa: E402,F401  (a throwaway PostgreSQL server)
 from tests.servers import audit_server, protocol_server, serve, serve_module, serve_process, serve_session  # noqa: E402,F401
+from tests.training_helpers import two_epoch_run  # noqa: E402,F401
