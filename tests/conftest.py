@@ -25,6 +25,17 @@ def isolated_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """Each test starts with torch's thread count as the session began: an in-process `bintally tune` sets it for its
+    trials and keeps it, and a thread count changes a training run's floating-point sums (resumed runs must match)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     """The local ABID mirror beside the checkout (README.md, "Tests", says where it comes from)."""
