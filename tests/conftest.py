@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+
+# One thread per process for torch (here and in every `bintally` process a test starts): the tiny test models gain
+# nothing from more, two threads per process on a shared 2-core machine made training an order of magnitude slower,
+# and runs that must match bit for bit (a resumed run and its uninterrupted twin) need the same count everywhere.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import shutil  # noqa: E402
 from pathlib import Path
 
 import pandas as pd
