@@ -67,8 +67,11 @@ postgres:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
 	else echo "warning: PostgreSQL (initdb) missing and no apt-get to install it" >&2; fi
 
+# Two workers keep 2 cores busy while tests wait on processes, servers and signals; each test file stays in one worker
+# (--dist loadfile), so a module's fixtures are built once. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev browser postgres
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check bintally tests benchmarks

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+
+# One thread per process for torch (here and in every `bintally` process a test starts): the tiny test models gain
+# nothing from more, two threads per process on a shared 2-core machine made training an order of magnitude slower,
+# and runs that must match bit for bit (a resumed run and its uninterrupted twin) need the same count everywhere.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import shutil  # noqa: E402
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +17,7 @@ import pytest
 
 from bintally.data import build_manifest, split_manifest, write_manifest
 from bintally.paths import SAMPLE_DIR
+from tests.helpers import required_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "abid"
@@ -24,10 +32,22 @@ def isolated_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """Each test starts with torch's thread count as the session began: an in-process `bintally tune` sets it for its
+    trials and keeps it, and a thread count changes a training run's floating-point sums (resumed runs must match)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
+    """The local ABID mirror beside the checkout (README.md, "Tests", says where it comes from)."""
     if not (MIRROR / "bin-images").is_dir():
-        pytest.fail(f"the ABID mirror is missing at {MIRROR}")
+        required_or_skip(f"the ABID mirror is missing at {MIRROR} (README.md, section Tests, says how to get it)")
     return MIRROR
 
 
@@ -84,3 +104,5 @@ def tiny_artifact(tmp_path_factory):
 
 
 from tests.postgres import fresh_pg_db, postgres_server, postgres_url  # noqa: E402,F401  (a throwaway PostgreSQL server)
+from tests.servers import audit_server, protocol_server, serve, serve_module, serve_process, serve_session  # noqa: E402,F401
+from tests.training_helpers import two_epoch_run  # noqa: E402,F401

@@ -22,13 +22,14 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port, required_or_skip
 
 BIN_ENV = "BINTALLY_PG_BIN"  # a folder holding initdb and pg_ctl, instead of the newest /usr/lib/postgresql/*/bin
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -74,12 +75,6 @@ def as_user(user: str | None, command: list[str]) -> list[str]:
         return ["runuser", "-u", user, "--", *command]
     entry = pwd.getpwnam(user)
     return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", *command]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:
@@ -170,9 +165,7 @@ def postgres_server():
     bin_dir = find_bin_dir()
     if bin_dir is None:
         message = f"PostgreSQL is not installed (no initdb/pg_ctl in {BIN_GLOB} or PATH): `make postgres` installs it"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        required_or_skip(message)
     server = PostgresServer(bin_dir).start()
     yield server
     server.stop()

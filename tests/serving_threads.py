@@ -1,4 +1,5 @@
-"""A real uvicorn server on 127.0.0.1 in a thread of the test process (fast: no new interpreter, no torch import).
+"""A real uvicorn server on 127.0.0.1 in a thread of the test process (fast: no new interpreter, no torch import),
+and what the serving tests check its answers with. Tests start one through the fixtures of tests/servers.py.
 
 The server is the one `bintally serve` runs (same app, same uvicorn settings); only signals stay with the
 main thread, so SIGTERM is tested against a `python -m bintally serve` process instead.
@@ -7,6 +8,7 @@ main thread, so SIGTERM is tested against a `python -m bintally serve` process i
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 import time
@@ -94,3 +96,9 @@ def metric_value(text: str, name: str, **labels) -> float:
 
 def metrics(url: str, **headers) -> str:
     return httpx.get(f"{url}/metrics", headers=headers).text
+
+
+def sample_photo(name: str) -> tuple[Path, int]:
+    """A bundled ABID photo and the EXPECTED_QUANTITY its metadata records."""
+    photo = SAMPLE_DIR / "bin-images" / name
+    return photo, json.loads((SAMPLE_DIR / "metadata" / f"{photo.stem}.json").read_text())["EXPECTED_QUANTITY"]

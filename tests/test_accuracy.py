@@ -216,21 +216,21 @@ def test_a_signal_during_a_fold_stops_cleanly_and_resume_finishes_the_cross_vali
     import signal
     import time
 
-    from tests.cli_helpers import bintally
-    from tests.test_reliability_train import group_alive, train_process, wait_for
+    from tests.helpers import process_group, wait_for
+    from tests.test_reliability_train import train_process
 
     run = tmp_path / "cv"
     proc = train_process("--data", mirror_manifest, "--out", run, "--folds", "2", "--mode", "frozen", "--features", "stride16",
                          "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64", "--epochs", "12",
                          "--batch-size", "32", "--workers", "0", "--no-progress")
-    wait_for(run / "fold-1" / "metrics.jsonl")
+    assert wait_for((run / "fold-1" / "metrics.jsonl").exists, 180), "the second fold never trained an epoch"
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert f"bintally train --resume {run}" in err and "Traceback" not in err
-    assert group_alive(proc.pid) == [] and not (run / "cv.json").exists()
-    resumed = bintally("train", "--resume", run, "--no-progress")
+    assert list(process_group(proc.pid)) == [] and not (run / "cv.json").exists()
+    resumed = run_cli("train", "--resume", run, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     cv = json.loads((run / "cv.json").read_text())
     assert [f["fold"] for f in cv["folds"]] == [1, 2]

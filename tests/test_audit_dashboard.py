@@ -13,7 +13,8 @@ import os
 import pytest
 
 from tests.browser import headless_chromium, needs_chromium
-from tests.serving_helpers import API_KEY, audit_server, sample_photo
+from tests.servers import API_KEY
+from tests.serving_threads import sample_photo
 
 PHOTOS = ["00610.jpg", "00611.jpg", "00612.jpg"]
 COUNTED = "00611.jpg"  # its record in the CSV is a keying error: 857 items, in a bin holding 2
@@ -33,8 +34,8 @@ return {attributes: out, text: document.body.innerText, html: document.getElemen
 
 
 @pytest.fixture(scope="module")
-def server(pytestconfig, tiny_artifact, tmp_path_factory):
-    return audit_server(pytestconfig, tiny_artifact.path, tmp_path_factory)
+def server(audit_server):
+    return audit_server
 
 
 @pytest.fixture(scope="module")

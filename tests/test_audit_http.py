@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from bintally.paths import SAMPLE_DIR
-from tests.serving_helpers import API_KEY, AUTH, audit_server, sample_photo
+from tests.servers import API_KEY, AUTH
+from tests.serving_threads import sample_photo
 
 UPLOADED = ["00450.jpg", "00451.jpg", "00452.jpg", "00453.jpg", "00454.jpg", "00455.jpg"]
 IN_ROOT = "00456.jpg"  # referenced as a file:// URI under the server's --file-root
@@ -25,8 +26,8 @@ BLIND_FORBIDDEN = {"record_qty", "predicted", "expected", "score", "p_record", "
 
 
 @pytest.fixture(scope="module")
-def server(pytestconfig, tiny_artifact, tmp_path_factory):
-    return audit_server(pytestconfig, tiny_artifact.path, tmp_path_factory)
+def server(audit_server):
+    return audit_server
 
 
 @pytest.fixture(scope="module")
@@ -315,14 +316,11 @@ def test_audit_db_option_round_trips_and_a_bad_one_stops_the_server(tiny_artifac
         assert len(lines) == 1 and words in lines[0], result.stderr
 
 
-def test_without_an_audit_db_the_routes_say_how_to_turn_them_on(tiny_artifact):
-    from fastapi.testclient import TestClient
-
-    from bintally.serving.app import create_app
+def test_without_an_audit_db_the_routes_say_how_to_turn_them_on(tiny_artifact, serve):
     from bintally.serving.config import ServeConfig
 
-    app = create_app(ServeConfig(model=str(tiny_artifact.path)).validate())
-    with TestClient(app) as client:
+    server = serve(ServeConfig(model=str(tiny_artifact.path)).validate(), load=False)
+    with httpx.Client(base_url=server.url) as client:
         for method, path in (("GET", "/v1/audit-runs"), ("POST", "/v1/audit-runs"), ("GET", "/v1/tasks/1"),
                              ("POST", "/v1/tasks/1/counts"), ("GET", "/v1/labels/export"), ("GET", "/v1/snapshots/1/image")):
             answer = client.request(method, path)

@@ -10,12 +10,10 @@ import logging
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +29,7 @@ from bintally.data.sample import read_or_index
 from bintally.data.split import SPLITS, SplitConfig, split_summary, split_warnings
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import copy_bucket
+from tests.helpers import png_bomb, process_group, wait_for
 
 LAYOUT_HINTS = ("bin-images/", "metadata/", "<count>/", "path,count")
 
@@ -359,19 +358,10 @@ def test_index_refuses_to_replace_a_manifest(manifest, bucket):
 # ---------------------------------------------------------------- decompression bombs and huge photos
 
 
-def png_bomb(path: Path, side: int = 30000) -> None:
-    """A valid PNG header claiming side x side pixels (a few bytes on disk; 900 million pixels decoded)."""
-    Image.new("L", (8, 8)).save(path, format="PNG")
-    data = bytearray(path.read_bytes())
-    data[16:24] = struct.pack(">II", side, side)  # IHDR width, height
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-
-
 def test_decompression_bomb_is_an_unusable_row_naming_the_file(bucket, tmp_path):
     (bucket / "bin-images" / "00107.jpg").unlink()
     bomb = bucket / "bin-images" / "00107.png"
-    png_bomb(bomb)
+    bomb.write_bytes(png_bomb(30000, 30000))
     with Image.open(bomb) as img:
         assert img.size == (30000, 30000)
     result = run_cli("data", "index", bucket, "--out", tmp_path / "m.parquet", "--no-progress")
@@ -413,28 +403,6 @@ def test_report_skips_photos_deleted_since_indexing(bucket, manifest, tmp_path):
 # ---------------------------------------------------------------- stopping an index run: signals and kill -9
 
 
-def group_members(pgid: int) -> list[str]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(stat.parent.name)
-    return found
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 @pytest.fixture(scope="module")
 def stopped_runs(mirror, tmp_path_factory) -> dict:
     """Index the whole mirror (so the pool is used) in three process groups at once; ~2 s after each one's workers
@@ -449,7 +417,7 @@ def stopped_runs(mirror, tmp_path_factory) -> dict:
         runs[how] = dict(proc=proc, out=out, err=err)
     for run in runs.values():
         pid = run["proc"].pid
-        assert wait_for(lambda pid=pid: len(group_members(pid)) >= 3, 120), "the workers never started"
+        assert wait_for(lambda pid=pid: len(process_group(pid)) >= 3, 120), "the workers never started"
     time.sleep(2)
     for how, run in runs.items():
         if how == "SIGKILL":
@@ -462,11 +430,11 @@ def stopped_runs(mirror, tmp_path_factory) -> dict:
             run["returncode"] = run["proc"].wait(timeout=60)
         except subprocess.TimeoutExpired:
             run["returncode"] = None
-        wait_for(lambda pid=pid: not group_members(pid), 10)
-        run["left"], run["stderr"] = group_members(pid), run["err"].read_text()
+        wait_for(lambda pid=pid: not process_group(pid), 10)
+        run["left"], run["stderr"] = list(process_group(pid)), run["err"].read_text()
     yield runs
     for run in runs.values():
-        if group_members(run["proc"].pid):
+        if process_group(run["proc"].pid):
             os.killpg(run["proc"].pid, signal.SIGKILL)
 
 

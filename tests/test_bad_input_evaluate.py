@@ -3,18 +3,16 @@ never a traceback; a photo that cannot be read is reported on its own line and t
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import struct
-import zlib
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load
 
 from bintally.data import index_to_manifest, read_manifest
 from bintally.errors import ConfigError, DataError
@@ -22,12 +20,11 @@ from bintally.evaluation import evaluate, evaluate_model, evaluate_predictions, 
 from bintally.evaluation.evaluate import evaluation_photos
 from bintally.inference import Counter
 from bintally.labels import LabelSpace
-from bintally.models.artifact import load_model, read_artifact
-from bintally.models.legacy import convert_legacy
 from bintally.paths import SAMPLE_DIR
 from bintally.training import train
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import copy_bucket
+from tests.helpers import png_bomb
 from tests.training_helpers import tiny_config
 
 SAMPLE_PHOTOS = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))
@@ -45,31 +42,6 @@ def run(tiny_manifest, tmp_path_factory):
 def saved_model(run) -> dict:
     """The run's model.json, as written by training."""
     return json.loads((run / "model" / "model.json").read_text())
-
-
-def write_legacy_model(run, path):
-    """A best.pt exactly as bintally wrote one before the model artifact (torch.save of plain data and tensors)."""
-    artifact = read_artifact(run)
-    model = load_model(artifact)
-    torch.save({"model_config": asdict(artifact.model), "transform": asdict(artifact.transform), "state_dict": model.state_dict(),
-                "classes": artifact.labels.names, "labels": artifact.labels.to_dict(), "metrics": artifact.metrics,
-                "train_config": artifact.train_config}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def legacy_model(run, tmp_path_factory) -> dict:
-    """An old run's best.pt, loaded as bintally loads one (weights only)."""
-    path = write_legacy_model(run, tmp_path_factory.mktemp("legacy") / "best.pt")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels, with almost no data: a decompression bomb's shape."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def unusual_images(folder) -> list:
@@ -99,7 +71,7 @@ def bad_images(folder) -> dict:
     cases["folder"][0].mkdir()
     cases["truncated"][0].write_bytes(data[: len(data) // 2])
     cases["text"][0].write_text("these are not pixels\n")
-    cases["bomb"][0].write_bytes(png_claiming(30_000, 30_000))
+    cases["bomb"][0].write_bytes(png_bomb(30_000, 30_000))
     cases["empty"][0].write_bytes(b"")
     return cases
 
@@ -160,17 +132,6 @@ def model_json(text: bytes):
         (d / "model.json").write_bytes(text)
         return d, d / "model.json"
     return make
-
-
-def legacy_run(d, run):
-    d.mkdir()
-    write_legacy_model(run, d / "best.pt")
-    return d, d
-
-
-def legacy_file(d, run):
-    legacy_run(d, run)
-    return d / "best.pt", d / "best.pt"
 
 
 def photo_as_model(d, run):
@@ -242,31 +203,21 @@ BAD_MODELS = {  # case: (make(folder, run) -> (path to pass, the file the error 
                           "truncated or damaged weights file"),
     "weights junk": (damaged_weights(lambda w: w.write_bytes(np.random.default_rng(0).bytes(4000))), "truncated or damaged weights file"),
     "weights empty": (damaged_weights(lambda w: w.write_bytes(b"")), "truncated or damaged weights file"),
-    "weights a pickle": (damaged_weights(lambda w: shutil.copy(w.parent.parent / "legacy.pt", w)), "truncated or damaged weights file"),
+    "weights a pickle": (damaged_weights(lambda w: torch.save(load(w.read_bytes()), w)), "truncated or damaged weights file"),
     "weights do not fit": (meta_case(lambda m: m | {"model_config": m["model_config"] | {"backbone": "resnet18"}}, names_weights=True),
                            "weights do not fit the model model.json describes (resnet18"),
     "weights of another label space": (meta_case(lambda m: m | {"model_config": m["model_config"] | {"max_count": 3},
                                                                "labels": {"min_count": 0, "max_count": 3, "overflow": "class",
                                                                           "names": ["0", "1", "2", "3", "4+"]}},
                                                  names_weights=True), "weights do not fit"),
-    "run with only an old best.pt": (legacy_run, "bintally export --model"),
-    "an old best.pt": (legacy_file, "--format safetensors"),
     "training checkpoint": (lambda d, run: (run / "checkpoints" / "last.pt",) * 2, "a training checkpoint, not a model"),
     "a photo": (photo_as_model, "not a bintally model: pass the folder holding model.json"),
 }
 
 
-def make_bad_model(case: str, folder, run):
-    """(path to pass, file the error must name)."""
-    legacy = folder.parent / "legacy.pt"
-    if not legacy.exists():
-        write_legacy_model(run, legacy)
-    return BAD_MODELS[case][0](folder, run)
-
-
 @pytest.mark.parametrize("case", list(BAD_MODELS))
 def test_bad_model_is_one_line_naming_the_file(case, run, tiny_manifest, tmp_path):
-    path, named = make_bad_model(case, tmp_path / "model", run)
+    path, named = BAD_MODELS[case][0](tmp_path / "model", run)
     with pytest.raises(DataError) as error:
         Counter.load(path)
     assert error.value.path == str(named)
@@ -277,13 +228,6 @@ def test_bad_model_is_one_line_naming_the_file(case, run, tiny_manifest, tmp_pat
     result = run_cli("evaluate", "--model", path, "--data", tiny_manifest, "--split", "val", *FAST)
     assert_one_line_error(result, str(named), BAD_MODELS[case][1])
     assert result.stdout == ""
-
-
-def test_old_run_error_gives_the_command_that_converts_it(run, tmp_path):
-    old, _ = legacy_run(tmp_path / "old", run)
-    line = assert_one_line_error(run_cli("predict", "--model", old, "--no-progress", SAMPLE_PHOTOS[0]))
-    command = line[line.index("`") + 1: line.rindex("`")]
-    assert command == f"bintally export --model {old / 'best.pt'} --format safetensors --out {old / 'model'}"
 
 
 def test_an_onnx_export_on_the_torch_backend_is_one_line(run, tmp_path):
@@ -299,80 +243,6 @@ def test_unknown_backend_is_refused(run):
         Counter.load(run, backend="tensorrt")
     result = run_cli("predict", "--model", run, "--backend", "tensorrt", SAMPLE_PHOTOS[0])
     assert result.returncode == 2 and "tensorrt" in result.stderr and "Traceback" not in result.stderr
-
-
-# ---------------------------------------------------------------- old models (best.pt) and their conversion
-
-
-def test_a_good_best_pt_converts_to_the_same_model(run, tmp_path):
-    (tmp_path / "old").mkdir()
-    legacy = write_legacy_model(run, tmp_path / "old" / "best.pt")
-    converted = convert_legacy(tmp_path / "old", tmp_path / "old" / "model")  # the old run's folder, or its best.pt
-    original = read_artifact(run)
-    assert (converted.model, converted.transform, converted.tta) == (original.model, original.transform, original.tta)
-    assert converted.metrics == original.metrics and converted.train_config == original.train_config
-    assert converted.version == original.version  # the same weights, byte for byte
-    assert read_artifact(tmp_path / "old").to_json() == converted.to_json()  # the old run now loads as a run
-    again = convert_legacy(legacy, tmp_path / "again")
-    assert again.version == original.version and read_artifact(tmp_path / "again").to_json() == again.to_json()
-    photos = np.stack([Counter.load(run).preprocess(Image.open(p).convert("RGB")) for p in SAMPLE_PHOTOS[:4]])
-    assert np.array_equal(Counter.load(tmp_path / "old").probabilities(photos), Counter.load(run).probabilities(photos))
-
-
-def test_a_best_pt_without_tta_or_metrics_converts(run, legacy_model, tmp_path):
-    old = {k: v for k, v in legacy_model.items() if k not in ("metrics", "labels")}
-    old["train_config"] = old["train_config"] | {"tta": False}
-    torch.save(old, tmp_path / "best.pt")
-    converted = convert_legacy(tmp_path / "best.pt", tmp_path / "model")
-    assert converted.tta is False and converted.metrics == {} and Counter.load(tmp_path / "model").artifact.tta is False
-
-
-def write_model(path, saved):
-    torch.save(saved, path)
-    return path
-
-
-BAD_LEGACY = {  # what is written as best.pt, and what the error says
-    "empty file": (lambda p, s, run: p.write_bytes(b""), "empty file"),
-    "truncated": (lambda p, s, run: p.write_bytes(write_model(p, s).read_bytes()[:3000]), "truncated or damaged"),
-    "random bytes": (lambda p, s, run: p.write_bytes(b"\x07" + np.random.default_rng(0).bytes(4000)), "not a PyTorch model file"),
-    "a JPEG": (lambda p, s, run: shutil.copy(SAMPLE_PHOTOS[0], p), "it is a JPEG image"),
-    "JSON": (lambda p, s, run: shutil.copy(run / "config.json", p), "it is JSON text"),
-    "renamed checkpoint": (lambda p, s, run: shutil.copy(run / "checkpoints" / "last.pt", p), "a training checkpoint, not a model"),
-    "code inside": (lambda p, s, run: write_model(p, s | {"made": datetime.date(2024, 1, 1)}), "could run code"),
-    "not a dict": (lambda p, s, run: write_model(p, [s["state_dict"]]), "not a bintally model: it holds a list"),
-    "missing key": (lambda p, s, run: write_model(p, {k: v for k, v in s.items() if k != "state_dict"}),
-                    "not a bintally model: missing state_dict"),
-    "wrong type": (lambda p, s, run: write_model(p, s | {"classes": "0123456+"}), "classes is a str, expected a list"),
-    "unknown setting": (lambda p, s, run: write_model(p, s | {"model_config": s["model_config"] | {"colour": 1}}),
-                        "model settings this version of bintally cannot use"),
-    "classes differ": (lambda p, s, run: write_model(p, s | {"classes": ["0", "1"]}), "do not match the model's label space"),
-    "weights do not fit": (lambda p, s, run: write_model(p, s | {"model_config": s["model_config"] | {"backbone": "resnet18"}}),
-                           "weights do not fit the model it describes (resnet18"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_LEGACY))
-def test_a_damaged_best_pt_is_refused_with_one_line_and_nothing_written(case, run, legacy_model, tmp_path):
-    path = tmp_path / "old" / "best.pt"
-    path.parent.mkdir()
-    BAD_LEGACY[case][0](path, legacy_model, run)
-    with pytest.raises(DataError) as error:
-        convert_legacy(tmp_path / "old", tmp_path / "old" / "model")
-    message = str(error.value)
-    assert message.startswith(f"{path}: ") and BAD_LEGACY[case][1] in message and "\n" not in message, message
-    assert not (tmp_path / "old" / "model").exists()
-
-
-def test_converting_what_is_no_best_pt_is_refused(run, tmp_path):
-    with pytest.raises(DataError, match="no such model"):
-        convert_legacy(tmp_path / "nothing", tmp_path / "out")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no best.pt in this folder"):
-        convert_legacy(tmp_path / "empty", tmp_path / "out")
-    with pytest.raises(DataError, match="a training checkpoint, not a model"):
-        convert_legacy(run / "checkpoints" / "last.pt", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- predicting photos, some of them bad

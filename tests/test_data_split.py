@@ -24,7 +24,7 @@ def sample_df() -> pd.DataFrame:
 
 def test_sample_is_stratified_and_grouped(sample_df):
     counts = sample_df["count"].clip(upper=6).value_counts()
-    assert 1000 <= len(sample_df) <= 1400
+    assert len(sample_df) == len(list((SAMPLE_DIR / "bin-images").glob("*.jpg"))) == 1132
     assert set(counts.index) == set(range(7)) and counts.min() >= 50
     assert (sample_df["status"] == "ok").all()
 

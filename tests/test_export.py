@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bintally.data import build_manifest, split_manifest, write_manifest
+from bintally.data import build_manifest, read_manifest, split_manifest, write_manifest
 from bintally.data.split import SplitConfig
 from bintally.errors import DataError
 from bintally.paths import SAMPLE_DIR
@@ -49,6 +49,13 @@ def onnx_export(tiny_artifact, small_data, tmp_path_factory):
 
 def photos(n: int, start: int = 0) -> list[Path]:
     return SAMPLE_PHOTOS[start:start + n]
+
+
+def photo_counts(counter, paths) -> np.ndarray:
+    """The counts a model gives the photos, in their order."""
+    results, failures = counter.count_paths(list(paths), progress=False)
+    assert not failures
+    return np.array([r["count"] for r in results])
 
 
 # ---------------------------------------------------------------- fp32 ONNX
@@ -159,54 +166,24 @@ def test_int8_export_records_accuracy_and_speed(tiny_artifact, small_data, tmp_p
     assert info["quantization"]["format"] == "QDQ" and info["quantization"]["calibration_photos"] > 20
     validation, speed, size = info["validation"], info["speed"], info["size_bytes"]
     assert validation["photos"] > 20 and validation["split"] == "val"
+    val_photos = read_manifest(small_data).query("split == 'val'")
+    true_counts = val_photos["count"].clip(upper=tiny_artifact.labels.max_count + 1).to_numpy()  # 6+ scores as 6
+    counts = {"fp32": photo_counts(Counter.load(tiny_artifact.path), val_photos["path"]),  # the fp32 export counts as PyTorch
+              "int8": photo_counts(Counter.load(out, backend="onnx"), val_photos["path"])}
+    assert validation["photos"] == len(val_photos)
     for model in ("fp32", "int8"):
         assert all(math.isfinite(validation[model][k]) for k in ("accuracy", "rmse", "mae", "within1"))
-        assert 0 <= validation[model]["accuracy"] <= 1
+        assert validation[model]["accuracy"] == round(float(np.mean(counts[model] == true_counts)), 4)
         assert speed[f"{model}_images_per_s"] > 0 and speed[f"{model}_cpu_ms_per_image"] > 0
     assert speed["speedup"] == pytest.approx(speed["int8_images_per_s"] / speed["fp32_images_per_s"], rel=1e-2)
     assert size["int8"] < size["fp32"] and (out / "model.int8.onnx").stat().st_size == size["int8"]
-    assert info["parity"]["fp32"]["count_agreement"] == 1.0 and 0 <= info["parity"]["int8"]["count_agreement"] <= 1
+    parity = counts["fp32"][:onnx_export.PARITY_PHOTOS] == counts["int8"][:onnx_export.PARITY_PHOTOS]
+    assert info["parity"]["fp32"]["count_agreement"] == 1.0 and info["parity"]["int8"]["count_agreement"] == float(np.mean(parity))
     results, _ = Counter.load(out, backend="onnx").count_paths(photos(3), progress=False)
     assert len(results) == 3
 
 
-# ---------------------------------------------------------------- safetensors and older runs
-
-
-def write_legacy_run(artifact, run: Path) -> Path:
-    """A best.pt saved the way bintally saved models before the model artifact."""
-    import torch
-
-    from bintally.models.artifact import load_model
-
-    model = load_model(artifact)
-    run.mkdir(parents=True)
-    torch.save({"model_config": asdict(model.config), "transform": artifact.transform.to_dict(), "state_dict": model.state_dict(),
-                "classes": artifact.labels.names, "metrics": {}, "train_config": {}}, run / "best.pt")
-    return run / "best.pt"
-
-
-@pytest.mark.slow
-def test_legacy_best_pt_converts_to_the_same_model(tiny_artifact, tmp_path):
-    import torch
-
-    from bintally.data.images import decode_image
-    from bintally.data.transforms import preprocess_batch
-    from bintally.inference import Counter
-    from bintally.models.legacy import read_model_file
-
-    best = write_legacy_run(tiny_artifact, tmp_path / "old-run")
-    result = run_cli("export", "--model", best, "--format", "safetensors", "--out", tmp_path / "old-run" / "model", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"converted {best}", f"wrote {tmp_path / 'old-run' / 'model'}"]
-    converted = Counter.load(tmp_path / "old-run", backend="torch")  # the run now reads as a model
-    assert converted.artifact.runtime == "torch" and converted.artifact.export["converted_from"] == str(best)
-    images = preprocess_batch([decode_image(p) for p in photos(6, 50)], tiny_artifact.transform)
-    original = Counter.load(tiny_artifact.path).probabilities(images)
-    np.testing.assert_array_equal(converted.probabilities(images), original)
-    saved = read_model_file(best)
-    state = converted.backend.net.model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in saved["state_dict"].items())
+# ---------------------------------------------------------------- safetensors
 
 
 def test_safetensors_export_copies_the_model(tiny_artifact, tmp_path):
@@ -248,7 +225,7 @@ def test_export_never_replaces_its_own_source(tiny_artifact, tmp_path):
     assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in tiny_artifact.path.iterdir())
 
 
-@pytest.mark.parametrize("case", ["missing", "junk-json", "damaged-best", "int8-safetensors", "bad-format", "bad-quantize",
+@pytest.mark.parametrize("case", ["missing", "junk-json", "int8-safetensors", "bad-format", "bad-quantize",
                                   "out-is-file", "onnx-of-onnx"])
 def test_bad_input_is_one_line_exit_2(case, tiny_artifact, tmp_path):
     model, out, extra, fragments = tiny_artifact.path, tmp_path / "out", [], []
@@ -259,10 +236,6 @@ def test_bad_input_is_one_line_exit_2(case, tiny_artifact, tmp_path):
         model.mkdir()
         (model / "model.json").write_text("{not json")
         fragments = ["model.json", "not valid JSON"]
-    elif case == "damaged-best":
-        best = write_legacy_run(tiny_artifact, tmp_path / "old")
-        best.write_bytes(best.read_bytes()[:2000])
-        model, fragments = best, [str(best), "damaged"]
     elif case == "int8-safetensors":
         extra, fragments = ["--format", "safetensors", "--quantize", "int8"], ["--quantize int8", "onnx"]
     elif case == "bad-format":
@@ -314,23 +287,23 @@ def test_data_defaults_to_the_runs_own_split(tmp_path, small_data, monkeypatch):
     """No --data: RUN/manifest.parquet (a run that split its data), else train_config["data"], else the sample."""
     import pandas as pd
 
-    import bintally.data.sample
+    import bintally.data.index
     from bintally.export import training_data
     from bintally.models.artifact import read_artifact
 
     artifact = make_artifact(tmp_path / "run" / "model")
-    monkeypatch.setattr(bintally.data.sample, "sample_manifest", lambda: pytest.fail("the sample was used"))
+    monkeypatch.setattr(bintally.data.index, "sample_manifest", lambda: pytest.fail("the sample was used"))
     shutil.copy(small_data, tmp_path / "run" / "manifest.parquet")
-    df, source = training_data(artifact, None, None, progress=False)
+    df, source = training_data(artifact, None, progress=False)
     assert source == str(tmp_path / "run" / "manifest.parquet") and set(df["split"]) >= {"train", "val"}
     (tmp_path / "run" / "manifest.parquet").unlink()
     artifact = read_artifact(artifact.path)
     relative = os.path.relpath(small_data, tmp_path)
     monkeypatch.chdir(tmp_path)
-    df, source = training_data(replace(artifact, train_config={"data": relative}), None, None, progress=False)
+    df, source = training_data(replace(artifact, train_config={"data": relative}), None, progress=False)
     assert source == relative and len(df) == len(pd.read_parquet(small_data))
     with pytest.raises(DataError, match="--data"):
-        training_data(replace(artifact, train_config={"data": "gone.parquet"}), None, None, progress=False)
+        training_data(replace(artifact, train_config={"data": "gone.parquet"}), None, progress=False)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from bintally.data.fetch import (
     s3_source,
 )
 from bintally.errors import ConfigError, DataError
+from tests.cli_helpers import run_cli
 from tests.s3_server import FAULTS, Faults, FaultyProxy, LocalS3
 
 BUCKET = "abid-test"
@@ -68,11 +69,6 @@ def final_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
-def bintally(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "bintally", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, check=False)
-
-
 def test_fetch_reproduces_the_bucket_through_faults(faulty, mirror, tmp_path):
     summary = fetch(SUBSET, config(faulty.url, tmp_path), progress=False)
     assert summary.failed == {}
@@ -109,12 +105,12 @@ def test_missing_id_is_reported_and_the_others_succeed(s3, mirror, tmp_path):
 
 def test_cli_exits_1_on_a_failure_and_2_on_bad_input(s3, mirror, tmp_path):
     s3_args = ["--endpoint-url", s3.url, "--bucket", BUCKET]
-    run = bintally("data", "fetch", "--ids", "00010,10", *s3_args, "--out", tmp_path)
+    run = run_cli("data", "fetch", "--ids", "00010,10", *s3_args, "--out", tmp_path)
     assert run.returncode == 1, run.stderr
     assert "4 files requested: 2 downloaded, 0 already present, 2 failed" in run.stdout
     assert run.stdout.rstrip().endswith("metadata/00010.json: not found (HTTP 404)")
     assert_same_as_mirror(tmp_path, mirror, ["10"])
-    run = bintally("data", "fetch", "--id-range", "9-1", "--out", tmp_path)
+    run = run_cli("data", "fetch", "--id-range", "9-1", "--out", tmp_path)
     assert run.returncode == 2
     assert run.stderr.strip() == "error: 9-1: the range ends before it starts"
 
@@ -156,7 +152,7 @@ def test_kill_9_leaves_no_partial_file_and_a_rerun_completes(s3, mirror, tmp_pat
     for path in present:
         assert sha256(path) == sha256(mirror / path.relative_to(out)), path
 
-    rerun = bintally(*args, "--endpoint-url", s3.url)
+    rerun = run_cli(*args, "--endpoint-url", s3.url)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(present)} already present" in rerun.stdout
     assert_same_as_mirror(out, mirror, SUBSET)

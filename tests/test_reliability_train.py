@@ -22,6 +22,7 @@ from bintally.errors import ConfigError
 from bintally.models.artifact import read_artifact
 from bintally.training import train
 from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.helpers import process_group, wait_for
 from tests.training_helpers import TINY, assert_same_weights, state_of, tiny_config
 
 TINY_FLAGS = ["--backbone", TINY["backbone"], "--random-init", "--image-size", "64", "--batch-size", "16",
@@ -32,26 +33,6 @@ def train_process(*args, cwd=None) -> subprocess.Popen:
     """`bintally train` as the leader of its own process group, as systemd, Slurm or a shell job would start it."""
     return subprocess.Popen([sys.executable, "-m", "bintally", "train", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=cwd)
-
-
-def wait_for(path: Path, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
-def group_alive(pgid: int) -> list[int]:
-    """Processes still in the process group (zombies excluded)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
 
 
 def run_files(out: Path) -> dict:
@@ -70,23 +51,22 @@ def copied_manifest(manifest: Path, dest: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, 2), (signal.SIGINT, 1)])
-def test_group_signal_with_loader_workers_checkpoints_and_resume_matches(tiny_manifest, tmp_path, sig, workers):
+def test_group_signal_with_loader_workers_checkpoints_and_resume_matches(tiny_manifest, tmp_path, two_epoch_run, sig, workers):
     run = tmp_path / "killed"
     proc = train_process("--data", tiny_manifest, "--out", run, "--epochs", 2, "--workers", workers, *TINY_FLAGS)
-    wait_for(run / "metrics.jsonl")  # one epoch done: the loader workers are busy with the second
+    assert wait_for((run / "metrics.jsonl").exists, 180), "no epoch finished"  # one epoch done: the loader workers are busy with the second
     time.sleep(0.3)
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "stopped by signal" in err and f"bintally train --resume {run}" in err and "Traceback" not in err
     time.sleep(0.5)
-    assert group_alive(proc.pid) == []  # no loader worker left behind
+    assert list(process_group(proc.pid)) == []  # no loader worker left behind
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["global_step"] >= 10
 
     resumed = run_cli("train", "--resume", run, "--workers", workers, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
-    train(tiny_config(tiny_manifest, tmp_path / "whole", epochs=2))
-    assert_same_weights(state_of(tmp_path / "whole"), state_of(run))
+    assert_same_weights(state_of(two_epoch_run), state_of(run))
 
 
 def test_a_run_directory_is_never_clobbered(tiny_manifest, tmp_path):
@@ -121,7 +101,7 @@ def in_tmp_cwd(tmp_path, monkeypatch):
 def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(tiny_manifest, tmp_path):
     out = tmp_path / "shared"
     first = train_process("--data", tiny_manifest, "--out", out, "--epochs", 30, "--workers", 0, *TINY_FLAGS)
-    wait_for(out / "config.json")
+    assert wait_for((out / "config.json").exists, 180), "the run never started"
     # the second process is this one (no new interpreter: the lock is per process all the same)
     second = run_cli("train", "--data", tiny_manifest, "--out", out, "--epochs", 30, "--workers", 0, *TINY_FLAGS)
     assert_one_line_error(second, str(out), "another bintally train is using this run", f"pid {first.pid}")

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +21,8 @@ from bintally.inference import Counter
 from bintally.paths import SAMPLE_DIR
 from bintally.serving.config import SAGEMAKER_MODEL_DIR, SAGEMAKER_PORT_ENV, ServeConfig, default_port
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.serving_helpers import QUIET_ENV, free_port
-from tests.serving_threads import BACKEND, JPEG, PHOTOS, ServerThread, assert_same, metric_value, metrics, post_jpeg, reference_counts
+from tests.helpers import free_port
+from tests.serving_threads import BACKEND, JPEG, PHOTOS, assert_same, metric_value, metrics, post_jpeg, reference_counts
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +35,8 @@ def config_for(artifact, **options) -> ServeConfig:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_artifact):
-    with ServerThread(config_for(tiny_artifact, file_root=str(SAMPLE_DIR), max_wait_ms=25)) as s:
-        yield s
+def server(tiny_artifact, serve_module):
+    return serve_module(config_for(tiny_artifact, file_root=str(SAMPLE_DIR), max_wait_ms=25))
 
 
 def slow_down(plane, seconds: float) -> None:
@@ -159,13 +155,13 @@ def test_sagemaker_ping_and_invocations(server, reference):
     assert r.status_code == 200
 
 
-def test_torch_backend_serves_the_same_counts_as_torch_predict(tiny_artifact):
+def test_torch_backend_serves_the_same_counts_as_torch_predict(tiny_artifact, serve):
     expected, _ = Counter.load(tiny_artifact.path, "torch").count_paths(PHOTOS[:3], progress=False)
-    with ServerThread(config_for(tiny_artifact, backend="torch")) as s:
-        files = [("file", (p.name, p.read_bytes(), JPEG)) for p in PHOTOS[:3]]
-        r = httpx.post(s.url + "/v1/count", files=files)
-        assert r.status_code == 200, r.text
-        assert httpx.get(s.url + "/v1/model").json()["backend"] == "torch"
+    s = serve(config_for(tiny_artifact, backend="torch"))
+    files = [("file", (p.name, p.read_bytes(), JPEG)) for p in PHOTOS[:3]]
+    r = httpx.post(s.url + "/v1/count", files=files)
+    assert r.status_code == 200, r.text
+    assert httpx.get(s.url + "/v1/model").json()["backend"] == "torch"
     for result, want in zip(r.json()["results"], expected):
         assert_same(result, want)
 
@@ -221,86 +217,68 @@ def test_concurrent_requests_are_batched_and_correct(server, reference):
     assert images == 16 and batches < 16 and singles < batches, (batches, singles)  # at least one forward pass of > 1 image
 
 
-def test_overload_answers_503_with_retry_after_never_another_5xx(tiny_artifact):
-    with ServerThread(config_for(tiny_artifact, queue_size=2, max_batch_size=1, max_wait_ms=0)) as s:
-        slow_down(s.plane, 0.15)
-        photo = PHOTOS[0].read_bytes()
+def test_overload_answers_503_with_retry_after_never_another_5xx(tiny_artifact, serve):
+    s = serve(config_for(tiny_artifact, queue_size=2, max_batch_size=1, max_wait_ms=0))
+    slow_down(s.plane, 0.15)
+    photo = PHOTOS[0].read_bytes()
 
-        def one(_):
-            return httpx.post(s.url + "/v1/count", content=photo, headers={"Content-Type": JPEG}, timeout=30)
+    def one(_):
+        return httpx.post(s.url + "/v1/count", content=photo, headers={"Content-Type": JPEG}, timeout=30)
 
-        with ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(one, range(12)))
-        codes = sorted(a.status_code for a in answers)
-        assert set(codes) == {200, 503}, codes
-        for a in answers:
-            if a.status_code == 503:
-                assert a.headers["retry-after"].isdigit() and "busy" in a.json()["error"]
-        text = metrics(s.url)
-        assert metric_value(text, "bintally_inference_rejected_total", reason="overloaded") == codes.count(503)
-        assert metric_value(text, "bintally_inference_requests_total", code="503") == codes.count(503)
-
-
-def test_timeout_answers_504(tiny_artifact):
-    with ServerThread(config_for(tiny_artifact, timeout_s=0.3)) as s:
-        slow_down(s.plane, 1.0)
-        r = post_jpeg(s.url, PHOTOS[0])
-        assert r.status_code == 504 and "timeout" in r.json()["error"]
-        assert httpx.get(s.url + "/ping").status_code == 200  # the event loop answered while the model was busy
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(one, range(12)))
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) == {200, 503}, codes
+    for a in answers:
+        if a.status_code == 503:
+            assert a.headers["retry-after"].isdigit() and "busy" in a.json()["error"]
+    text = metrics(s.url)
+    assert metric_value(text, "bintally_inference_rejected_total", reason="overloaded") == codes.count(503)
+    assert metric_value(text, "bintally_inference_requests_total", code="503") == codes.count(503)
 
 
-def test_health_answers_while_the_model_computes(tiny_artifact):
-    with ServerThread(config_for(tiny_artifact)) as s:
-        slow_down(s.plane, 1.5)
-        with ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(post_jpeg, s.url, PHOTOS[0])
-            time.sleep(0.3)
-            t0 = time.monotonic()
-            assert httpx.get(s.url + "/ping").status_code == 200
-            assert time.monotonic() - t0 < 0.5
-            assert busy.result().status_code == 200
+def test_timeout_answers_504(tiny_artifact, serve):
+    s = serve(config_for(tiny_artifact, timeout_s=0.3))
+    slow_down(s.plane, 1.0)
+    r = post_jpeg(s.url, PHOTOS[0])
+    assert r.status_code == 504 and "timeout" in r.json()["error"]
+    assert httpx.get(s.url + "/ping").status_code == 200  # the event loop answered while the model was busy
+
+
+def test_health_answers_while_the_model_computes(tiny_artifact, serve):
+    s = serve(config_for(tiny_artifact))
+    slow_down(s.plane, 1.5)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(post_jpeg, s.url, PHOTOS[0])
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert httpx.get(s.url + "/ping").status_code == 200
+        assert time.monotonic() - t0 < 0.5
+        assert busy.result().status_code == 200
 
 
 # ------------------------------------------------------------------------------------------------ readiness
-def test_not_ready_before_the_model_is_loaded(tiny_artifact, reference):
-    with ServerThread(config_for(tiny_artifact), load=False) as s:
-        assert httpx.get(s.url + "/ping").status_code == 503
-        r = post_jpeg(s.url, PHOTOS[0])
-        assert r.status_code == 503 and r.headers["retry-after"] and "not ready" in r.json()["error"]
-        assert httpx.get(s.url + "/metrics").status_code == 200  # live: the process answers
-        s.plane.load()
-        assert httpx.get(s.url + "/ping").status_code == 200
-        assert_same(post_jpeg(s.url, PHOTOS[0]).json()["results"][0], reference[PHOTOS[0].name])
+def test_not_ready_before_the_model_is_loaded(tiny_artifact, reference, serve):
+    s = serve(config_for(tiny_artifact), load=False)
+    assert httpx.get(s.url + "/ping").status_code == 503
+    r = post_jpeg(s.url, PHOTOS[0])
+    assert r.status_code == 503 and r.headers["retry-after"] and "not ready" in r.json()["error"]
+    assert httpx.get(s.url + "/metrics").status_code == 200  # live: the process answers
+    s.plane.load()
+    assert httpx.get(s.url + "/ping").status_code == 200
+    assert_same(post_jpeg(s.url, PHOTOS[0]).json()["results"][0], reference[PHOTOS[0].name])
 
 
-def test_not_ready_once_shutdown_begins_but_requests_still_served(tiny_artifact):
-    with ServerThread(config_for(tiny_artifact)) as s:
-        assert httpx.get(s.url + "/ping").status_code == 200
-        s.plane.begin_shutdown()
-        assert httpx.get(s.url + "/ping").status_code == 503
-        assert post_jpeg(s.url, PHOTOS[0]).status_code == 200  # until uvicorn closes the listener and drains
-        assert metric_value(metrics(s.url), "bintally_ready") == 0
+def test_not_ready_once_shutdown_begins_but_requests_still_served(tiny_artifact, serve):
+    s = serve(config_for(tiny_artifact))
+    assert httpx.get(s.url + "/ping").status_code == 200
+    s.plane.begin_shutdown()
+    assert httpx.get(s.url + "/ping").status_code == 503
+    assert post_jpeg(s.url, PHOTOS[0]).status_code == 200  # until uvicorn closes the listener and drains
+    assert metric_value(metrics(s.url), "bintally_ready") == 0
 
 
 # ------------------------------------------------------------------------------------------------ a real process: CLI, SIGTERM
-def start_process(model, *args) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bintally", "serve", "--model", str(model), "--backend", BACKEND,
-                                "--port", str(port), "--threads", "1", *map(str, args)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | QUIET_ENV)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(url + "/ping", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"the server did not start (exit {process.poll()}): {process.communicate()[0][-3000:]}")
-
-
 def slow_upload(data: bytes, pause: float):
     """A chunked body sent in two halves `pause` seconds apart: a request that is in flight for that long."""
     yield data[: len(data) // 2]
@@ -308,47 +286,39 @@ def slow_upload(data: bytes, pause: float):
     yield data[len(data) // 2:]
 
 
-def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tiny_artifact, reference):
-    process, url = start_process(tiny_artifact.path, "--shutdown-delay", "0.8")
-    try:
-        photos = PHOTOS[:3]
-        with ThreadPoolExecutor(3) as pool:
-            inflight = [pool.submit(httpx.post, url + "/v1/count", content=slow_upload(p.read_bytes(), 2.0),
-                                    headers={"Content-Type": JPEG}, timeout=30) for p in photos]
-            time.sleep(0.5)
-            process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            assert httpx.get(url + "/ping", timeout=5).status_code == 503  # not ready during the delay
-            answers = [f.result() for f in inflight]
-        for answer, photo in zip(answers, photos):
-            assert answer.status_code == 200, answer.text
-            assert_same(answer.json()["results"][0], reference[photo.name])
-        output = process.communicate(timeout=30)[0]
-        assert process.returncode == 0, output
-        assert "Traceback" not in output
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(url + "/ping", timeout=2)
-    finally:
-        if process.poll() is None:
-            process.kill()
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tiny_artifact, reference, serve_process):
+    process, url = serve_process(tiny_artifact.path, "--shutdown-delay", "0.8")
+    photos = PHOTOS[:3]
+    with ThreadPoolExecutor(3) as pool:
+        inflight = [pool.submit(httpx.post, url + "/v1/count", content=slow_upload(p.read_bytes(), 2.0),
+                                headers={"Content-Type": JPEG}, timeout=30) for p in photos]
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert httpx.get(url + "/ping", timeout=5).status_code == 503  # not ready during the delay
+        answers = [f.result() for f in inflight]
+    for answer, photo in zip(answers, photos):
+        assert answer.status_code == 200, answer.text
+        assert_same(answer.json()["results"][0], reference[photo.name])
+    output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/ping", timeout=2)
 
 
 @pytest.mark.slow
-def test_workers_serve_and_stop_on_sigterm(tiny_artifact, reference):
-    process, url = start_process(tiny_artifact.path, "--workers", "2")
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda p: post_jpeg(url, p), PHOTOS[:8]))
-        for answer, photo in zip(answers, PHOTOS[:8]):
-            assert answer.status_code == 200, answer.text
-            assert_same(answer.json()["results"][0], reference[photo.name])
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0]
-        assert process.returncode == 0, output
-        assert output.count("Application startup complete") == 2, output
-    finally:
-        if process.poll() is None:
-            process.kill()
+def test_workers_serve_and_stop_on_sigterm(tiny_artifact, reference, serve_process):
+    process, url = serve_process(tiny_artifact.path, "--workers", "2")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: post_jpeg(url, p), PHOTOS[:8]))
+    for answer, photo in zip(answers, PHOTOS[:8]):
+        assert answer.status_code == 200, answer.text
+        assert_same(answer.json()["results"][0], reference[photo.name])
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert output.count("Application startup complete") == 2, output
 
 
 def test_cli_errors_are_one_line_exit_2_before_binding(tiny_artifact, tmp_path):

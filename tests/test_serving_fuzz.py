@@ -11,7 +11,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.serving_helpers import AUTH, shared_server
+from tests.servers import AUTH
 
 schemathesis = pytest.importorskip("schemathesis")
 
@@ -20,8 +20,8 @@ BUDGET_S = 90  # all operations together; the test fails rather than run on
 
 
 @pytest.fixture(scope="module")
-def server(pytestconfig, tiny_artifact):
-    return shared_server(pytestconfig, tiny_artifact.path)
+def server(protocol_server):
+    return protocol_server
 
 
 def fuzz(operation, base_url: str, max_examples: int) -> tuple[int, list[str]]:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import base64
 import datetime
-import io
 import ssl
-import struct
 import threading
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from bintally.serving.config import API_KEY_ENV, ServeConfig
-from tests.serving_threads import BACKEND, JPEG, PHOTOS, ServerThread, assert_same, metric_value, metrics, reference_counts
+from tests.helpers import png_bomb
+from tests.serving_threads import BACKEND, JPEG, PHOTOS, assert_same, metric_value, metrics, reference_counts
 
 LIMIT = 1_000_000
 KEY = "s3cret-key-123"
@@ -130,7 +127,7 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_artifact, root, tls, s3):
+def server(serve_module, tiny_artifact, root, tls, s3):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ENDPOINT_URL", s3.url)
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
@@ -139,8 +136,7 @@ def server(tiny_artifact, root, tls, s3):
         config = ServeConfig(model=str(tiny_artifact.path), backend=BACKEND, threads=1, max_body_bytes=LIMIT, max_images=3,
                              file_root=str(root), allow_s3_buckets=("allowed-bucket",),
                              allow_https_hosts=("localhost", "169.254.169.254"))
-        with ServerThread(config) as s:
-            yield s
+        yield serve_module(config)
 
 
 def count(server, body=None, **kw) -> httpx.Response:
@@ -199,17 +195,6 @@ def test_malformed_json_is_400_on_every_endpoint(server):
             response = httpx.post(server.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=30)
             assert response.status_code == 400, (path, body[:20], response.status_code, response.text)
             assert response.json()["error"]
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid, tiny PNG whose header declares width x height pixels (the pixel data would be gigabytes)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = 8  # after the signature: length(4) 'IHDR'(4) data(13) crc(4)
-    struct.pack_into(">II", data, ihdr + 8, width, height)
-    struct.pack_into(">I", data, ihdr + 8 + 13, zlib.crc32(bytes(data[ihdr + 4: ihdr + 8 + 13])))
-    return bytes(data)
 
 
 def test_decompression_bomb_is_refused_before_decoding(server):
@@ -279,9 +264,8 @@ def test_allowlisted_https_host_is_fetched_within_limits(server, tls, reference)
 
 # ------------------------------------------------------------------------------------------------ API key
 @pytest.fixture(scope="module")
-def keyed(tiny_artifact):
-    with ServerThread(ServeConfig(model=str(tiny_artifact.path), backend=BACKEND, threads=1, api_key=KEY)) as s:
-        yield s
+def keyed(serve_module, tiny_artifact):
+    return serve_module(ServeConfig(model=str(tiny_artifact.path), backend=BACKEND, threads=1, api_key=KEY))
 
 
 def test_api_key_guards_everything_but_health_metrics_and_the_page(keyed):

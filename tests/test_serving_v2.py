@@ -18,20 +18,20 @@ from tritonclient.utils import InferenceServerException
 from bintally.data.images import decode_image
 from bintally.paths import SAMPLE_DIR
 from bintally.serving.v2 import deserialize_bytes, serialize_bytes, split_body
-from tests.serving_helpers import AUTH, MAX_IMAGES, shared_server
+from tests.servers import AUTH, MAX_IMAGES
 
 PHOTOS = [SAMPLE_DIR / "bin-images" / name for name in ("00450.jpg", "00452.jpg", "05360.jpg", "09010.jpg")]
 HEADER = "Inference-Header-Content-Length"
 
 
 @pytest.fixture(scope="module")
-def server(pytestconfig, tiny_artifact):
-    return shared_server(pytestconfig, tiny_artifact.path)
+def server(protocol_server):
+    return protocol_server
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    c = triton.InferenceServerClient(url=server.host_port, connection_timeout=30, network_timeout=60)
+    c = triton.InferenceServerClient(url=server.url.removeprefix("http://"), connection_timeout=30, network_timeout=60)
     yield c
     c.close()
 
@@ -89,16 +89,12 @@ def test_bytes_tensor_roundtrip_and_truncation():
     assert request == {"inputs": []} and bytes(binary) == b"tail"
 
 
-def test_not_ready_is_503_and_live_is_200(tiny_artifact):
+def test_not_ready_is_503_and_live_is_200(tiny_artifact, serve):
     """Before the model is loaded (or while shutting down): ready and model endpoints say 503, live says 200."""
-    from fastapi.testclient import TestClient
-
-    from bintally.serving.app import create_app
     from bintally.serving.config import ServeConfig
-    from bintally.serving.dataplane import DataPlane
 
-    config = ServeConfig(model=str(tiny_artifact.path), backend="torch")
-    with TestClient(create_app(config, DataPlane(config))) as http:
+    server = serve(ServeConfig(model=str(tiny_artifact.path), backend="torch"), load=False)
+    with httpx.Client(base_url=server.url) as http:
         assert http.get("/v2/health/live").status_code == 200
         assert http.get("/v2/health/ready").status_code == 503
         for path in ("/v2/models/bin-counter", "/v2/models/bin-counter/ready"):

@@ -24,6 +24,7 @@ from bintally.cli import app
 from bintally.errors import ConfigError, DataError
 from bintally.training.config import read_config_file
 from bintally.tuning import TuneConfig, search, tune
+from tests.helpers import process_group, wait_for
 from tests.training_helpers import TINY
 
 FIXED = TINY | {"workers": 0}
@@ -236,34 +237,17 @@ def trial_counts(db: Path) -> dict[str, int]:
         return {}
 
 
-def group_members(pgid: int) -> dict[int, tuple[int, bytes]]:
-    """pid -> (parent pid, command line) of the live processes in a process group (zombies have exited)."""
-    members = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):  # gone meanwhile
-            continue
-        if int(group) == pgid and state != "Z":
-            members[int(stat.parent.name)] = (int(ppid), command)
-    return members
-
-
 def loader_workers(pgid: int) -> int:
     """Data-loader workers are forks of a trial's process: same command line as their parent."""
-    members = group_members(pgid)
+    members = process_group(pgid)
     return sum(members.get(ppid, (0, b""))[1] == command for ppid, command in members.values())
 
 
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
+def wait_for_tune(condition, process: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    if not wait_for(condition, timeout, process):
         if process.poll() is not None:
             pytest.fail(f"tune exited ({process.returncode}) before {what}: {process.communicate()[0]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout} s")
-        time.sleep(0.2)
+        pytest.fail(f"no {what} within {timeout} s")
 
 
 @pytest.fixture
@@ -278,7 +262,7 @@ def in_new_group():
 
     yield start
     for process in started:
-        if group_members(process.pid):
+        if process_group(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
 
@@ -297,10 +281,10 @@ def test_a_group_signal_keeps_the_study_leaves_no_process_and_the_same_command_g
         return sum(trial_counts(db).get(state, 0) for state in ("COMPLETE", "PRUNED"))
 
     if workers:
-        wait_for(lambda: trial_counts(db).get("RUNNING") == jobs and loader_workers(process.pid) >= 2, process,
+        wait_for_tune(lambda: trial_counts(db).get("RUNNING") == jobs and loader_workers(process.pid) >= 2, process,
                  "every worker in a trial, with data-loader workers")
     else:
-        wait_for(lambda: finished() >= 1 and trial_counts(db).get("RUNNING") == jobs, process,
+        wait_for_tune(lambda: finished() >= 1 and trial_counts(db).get("RUNNING") == jobs, process,
                  "a finished trial and every worker in a trial")
     finished_before = finished()
     os.killpg(process.pid, signum)
@@ -311,9 +295,9 @@ def test_a_group_signal_keeps_the_study_leaves_no_process_and_the_same_command_g
     assert output.strip().splitlines()[-1] == (f"stopped; the finished trials are kept in sqlite:///{db}. "
                                                "Run the same command to go on.")
     deadline = time.monotonic() + 10
-    while group_members(process.pid) and time.monotonic() < deadline:
+    while process_group(process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not group_members(process.pid), "processes left behind"
+    assert not process_group(process.pid), "processes left behind"
     trials = trials_of(f"sqlite:///{db}", "stop")
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}  # none left RUNNING, none FAIL
     assert all(t.state == TrialState.PRUNED for t in trials if t.user_attrs.get("stopped_by_signal"))
@@ -326,7 +310,7 @@ def test_a_group_signal_keeps_the_study_leaves_no_process_and_the_same_command_g
 
 
 def spawned_children() -> set[int]:
-    return {pid for pid, (ppid, command) in group_members(os.getpgid(0)).items()
+    return {pid for pid, (ppid, command) in process_group(os.getpgid(0)).items()
             if ppid == os.getpid() and b"spawn_main" in command}
 
 

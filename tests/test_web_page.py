@@ -16,7 +16,7 @@ import pytest
 from bintally.paths import SAMPLE_DIR
 from tests.browser import headless_chromium, needs_chromium
 from tests.cli_helpers import run_cli
-from tests.serving_helpers import API_KEY, AUTH, shared_server
+from tests.servers import API_KEY, AUTH
 
 PHOTO = SAMPLE_DIR / "bin-images" / "00452.jpg"
 SAMPLE = "05360.jpg"
@@ -26,8 +26,8 @@ pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
-def server(pytestconfig, tiny_artifact):
-    return shared_server(pytestconfig, tiny_artifact.path)
+def server(protocol_server):
+    return protocol_server
 
 
 @pytest.fixture(scope="module")

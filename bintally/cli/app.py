@@ -60,11 +60,10 @@ def global_options(
 
 
 def default_manifest(manifest: Optional[Path]) -> Path:
-    """With no manifest given, work on the bundled sample (indexed and split once, then cached)."""
-    if manifest is not None:
-        return manifest
-    from bintally.data.sample import sample_manifest
+    """With no manifest given, work on the bundled sample (indexed and split once, then cached), and say so."""
+    from bintally.data.sample import data_or_sample
 
-    path = sample_manifest()
-    echo_err(f"no manifest given: using the bundled sample ({path})")
+    path = Path(data_or_sample(manifest))
+    if manifest is None:
+        echo_err(f"no manifest given: using the bundled sample ({path})")
     return path

@@ -12,11 +12,11 @@ from bintally.cli.app import Opt, ProgressOpt, app, command, show_progress
 
 @command(app, "export")
 def export_cmd(
-    model: Annotated[Path, Opt("--model", "-m", help="Run directory, its model/ folder, or an older run's best.pt.")],
+    model: Annotated[Path, Opt("--model", "-m", help="Run directory, its model/ folder, or a model folder.")],
     out: Annotated[Path, Opt("--out", "-o", help="Folder to write the export to (new or empty; see --overwrite).")],
     format: Annotated[Literal["onnx", "safetensors"], Opt(
         "--format", help="onnx: model.onnx + model.json for ONNX Runtime (no torch needed to serve it); "
-                         "safetensors: the PyTorch model (converts an older run's best.pt).")] = "onnx",
+                         "safetensors: the PyTorch model.")] = "onnx",
     quantize: Annotated[Optional[Literal["int8"]], Opt(
         help="int8: static quantisation calibrated on training photos; records validation accuracy and speed-up of both.")] = None,
     data: Annotated[Optional[Path], Opt(help="Manifest or folder whose val (and train) photos check the export. "
@@ -31,8 +31,6 @@ def export_cmd(
 
     result = export(model, out, format=format, quantize=quantize, overwrite=overwrite, data=data, progress=show_progress(progress),
                     tta=tta)
-    if result.converted_from:
-        typer.echo(f"converted {result.converted_from}")
     for name, p in result.parity.items():
         typer.echo(f"parity {name}: {p['photos']} photos, max |p_onnx - p_torch| {p['max_abs_diff']:.2g}, "
                    f"same count on {p['count_agreement']:.1%}")

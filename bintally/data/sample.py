@@ -29,10 +29,14 @@ def sample_manifest(refresh: bool = False) -> Path:
     return path
 
 
+def data_or_sample(data: str | Path | None) -> str | Path:
+    """The data a command was given, or the bundled sample's manifest when none was: every command's default data."""
+    return sample_manifest() if data is None else data
+
+
 def read_or_index(data: str | Path | None, progress: bool = True) -> pd.DataFrame:
     """A manifest (.parquet) as it is, a folder or CSV indexed now, or the bundled sample's manifest for None."""
-    if data is None:
-        data = sample_manifest()
+    data = data_or_sample(data)
     if given_path(data, "data path").suffix.lower() == ".parquet":
         return read_manifest(data)
     df = build_manifest(data, progress=progress)

@@ -7,8 +7,7 @@
                            model.int8.onnx + model.json: static int8 quantisation calibrated on training
                            photos; model.json records the validation accuracy and RMSE of the float and
                            the int8 model and the measured speed-up. One export folder holds one model.
-    --format safetensors   a copy of the PyTorch model artifact; from an older run's best.pt, its
-                           one-command conversion.
+    --format safetensors   a copy of the PyTorch model artifact.
 
 The folder is built beside the destination and renamed into place when complete: an export that
 fails or is killed leaves no half-written folder, and an existing one is replaced only with
@@ -21,7 +20,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from pathlib import Path
 
 from bintally.errors import ConfigError, DataError
 from bintally.io import TEMP_PATTERN, check_output_folder, given_path, pid_alive
-from bintally.models.artifact import LEGACY_FILE, META_FILE, RUN_SUBDIR, ModelArtifact, read_artifact
+from bintally.models.artifact import META_FILE, RUN_SUBDIR, ModelArtifact, read_artifact
 
 log = logging.getLogger("bintally.export")
 
@@ -46,14 +44,13 @@ class ExportResult:
     format: str
     artifact: ModelArtifact  # the exported model, as read back from out
     source: str  # the model that was exported
-    converted_from: str | None = None  # the older run's best.pt, when the model was converted from one
     parity: dict = field(default_factory=dict)  # "fp32" (and "int8"): photos, max_abs_diff, count_agreement
     int8: dict = field(default_factory=dict)  # validation metrics of both models and the speed-up, for --quantize int8
 
 
 def export(model_path: str | Path, out_dir: str | Path, format: str = "onnx", quantize: str | None = None, overwrite: bool = False,
            data: str | Path | None = None, progress: bool = True, tta: bool | None = None) -> ExportResult:
-    """Export the model at `model_path` (a run, its model/ folder, a model folder, or an older run's best.pt) into `out_dir`.
+    """Export the model at `model_path` (a run, its model/ folder, or a model folder) into `out_dir`.
 
     `tta` overrides the model's test-time augmentation in an ONNX export (False: half the compute per photo, and
     the probabilities of the photo alone); None keeps the model's own setting.
@@ -68,21 +65,17 @@ def export(model_path: str | Path, out_dir: str | Path, format: str = "onnx", qu
         raise ConfigError(f"--quantize {quantize} applies to --format onnx only (a safetensors export is the PyTorch model as it is)")
     model_path = given_path(model_path, "model path")
     out = check_output_folder(out_dir)
-    legacy = legacy_file(model_path)
-    source = None if legacy else read_artifact(model_path)
-    check_not_inside(out, legacy.parent if legacy else source.path)
-    if source is not None and source.runtime != "torch":
+    source = read_artifact(model_path)
+    check_not_inside(out, source.path)
+    if source.runtime != "torch":
         raise ConfigError(f"{source.path} is already an ONNX export: export from the training run (or its model/ folder) instead")
     check_out(out, overwrite)
     with staged_folder(out, overwrite) as staging:
         if format == "safetensors":
-            artifact = write_safetensors(source, legacy, staging)
-            result = ExportResult(out, format, artifact, str(model_path), str(legacy) if legacy else None)
+            result = ExportResult(out, format, write_safetensors(source, staging), str(model_path))
         else:
-            with source_artifact(source, legacy) as torch_artifact:
-                if tta is not None:
-                    torch_artifact = replace(torch_artifact, tta=tta)
-                result = write_onnx(torch_artifact, model_path, legacy, staging, quantize, data, progress)
+            torch_artifact = source if tta is None else replace(source, tta=tta)
+            result = write_onnx(torch_artifact, model_path, staging, quantize, data, progress)
         read_artifact(staging)  # the folder reads back as a model before it takes its place
     result.out, result.artifact = out, read_artifact(out)
     return result
@@ -91,42 +84,11 @@ def export(model_path: str | Path, out_dir: str | Path, format: str = "onnx", qu
 # ---------------------------------------------------------------- the source model
 
 
-def legacy_file(path: Path) -> Path | None:
-    """The best.pt an older bintally saved, when `path` names one (a .pt file, or a run folder holding best.pt and no model.json)."""
-    if path.is_file():
-        return path if path.suffix == ".pt" else None
-    if not path.is_dir() or (path / META_FILE).exists() or (path / RUN_SUBDIR / META_FILE).exists():
-        return None
-    for candidate in (path / LEGACY_FILE, path / RUN_SUBDIR / LEGACY_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-@contextlib.contextmanager
-def source_artifact(source: ModelArtifact | None, legacy: Path | None) -> Iterator[ModelArtifact]:
-    """The PyTorch artifact to export: `source`, or best.pt converted in a temporary folder."""
-    if source is not None:
-        yield source
-        return
-    from bintally.models.legacy import convert_legacy
-
-    with tempfile.TemporaryDirectory(prefix="bintally-convert-") as folder:
-        yield convert_legacy(legacy, folder)
-
-
-def write_safetensors(source: ModelArtifact | None, legacy: Path | None, staging: Path) -> ModelArtifact:
-    """A copy of the model artifact, or the conversion of an older run's best.pt."""
-    if legacy is not None:
-        from bintally.models.legacy import convert_legacy
-
-        artifact = convert_legacy(legacy, staging)
-        artifact = replace(artifact, export={"format": "safetensors", "converted_from": str(legacy), "exported": now()})
-    else:
-        shutil.copyfile(source.weights_file, staging / source.weights)
-        artifact = replace(source, path=staging, export={"format": "safetensors", "source": {"path": str(source.path),
-                                                                                             "version": source.version},
-                                                         "exported": now()})
+def write_safetensors(source: ModelArtifact, staging: Path) -> ModelArtifact:
+    """A copy of the model artifact."""
+    shutil.copyfile(source.weights_file, staging / source.weights)
+    artifact = replace(source, path=staging, export={"format": "safetensors", "source": {"path": str(source.path), "version": source.version},
+                                                     "exported": now()})
     artifact.write_metadata()
     return artifact
 
@@ -138,7 +100,7 @@ def now() -> str:
 # ---------------------------------------------------------------- ONNX
 
 
-def write_onnx(artifact: ModelArtifact, model_path: Path, legacy: Path | None, staging: Path, quantize: str | None,
+def write_onnx(artifact: ModelArtifact, model_path: Path, staging: Path, quantize: str | None,
                data: str | Path | None, progress: bool) -> ExportResult:
     import onnx
     import onnxruntime
@@ -148,7 +110,7 @@ def write_onnx(artifact: ModelArtifact, model_path: Path, legacy: Path | None, s
     from bintally.export import onnx as onnx_export
     from bintally.inference import onnx as onnx_graph
 
-    photos, data_source = validation_and_training_photos(artifact, model_path, legacy, data, quantize is not None, progress)
+    photos, data_source = validation_and_training_photos(artifact, data, quantize is not None, progress)
     fp32_file = staging / ONNX_FILE
     shutil.copyfile(onnx_graph.cached_onnx(artifact), fp32_file)  # the export --backend onnx made of this model version, or made now
     val_images, val_paths = onnx_export.load_photos(photos["val"]["path"].head(MAX_VALIDATION_PHOTOS if quantize else onnx_export.PARITY_PHOTOS),
@@ -190,14 +152,14 @@ def write_onnx(artifact: ModelArtifact, model_path: Path, legacy: Path | None, s
         weights = INT8_FILE
     meta = onnx_export.onnx_metadata(staging / weights)
     info = {"format": "onnx", "exported": now(), "bintally": __version__,
-            "source": {"path": str(model_path), "version": artifact.version, "converted_from": str(legacy) if legacy else None},
+            "source": {"path": str(model_path), "version": artifact.version},
             "exporter": f"torch.onnx ({meta.get('bintally_exporter', 'unknown')}), torch {torch.__version__}, onnx {onnx.__version__}",
             "opset": onnx_graph.DEFAULT_OPSET, "onnxruntime": onnxruntime.__version__, "data": data_source,
             "quantization": quantization, "parity": parity, **int8}
     exported = replace(artifact, path=staging, weights=weights, runtime="onnx", version=onnx_export.file_digest(staging / weights)[:12],
                        export=info, created=now())
     exported.write_metadata()
-    return ExportResult(staging, "onnx", exported, str(model_path), str(legacy) if legacy else None, parity, int8)
+    return ExportResult(staging, "onnx", exported, str(model_path), parity, int8)
 
 
 def validation_metrics(artifact: ModelArtifact, labels, probs) -> dict:
@@ -221,12 +183,11 @@ def say(progress: bool, message: str) -> None:
 # ---------------------------------------------------------------- the photos the export is checked on
 
 
-def validation_and_training_photos(artifact: ModelArtifact, model_path: Path, legacy: Path | None, data: str | Path | None,
-                                   training: bool, progress: bool):
+def validation_and_training_photos(artifact: ModelArtifact, data: str | Path | None, training: bool, progress: bool):
     """{"val": rows, "train": rows (for calibration)} of the model's data, and where they came from."""
     from bintally.evaluation.evaluate import evaluation_photos
 
-    df, source = training_data(artifact, legacy, data, progress)
+    df, source = training_data(artifact, data, progress)
     val, info = evaluation_photos(df, "val", artifact.labels)
     photos = {"val": val}
     if training:
@@ -242,13 +203,13 @@ def validation_and_training_photos(artifact: ModelArtifact, model_path: Path, le
     return photos, source
 
 
-def training_data(artifact: ModelArtifact, legacy: Path | None, data: str | Path | None, progress: bool):
+def training_data(artifact: ModelArtifact, data: str | Path | None, progress: bool):
     """The model's photos: `data`; else the run's own split (RUN/manifest.parquet); else its training data; else the bundled sample."""
     from bintally.data.sample import read_or_index
 
     if data is not None:
         return read_or_index(data, progress=progress), str(data)
-    run = legacy.parent if legacy is not None else (artifact.path.parent if artifact.path.name == RUN_SUBDIR else artifact.path)
+    run = artifact.path.parent if artifact.path.name == RUN_SUBDIR else artifact.path
     if (run / "manifest.parquet").is_file():
         return read_or_index(run / "manifest.parquet", progress=progress), str(run / "manifest.parquet")
     trained_on = artifact.train_config.get("data")

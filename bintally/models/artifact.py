@@ -33,7 +33,6 @@ FORMAT = "bintally-model"
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 RUN_SUBDIR = "model"  # where a training run keeps its model
-LEGACY_FILE = "best.pt"
 DEFAULT_NAME = "bin-counter"
 MODEL_HELP = "Run directory, its model/ folder, or an export folder."  # what --model takes, wherever a model is read
 WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.(safetensors|onnx)$")  # a plain name inside the folder, never a path
@@ -110,8 +109,6 @@ def artifact_dir(path: str | Path) -> Path:
     if not path.exists():
         raise DataError(path, "no such model: pass a run directory, its model/ folder or an export folder")
     if path.is_file():
-        if path.name == LEGACY_FILE:
-            raise DataError(path, legacy_hint(path.parent))
         if path.name == "last.pt" or path.parent.name == "checkpoints":
             raise DataError(path, "a training checkpoint, not a model: pass the run directory (its model/ folder holds the model)")
         if (path.parent / META_FILE).is_file():
@@ -120,15 +117,8 @@ def artifact_dir(path: str | Path) -> Path:
     for candidate in (path, path / RUN_SUBDIR):
         if (candidate / META_FILE).exists():
             return candidate
-    if (path / LEGACY_FILE).is_file():
-        raise DataError(path, legacy_hint(path))
     raise DataError(path, f"no model here: expected {META_FILE} in this folder or in its {RUN_SUBDIR}/ folder "
                           f"(a training run writes it when it first validates)")
-
-
-def legacy_hint(run: Path) -> str:
-    return (f"a model saved by an older bintally ({LEGACY_FILE}); convert it once with "
-            f"`bintally export --model {run / LEGACY_FILE} --format safetensors --out {run / RUN_SUBDIR}`")
 
 
 def read_artifact(path: str | Path) -> ModelArtifact:
