@@ -287,12 +287,12 @@ def test_data_defaults_to_the_runs_own_split(tmp_path, small_data, monkeypatch):
     """No --data: RUN/manifest.parquet (a run that split its data), else train_config["data"], else the sample."""
     import pandas as pd
 
-    import bintally.data.index
+    import bintally.data.sample
     from bintally.export import training_data
     from bintally.models.artifact import read_artifact
 
     artifact = make_artifact(tmp_path / "run" / "model")
-    monkeypatch.setattr(bintally.data.index, "sample_manifest", lambda: pytest.fail("the sample was used"))
+    monkeypatch.setattr(bintally.data.sample, "sample_manifest", lambda: pytest.fail("the sample was used"))
     shutil.copy(small_data, tmp_path / "run" / "manifest.parquet")
     df, source = training_data(artifact, None, progress=False)
     assert source == str(tmp_path / "run" / "manifest.parquet") and set(df["split"]) >= {"train", "val"}
