@@ -3,8 +3,6 @@
 The documented fine-tuning run was trained before the ordinal head decoded by the median; its
 saved model had been chosen by argmax accuracy. This scores the saved model (RUN/model) and the
 final checkpoint on the validation split (never the test split) and keeps the better one as RUN/model.
-(A run saved before the model artifact needs `bintally export --model RUN/best.pt --format safetensors
---out RUN/model` first.)
 
     .venv/bin/python benchmarks/reselect_on_val.py runs/abid-finetune runs/abid.parquet
 """

@@ -322,14 +322,7 @@ def prepare_model(args) -> tuple[Path, str]:
             return folder, f"{folder.relative_to(ROOT)}: {about}"
     out = WORK / "model"
     note = out / "ABOUT.txt"
-    if (demo / "best.pt").is_file() and not (out / "model.json").is_file():
-        log("converting the `make demo` run's best.pt into a model artifact in", out)
-        subprocess.run([PYTHON, "-c", "import sys; from bintally.models.legacy import convert_legacy; "
-                        "convert_legacy(sys.argv[1], sys.argv[2])", str(demo), str(out)], check=True, cwd=ROOT,
-                       env={**os.environ, **TUNED_MALLOC})
-        note.write_text(f"{out}: runs/demo/model/best.pt of an older {about}, converted with "
-                        "bintally.models.legacy.convert_legacy\n")
-    elif not (out / "model.json").is_file():
+    if not (out / "model.json").is_file():
         log("no demo run: building an ImageNet EfficientNet-Lite0 with an untrained head in", out)
         subprocess.run([PYTHON, "-c", "import sys; sys.path.insert(0, 'tests'); from conftest import make_artifact; "
                         "make_artifact(sys.argv[1], backbone='efficientnet_lite0', image_size=224, pretrained=True)", str(out)],

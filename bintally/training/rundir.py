@@ -22,7 +22,7 @@ from bintally.io import check_output_folder, remove_stale_temp_files
 from bintally.training.config import EXTENDABLE, RESUMABLE_CHANGES, TrainConfig, config_differences
 
 DEFAULT_PARENT = Path("runs") / "train"
-RUN_MARKERS = ("config.json", "model/model.json", "best.pt", "metrics.jsonl", "checkpoints/last.pt", "result.json")
+RUN_MARKERS = ("config.json", "model/model.json", "metrics.jsonl", "checkpoints/last.pt", "result.json")
 # everything a run writes: what --overwrite deletes (other files in the folder are left alone)
 RUN_FILES = (*RUN_MARKERS, "model", "checkpoints", "health.json", "model_card.md", "manifest.parquet", "profile")
 LOCK_NAME = ".lock"
