@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bintally.errors import ConfigError
+from bintally.settings import check_range
 
 OVERFLOW_POLICIES = ("class", "exclude")
 DECODINGS = ("argmax", "median", "expected")  # class per photo: the most likely, the distribution's median, the rounded mean
@@ -28,9 +29,7 @@ class LabelSpace:
 
     def __post_init__(self):
         for name in ("min_count", "max_count"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
+            check_range(name, getattr(self, name), 0, whole=True)
         if self.min_count > self.max_count:
             raise ConfigError(f"min_count ({self.min_count}) is above max_count ({self.max_count})")
         if not isinstance(self.overflow, bool):

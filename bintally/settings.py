@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -128,9 +129,15 @@ def enum_of(expected) -> type[enum.Enum] | None:
     return next((o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)), None)
 
 
-def check_range(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False) -> None:
-    """One line for a number outside [low, high] (or open ends)."""
+def check_range(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False, whole: bool = False) -> None:
+    """One line for a number outside [low, high] (or open ends). `whole`: a whole number in the closed range, refused
+    in words ("seed must be a whole number from 0 to 9, got -1"), as anything that is not a whole number is."""
     if value is None:
+        return
+    if whole:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not (low is None or value >= low) or not (high is None or value <= high):
+            bounds = " from {} to {}" if low is not None and high is not None else " >= {}" if low is not None else " <= {1}" if high is not None else ""
+            raise ConfigError(f"{name} must be a whole number{bounds.format(low, high)}, got {value!r}")
         return
     if isinstance(value, float) and math.isnan(value):  # NaN compares False with every bound
         raise ConfigError(f"{name} must be a number, got nan")

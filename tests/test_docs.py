@@ -8,7 +8,10 @@ import pytest
 
 from bintally.audit.config import AuditConfig
 from bintally.cli.docs import DOCS, TABLE, click_command, option_table, stale_tables
+from bintally.data.config import CheckConfig, FetchConfig, IndexConfig
 from bintally.data.split_config import SplitConfig
+from bintally.export.config import ExportConfig
+from bintally.inference.config import CalibrateConfig, EvaluateConfig, PredictConfig
 from bintally.serving.config import ServeConfig
 from bintally.settings import described_settings
 from bintally.training.config import TrainConfig
@@ -28,8 +31,18 @@ def test_the_serve_table_lists_every_setting_with_its_default():
     assert "SQLAlchemy" not in table  # the audit store runs on SQLite or PostgreSQL only
 
 
-@pytest.mark.parametrize("path, settings_type", [("bintally train", TrainConfig), ("bintally tune", TuneConfig), ("bintally data split", SplitConfig),
-                                                 ("bintally serve", ServeConfig), ("bintally audit run", AuditConfig)])
+COMMAND_CONFIGS = [("bintally train", TrainConfig), ("bintally tune", TuneConfig), ("bintally data split", SplitConfig),
+                   ("bintally serve", ServeConfig), ("bintally audit run", AuditConfig), ("bintally evaluate", EvaluateConfig),
+                   ("bintally predict", PredictConfig), ("bintally calibrate", CalibrateConfig), ("bintally export", ExportConfig),
+                   ("bintally data index", IndexConfig), ("bintally data check", CheckConfig), ("bintally data fetch", FetchConfig)]
+
+
+def test_every_command_with_settings_has_an_option_table():
+    documented = {m.group("command") for path in DOCS.glob("*.md") for m in TABLE.finditer(path.read_text())}
+    assert {path for path, _ in COMMAND_CONFIGS} | {"bintally data report"} <= documented
+
+
+@pytest.mark.parametrize("path, settings_type", COMMAND_CONFIGS)
 def test_every_setting_is_an_option_with_the_configs_help_choices_and_range(path, settings_type):
     options = {p.name: p for p in click_command(path).params}
     for f, spec in described_settings(settings_type):
@@ -44,5 +57,5 @@ def test_every_setting_is_an_option_with_the_configs_help_choices_and_range(path
 
 
 def test_every_option_generated_from_a_setting_has_help():
-    for settings_type in (TrainConfig, TuneConfig, ServeConfig, AuditConfig, SplitConfig):
+    for _, settings_type in COMMAND_CONFIGS:
         assert [f.name for f, spec in described_settings(settings_type) if spec.cli and not spec.help] == [], settings_type.__name__

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import getpass
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from bintally.audit.scoring import SCORES
-from bintally.audit.snapshots import MAX_PHOTO_BYTES
 from bintally.errors import ConfigError
 from bintally.models.artifact import MODEL_HELP
 from bintally.progress import PROGRESS_HELP
 from bintally.settings import Backend, check_settings, setting
+from bintally.sources import SourcePolicy
+from bintally.sources.policy import DEFAULT_MAX_BYTES
 
 
 def default_user() -> str:
@@ -42,7 +43,7 @@ class AuditConfig:
     allow_s3_buckets: tuple[str, ...] = setting((), flag=("--allow-s3-bucket",), help="Bucket whose s3:// images may be read (repeatable).")
     allow_https_hosts: tuple[str, ...] = setting((), flag=("--allow-https-host",), help="Host whose https:// images may be read (repeatable).")
     file_root: str | None = setting(None, help="Folder whose file:// images may be read.")
-    max_photo_bytes: int = setting(MAX_PHOTO_BYTES, cli=False)
+    max_bytes: int = setting(DEFAULT_MAX_BYTES, cli=False)  # largest photo read
     progress: bool = setting(True, help=PROGRESS_HELP)
 
     def validate(self) -> "AuditConfig":
@@ -64,3 +65,7 @@ class AuditConfig:
         if not self.created_by or len(self.created_by) > 100:
             raise ConfigError(f"created_by {self.created_by!r}: give a name of 1-100 characters")
         return self
+
+    def source_policy(self) -> SourcePolicy:
+        """Where the photos a CSV names by URI may come from (its fields are the policy's own), checked."""
+        return SourcePolicy(**{f.name: getattr(self, f.name) for f in fields(SourcePolicy)}).checked()

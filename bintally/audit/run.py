@@ -95,7 +95,7 @@ def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, co
 
     config.validate()
     rank, world = shard or shard_of_environment()
-    reader = PhotoReader(config.allow_s3_buckets, config.allow_https_hosts, config.file_root, uploads, config.max_photo_bytes)
+    reader = PhotoReader(config.source_policy(), uploads)
     snapshots = snapshots if snapshots is not None else read_source(config.data)
     counter = counter or Counter.load(config.model, config.backend)
     warn_about_records_without_class(counter.labels, snapshots)

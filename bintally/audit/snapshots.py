@@ -19,12 +19,10 @@ from bintally.data.images import IMAGE_SUFFIXES
 from bintally.errors import DataError
 from bintally.io import given_path
 from bintally.sources import SourceError, SourcePolicy, UriFetcher
-from bintally.sources.policy import DEFAULT_MAX_BYTES
 
 REQUIRED_COLUMNS = ("bin_id", "image", "record_qty")
 URI_SCHEMES = ("s3://", "https://", "http://", "file://")
 MAX_RECORD = 10**6
-MAX_PHOTO_BYTES = DEFAULT_MAX_BYTES
 UPLOAD_SCHEME = "upload:"  # a photo uploaded over HTTP, kept in the store's photos table by its sha256
 
 
@@ -168,9 +166,8 @@ def uploaded(image: str, uploads: dict[str, str], where: str) -> str:
 class PhotoReader:
     """The bytes of a snapshot's photo: a local path as given; URIs only under the allowlists, as the server fetches them."""
 
-    def __init__(self, allow_s3_buckets=(), allow_https_hosts=(), file_root: str | None = None, uploads: dict | None = None,
-                 max_bytes: int = MAX_PHOTO_BYTES):
-        self.policy = SourcePolicy(allow_s3_buckets, allow_https_hosts, file_root, max_bytes).checked()
+    def __init__(self, policy: SourcePolicy, uploads: dict | None = None):
+        self.policy = policy
         self.uploads = uploads or {}
 
     def read_many(self, images: list[str]) -> list[bytes | DataError]:

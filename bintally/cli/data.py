@@ -10,11 +10,10 @@ import typer
 
 from bintally.cli.app import Opt, ProgressOpt, command, data_app, default_manifest, echo_err, show_progress
 from bintally.cli.options import settings_options
-from bintally.data.split_config import NEAR_DUPLICATE_DISTANCE, NEAR_DUPLICATE_HELP, SplitConfig
+from bintally.data.config import DEFAULT_SOURCE, CheckConfig, FetchConfig, IndexConfig
+from bintally.data.split_config import SplitConfig
 from bintally.errors import DataError
 from bintally.io import atomic_path, check_output_file, check_output_folder
-
-OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Replace an existing output file.")]
 
 
 def refuse_to_replace(path: Path, overwrite: bool, what: str) -> None:
@@ -23,24 +22,23 @@ def refuse_to_replace(path: Path, overwrite: bool, what: str) -> None:
 
 
 @command(data_app, "index")
+@settings_options(IndexConfig)
 def index_cmd(
+    settings: dict,
     src: Annotated[Optional[Path], typer.Argument(help="Bucket-layout folder, class folders or a path,count CSV. Default: the bundled sample.")] = None,
-    out: Annotated[Path, Opt("--out", "-o", help="Manifest to write (.parquet).")] = Path("manifest.parquet"),
-    workers: Annotated[Optional[int], Opt(min=1, help="Decoding processes (default: all cores, at most 8).")] = None,
-    overwrite: OverwriteOpt = False,
-    progress: ProgressOpt = True,
 ):
     """Build a Parquet manifest: one row per photo, with its count, size, hashes and status."""
     from bintally.data.index import index_to_manifest
     from bintally.paths import SAMPLE_DIR
 
-    check_output_file(out, (".parquet",))
-    refuse_to_replace(out, overwrite, "a manifest")
-    df = index_to_manifest(src or SAMPLE_DIR, out, workers=workers, progress=show_progress(progress))
+    config = IndexConfig(**settings)
+    check_output_file(config.out, (".parquet",))
+    refuse_to_replace(config.out, config.overwrite, "a manifest")
+    df = index_to_manifest(src or SAMPLE_DIR, config.out, workers=config.workers, progress=show_progress(config.progress))
     bad = df[df["status"] != "ok"]
     for row in bad.itertuples():
         echo_err(f"{row.path}: {row.status}")
-    typer.echo(f"{len(df) - len(bad)} usable photos, {len(bad)} unusable; manifest written to {out}")
+    typer.echo(f"{len(df) - len(bad)} usable photos, {len(bad)} unusable; manifest written to {config.out}")
 
 
 @command(data_app, "split")
@@ -73,24 +71,23 @@ def split_cmd(
 
 
 @command(data_app, "check")
+@settings_options(CheckConfig)
 def check_cmd(
+    settings: dict,
     manifest: Annotated[Optional[Path], typer.Argument(help="Manifest (split or not). Default: the bundled sample.")] = None,
-    json_out: Annotated[Optional[Path], Opt("--json", help="Write the full findings as JSON.")] = None,
-    near_duplicate_distance: Annotated[int, Opt(min=0, max=64, help=NEAR_DUPLICATE_HELP)] = NEAR_DUPLICATE_DISTANCE,
-    verify_hashes: Annotated[bool, Opt("--verify-hashes", help="Also re-hash every photo (sha256) to find changed files.")] = False,
-    progress: ProgressOpt = True,
 ):
     """Report missing or changed files, corrupt files, duplicates, and leakage across splits (exit 1 on leakage or stale files)."""
     from bintally.data.check import check_manifest, format_report
     from bintally.data.manifest import read_manifest
 
-    show_progress(progress)
-    if json_out:
-        check_output_file(json_out, (".json",))
-    report = check_manifest(read_manifest(default_manifest(manifest)), near_duplicate_distance, verify_hashes=verify_hashes)
+    config = CheckConfig(**settings)
+    show_progress(config.progress)
+    if config.json_out:
+        check_output_file(config.json_out, (".json",))
+    report = check_manifest(read_manifest(default_manifest(manifest)), config.near_duplicate_distance, verify_hashes=config.verify_hashes)
     typer.echo(format_report(report))
-    if json_out:
-        with atomic_path(json_out) as tmp:
+    if config.json_out:
+        with atomic_path(config.json_out) as tmp:
             tmp.write_text(json.dumps(report.as_dict(), indent=2))
     if not report.ok:
         raise typer.Exit(1)
@@ -111,8 +108,9 @@ def report_cmd(
 
 
 @command(data_app, "fetch")
+@settings_options(FetchConfig)
 def fetch_cmd(
-    out: Annotated[Path, Opt("--out", "-o", help="Folder to fill in bucket layout (bin-images/, metadata/).")] = Path("abid"),
+    settings: dict,
     ids: Annotated[Optional[str], Opt(help="Comma-separated ids, as text (e.g. 00523,00524).")] = None,
     ids_file: Annotated[Optional[Path], Opt(help="A text file of ids, one per line.")] = None,
     id_range: Annotated[Optional[str], Opt(help="An inclusive range such as 1-1000 (ids zero-padded to 5 digits).")] = None,
@@ -120,10 +118,6 @@ def fetch_cmd(
     source: Annotated[Optional[str], Opt(help="HTTPS base URL of the bucket.")] = None,
     bucket: Annotated[Optional[str], Opt(help="S3 bucket name, with --endpoint-url for an S3-compatible server.")] = None,
     endpoint_url: Annotated[Optional[str], Opt(help="S3-compatible endpoint, e.g. http://127.0.0.1:9000.")] = None,
-    concurrency: Annotated[int, Opt(min=1, max=1024, help="Downloads at once.")] = 32,
-    retries: Annotated[int, Opt(min=0, help="Retries per file, with exponential backoff.")] = 5,
-    timeout: Annotated[float, Opt(min=0.001, help="Seconds per request.")] = 30.0,
-    metadata: Annotated[bool, Opt(help="Also fetch metadata/<id>.json.")] = True,
     progress: ProgressOpt = True,
 ):
     """Download ABID photos and metadata (default: the public bucket over anonymous HTTPS). Resumable."""
@@ -132,7 +126,7 @@ def fetch_cmd(
     chosen = [x for x in (ids, ids_file, id_range, file_list) if x is not None]
     if len(chosen) != 1:
         raise typer.BadParameter("give exactly one of --ids, --ids-file, --id-range, --file-list")
-    check_output_folder(out)
+    check_output_folder(settings["out"])
     if ids is not None:
         id_list = [i.strip() for i in ids.split(",") if i.strip()]
     elif ids_file is not None:
@@ -142,11 +136,8 @@ def fetch_cmd(
     else:
         id_list = f.ids_from_file_list(file_list)
     if bucket or endpoint_url:
-        src = f.s3_source(bucket or "aft-vbi-pds", endpoint_url)
-    else:
-        src = source or f.DEFAULT_SOURCE
-    config = f.FetchConfig(out=out, source=src, concurrency=concurrency, retries=retries,
-                           timeout=timeout, metadata=metadata)
+        source = f.s3_source(bucket or "aft-vbi-pds", endpoint_url)
+    config = FetchConfig(**settings, source=source or DEFAULT_SOURCE)
     summary = f.fetch(id_list, config, progress=show_progress(progress))
     typer.echo(summary.describe())
     if summary.failed:

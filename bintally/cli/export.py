@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Literal, Optional
-
 import typer
 
-from bintally.cli.app import Opt, ProgressOpt, app, command, show_progress
+from bintally.cli.app import app, command, show_progress
+from bintally.cli.options import settings_options
+from bintally.export.config import ExportConfig
 
 
 @command(app, "export")
-def export_cmd(
-    model: Annotated[Path, Opt("--model", "-m", help="Run directory, its model/ folder, or a model folder.")],
-    out: Annotated[Path, Opt("--out", "-o", help="Folder to write the export to (new or empty; see --overwrite).")],
-    format: Annotated[Literal["onnx", "safetensors"], Opt(
-        "--format", help="onnx: model.onnx + model.json for ONNX Runtime (no torch needed to serve it); "
-                         "safetensors: the PyTorch model.")] = "onnx",
-    quantize: Annotated[Optional[Literal["int8"]], Opt(
-        help="int8: static quantisation calibrated on training photos; records validation accuracy and speed-up of both.")] = None,
-    data: Annotated[Optional[Path], Opt(help="Manifest or folder whose val (and train) photos check the export. "
-                                             "Default: the run's own data, else the bundled sample.")] = None,
-    tta: Annotated[Optional[bool], Opt("--tta/--no-tta", help="Average each photo with its mirror image (the model's own "
-                                                              "setting if neither is given); --no-tta halves the compute.")] = None,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing export in --out.")] = False,
-    progress: ProgressOpt = True,
-):
+@settings_options(ExportConfig)
+def export_cmd(settings: dict):
     """Export a trained model: ONNX (optionally int8) for serving, or safetensors."""
     from bintally.export import export
 
-    result = export(model, out, format=format, quantize=quantize, overwrite=overwrite, data=data, progress=show_progress(progress),
-                    tta=tta)
+    config = ExportConfig(**settings)
+    result = export(config.model, config.out, format=config.format, quantize=config.quantize, overwrite=config.overwrite, data=config.data,
+                    progress=show_progress(config.progress), tta=config.tta)
     for name, p in result.parity.items():
         typer.echo(f"parity {name}: {p['photos']} photos, max |p_onnx - p_torch| {p['max_abs_diff']:.2g}, "
                    f"same count on {p['count_agreement']:.1%}")

@@ -23,11 +23,11 @@ import httpx
 import tenacity
 
 from bintally import __version__
+from bintally.data.config import FetchConfig
 from bintally.data.split_config import read_file_list
-from bintally.errors import ConfigError, DataError
+from bintally.errors import DataError
 from bintally.progress import progress_bar
 
-DEFAULT_SOURCE = "https://aft-vbi-pds.s3.amazonaws.com"
 FOLDERS = ("bin-images", "metadata")
 PART_GLOB = ".*.part-*"
 ID_PATTERN = re.compile(r"\d+")
@@ -39,27 +39,6 @@ CHUNK = 64 * 1024
 DOWNLOADED, SKIPPED = "downloaded", "skipped"
 
 T = TypeVar("T")
-
-
-@dataclass
-class FetchConfig:
-    out: Path = Path("abid")  # filled in bucket layout: out/bin-images/<id>.jpg, out/metadata/<id>.json
-    source: str = DEFAULT_SOURCE  # base URL; an object key is fetched from f"{source}/{key}"
-    concurrency: int = 32
-    retries: int = 5
-    backoff: float = 0.2  # first retry wait, doubled each retry, with jitter, capped
-    timeout: float = 30.0
-    metadata: bool = True  # also fetch metadata/<id>.json
-    verify_existing: bool = True  # an existing file is checked by size (HEAD Content-Length) before it is skipped
-
-    def __post_init__(self):
-        self.out = Path(self.out)
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.retries < 0 or self.backoff < 0 or self.timeout <= 0:
-            raise ConfigError("retries and backoff must be >= 0 and timeout > 0")
-        if not self.source.startswith(("http://", "https://")):
-            raise ConfigError(f"source must be an http(s) URL, got {self.source!r}")
 
 
 @dataclass

@@ -6,12 +6,10 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
-
 from bintally.data.metadata import load_json
 from bintally.errors import ConfigError, DataError
 from bintally.labels import OVERFLOW_POLICIES, LabelSpace
-from bintally.settings import described_settings, setting
+from bintally.settings import check_range, described_settings, setting
 
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 # pHash Hamming distance at or under which two photos count as the same bin scene. Measured on the
@@ -39,7 +37,7 @@ class SplitConfig:
         self.fractions = checked_fractions(self.fractions)
         for f, spec in described_settings(self):
             if spec.low is not None:  # the whole numbers, each in its range
-                check_whole_number(f.name, getattr(self, f.name), int(spec.low), spec.high)
+                check_range(f.name, getattr(self, f.name), int(spec.low), spec.high, whole=True)
         LabelSpace.of(self.min_count, self.max_count, self.overflow)  # raises ConfigError for a bad label space
 
     @property
@@ -68,12 +66,6 @@ def checked_fractions(fractions) -> tuple[float, float, float]:
     if len(values) != 3 or not all(math.isfinite(f) and f >= 0 for f in values) or abs(sum(values) - 1) > 1e-6:
         raise problem
     return values
-
-
-def check_whole_number(name: str, value, low: int, high: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be a whole number {bounds}, got {value!r}")
 
 
 def class_names(max_count: int, overflow: bool = True, min_count: int = 0) -> list[str]:

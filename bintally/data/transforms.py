@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from bintally.errors import ConfigError
+from bintally.settings import check_range
 
 # changes whenever `preprocess` computes something different (frozen-feature caches are keyed by it)
 PREPROCESS_VERSION = 2
@@ -29,8 +30,7 @@ class TransformConfig:
     jitter: float = 0.2
 
     def __post_init__(self):
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 16 <= self.image_size <= 4096:
-            raise ConfigError(f"image_size must be a whole number from 16 to 4096, got {self.image_size!r}")
+        check_range("image_size", self.image_size, 16, 4096, whole=True)
         for name in ("mean", "std"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):

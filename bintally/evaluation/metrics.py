@@ -51,11 +51,9 @@ def count_metrics(true_labels, pred_labels, max_count: int = 5) -> dict:
 
 def check_resamples(resamples) -> None:
     """A bootstrap size that can be computed: a whole number from 1 to MAX_RESAMPLES (ConfigError naming --bootstrap)."""
-    from bintally.errors import ConfigError
     from bintally.settings import check_range
 
-    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)):
-        raise ConfigError(f"resamples (--bootstrap) must be a whole number, got {resamples!r}")
+    check_range("resamples (--bootstrap)", resamples, whole=True)
     check_range("resamples (--bootstrap)", int(resamples), 1, MAX_RESAMPLES)
 
 

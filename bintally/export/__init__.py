@@ -27,13 +27,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bintally.errors import ConfigError, DataError
+from bintally.export.config import FORMATS, QUANTIZATIONS
 from bintally.io import TEMP_PATTERN, check_output_folder, given_path, pid_alive
 from bintally.models.artifact import META_FILE, RUN_SUBDIR, ModelArtifact, read_artifact
 
 log = logging.getLogger("bintally.export")
 
-FORMATS = ("onnx", "safetensors")
-QUANTIZATIONS = ("int8",)
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 MAX_VALIDATION_PHOTOS = 2000  # int8 is scored on at most this many validation photos
 

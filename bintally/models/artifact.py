@@ -27,7 +27,7 @@ from bintally.errors import ConfigError, DataError
 from bintally.io import atomic_path, given_path
 from bintally.labels import DECODINGS, LabelSpace
 from bintally.models.config import FEATURES, ModelConfig
-from bintally.settings import Backend
+from bintally.settings import Backend, check_range
 
 FORMAT = "bintally-model"
 FORMAT_VERSION = 1
@@ -212,8 +212,7 @@ def model_config(values: dict) -> ModelConfig:
         raise ConfigError(f"unknown decoding {config.decode!r}")
     if config.features not in FEATURES:
         raise ConfigError(f"unknown features {config.features!r}")
-    if isinstance(config.members, bool) or not isinstance(config.members, int) or config.members < 1:
-        raise ConfigError(f"members must be a whole number >= 1, got {config.members!r}")
+    check_range("members", config.members, 1, whole=True)
     if not isinstance(config.shared_backbone, bool):
         raise ConfigError(f"shared_backbone must be true or false, got {config.shared_backbone!r}")
     _ = config.labels  # min/max/overflow checked

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -253,9 +253,7 @@ def run_config(form: RunForm, config: ServeConfig):
     audit = AuditConfig(model=str(config.model), data=form.csv_name, name=(fields.get("name") or "").strip() or None,
                         score=(fields.get("score") or "mismatch").strip(),
                         **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
-                        created_by=(fields.get("created_by") or "").strip() or "api", allow_s3_buckets=config.allow_s3_buckets,
-                        allow_https_hosts=config.allow_https_hosts, file_root=config.file_root,
-                        max_photo_bytes=config.max_body_bytes, progress=False)
+                        created_by=(fields.get("created_by") or "").strip() or "api", **asdict(config.source_policy()), progress=False)
     try:
         return audit.validate()
     except ConfigError as e:
