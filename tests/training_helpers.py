@@ -11,7 +11,7 @@ TINY = dict(backbone="test_efficientnet_gn", pretrained=False, image_size=64, ba
 
 
 def tiny_config(manifest, out, **changes) -> TrainConfig:
-    return TrainConfig(data=str(manifest), out=str(out), **(TINY | changes))
+    return TrainConfig.from_dict(dict(data=str(manifest), out=str(out)) | TINY | changes)
 
 
 def state_of(run_dir) -> dict:
