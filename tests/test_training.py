@@ -15,6 +15,7 @@ import torch
 from bintally.data import write_manifest
 from bintally.errors import ConfigError, DataError
 from bintally.inference import Counter
+from bintally.labels import LabelSpace
 from bintally.models import CountingModel
 from bintally.paths import SAMPLE_DIR, cache_dir
 from bintally.training import TrainConfig, resolve_config, train
@@ -138,6 +139,24 @@ def test_bad_training_data_is_refused(tiny_manifest, tmp_path):
         resolve_config("turbo")
     with pytest.raises(ConfigError, match="unknown optimizer"):
         TrainConfig(optimizer="lion")
+
+
+def test_the_flat_settings_map_to_the_nested_model_config_and_back():
+    spatial = resolve_config("spatial", max_count=3)
+    assert (spatial.model.features, spatial.model.max_count, spatial.model.overflow) == ("stride16", 3, False)
+    assert spatial.labels_from_manifest == ("min_count",)
+    flat = spatial.to_dict()
+    assert (flat["features"], flat["min_count"], flat["max_count"], flat["overflow"]) == ("stride16", None, 3, "exclude")
+    assert TrainConfig.from_dict(flat) == spatial
+    resolved = spatial.with_labels(LabelSpace(1, 5, True))
+    assert resolved.model.labels == LabelSpace(1, 3, False) and resolved.labels_from_manifest == ()
+    assert resolved.to_dict() == flat | {"min_count": 1}
+    with pytest.raises(ConfigError, match="unknown overflow 'drop': use one of class, exclude"):
+        TrainConfig.from_dict({"overflow": "drop"})
+    with pytest.raises(ConfigError, match=r"unknown settings: \['members'\]"):  # an ensemble's size is not a training setting
+        TrainConfig.from_dict({"members": 2})
+    with pytest.raises(ConfigError, match=r"min_count \(4\) is above max_count \(3\)"):
+        TrainConfig.from_dict({"min_count": 4, "max_count": 3})
 
 
 def test_schedules_warm_up_then_decay():

@@ -57,9 +57,11 @@ class TrainConfig:
     data: str | None = setting(None, help=DATA_HELP)
     out: str | None = setting(None, help="Run directory. Default: a new numbered one, runs/train/run-NNN.")
     preset: str | None = setting(None, choices=tuple(PRESETS), help="Named recipe: " + ", ".join(PRESETS) + ".")
-    # the model and its label space; the label-space settings left unset take the manifest's (`with_labels`)
+    # the model and its label space (`model.labels`)
     model: ModelConfig = setting(default_factory=ModelConfig)
-    labels_from_manifest: tuple[str, ...] = setting(LABEL_SETTINGS, cli=False)  # the label-space settings not given
+    # the label-space settings the manifest decides (`with_labels`): by default all; `from_dict` names those not given, and
+    # a config built around a ModelConfig whose label space is meant passes ()
+    labels_from_manifest: tuple[str, ...] = setting(LABEL_SETTINGS, choices=LABEL_SETTINGS, cli=False)
     init: str | None = setting(None, help="Start from a trained model's weights (a run or model folder; with --folds, "
                                           "a cross-validation run over the same folds).")
     # what is trained
