@@ -6,12 +6,11 @@ The command-line options and the option tables in the docs are generated from th
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 import types
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 
 from bintally.errors import ConfigError
 
@@ -55,7 +54,7 @@ def spec_of(f: Field) -> Setting:
 
 def nested_type(annotation) -> type | None:
     """The settings dataclass a field holds whole (`model: ModelConfig`), if it holds one."""
-    return annotation if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) else None
+    return annotation if isinstance(annotation, type) and is_dataclass(annotation) else None
 
 
 def described_settings(settings_type) -> list[tuple[Field, Setting]]:
@@ -81,9 +80,10 @@ def check_settings(settings, what: str = "setting") -> None:
     """Types (`check_types`), then each field's choices and range from its `Setting` (for a list: each item's), then
     the settings of each nested settings object the same way; None is always allowed past these."""
     check_types(settings, what)
+    hints = typing.get_type_hints(type(settings))
     for f in fields(settings):
         value, spec = getattr(settings, f.name), spec_of(f)
-        if dataclasses.is_dataclass(value):
+        if nested_type(hints[f.name]):
             check_settings(value, what)
             continue
         for item in value if isinstance(value, (list, tuple)) else () if value is None else (value,):
