@@ -26,10 +26,10 @@ MAX_FOLDS = 20
 RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_steps"}
 # a resumed run may be asked to go on for more epochs than it was started with
 EXTENDABLE = {"epochs"}
-NOT_EMPTY = ("data", "out", "weights", "init")
+NOT_EMPTY = ("data", "out", "weights", "init")  # '' would silently mean the current folder
 LABEL_SETTINGS = ("min_count", "max_count", "overflow")
 # the model's settings a training config states (an ensemble's members come from cross-validation, not from settings)
-MODEL_SETTINGS = tuple(f.name for f, spec in described_settings(ModelConfig) if spec.cli)  # '' would silently mean the current folder
+MODEL_SETTINGS = tuple(f.name for f, spec in described_settings(ModelConfig) if spec.cli)
 DATA_HELP = "Split manifest, bucket folder, class folders or CSV. Default: the bundled sample."
 
 PRESETS: dict[str, dict] = {
