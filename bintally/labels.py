@@ -17,8 +17,20 @@ import numpy as np
 from bintally.errors import ConfigError
 from bintally.settings import check_range
 
-OVERFLOW_POLICIES = ("class", "exclude")
+# how the command line and settings files (config.json, manifests) spell `overflow`: (true, false)
+OVERFLOW_WORDS = ("class", "exclude")
 DECODINGS = ("argmax", "median", "expected")  # class per photo: the most likely, the distribution's median, the rounded mean
+
+
+def overflow_flag(word) -> bool:
+    """`overflow` from its spelling in a file or on the command line ('class' or 'exclude')."""
+    if word not in OVERFLOW_WORDS:
+        raise ConfigError(f"unknown overflow {word!r}: use one of {', '.join(OVERFLOW_WORDS)}")
+    return word == OVERFLOW_WORDS[0]
+
+
+def overflow_word(overflow: bool) -> str:
+    return OVERFLOW_WORDS[0 if overflow else 1]
 
 
 @dataclass(frozen=True)
@@ -34,15 +46,6 @@ class LabelSpace:
             raise ConfigError(f"min_count ({self.min_count}) is above max_count ({self.max_count})")
         if not isinstance(self.overflow, bool):
             raise ConfigError(f"overflow must be true or false, got {self.overflow!r}")
-
-    @classmethod
-    def of(cls, min_count: int = 0, max_count: int = 5, overflow: str | bool = "class") -> "LabelSpace":
-        """From the command-line spelling: overflow is 'class' or 'exclude'."""
-        if isinstance(overflow, str):
-            if overflow not in OVERFLOW_POLICIES:
-                raise ConfigError(f"unknown overflow {overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
-            overflow = overflow == "class"
-        return cls(min_count, max_count, overflow)
 
     @classmethod
     def from_names(cls, names: list[str]) -> "LabelSpace":
@@ -65,10 +68,6 @@ class LabelSpace:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @property
-    def overflow_policy(self) -> str:
-        return "class" if self.overflow else "exclude"
 
     @property
     def n_classes(self) -> int:

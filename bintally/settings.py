@@ -11,7 +11,7 @@ import math
 import numbers
 import types
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 
 from bintally.errors import ConfigError
 
@@ -40,6 +40,8 @@ class Setting:
     separator: str | None = None  # a list given as one option value, items split on this (e.g. --image-sizes 224,288)
     cli: bool = True  # False: not a command-line option (the command fills it in from options of its own)
     default_text: str | None = None  # how help and docs state the default when the value alone does not say it
+    default_in_help: bool = False  # the help states the default (the field's value is only where an unset setting starts)
+    words: tuple[str, str] = ()  # how the command line and settings files spell a switch: (the word for true, the word for false)
 
 
 def setting(default=MISSING, *, default_factory=MISSING, **spec) -> typing.Any:
@@ -51,16 +53,40 @@ def spec_of(f: Field) -> Setting:
     return f.metadata.get(SETTING) or Setting()
 
 
+def nested_type(annotation) -> type | None:
+    """The settings dataclass a field holds whole (`model: ModelConfig`), if it holds one."""
+    return annotation if isinstance(annotation, type) and is_dataclass(annotation) else None
+
+
 def described_settings(settings_type) -> list[tuple[Field, Setting]]:
-    return [(f, spec_of(f)) for f in fields(settings_type)]
+    """Each setting with its `Setting`; a field holding settings of their own (a nested dataclass) stands for them, in its place."""
+    hints = typing.get_type_hints(settings_type)
+    described = []
+    for f in fields(settings_type):
+        inner = nested_type(hints[f.name])
+        described += described_settings(inner) if inner else [(f, spec_of(f))]
+    return described
+
+
+def setting_types(settings_type) -> dict[str, typing.Any]:
+    """The annotation of each setting `described_settings` lists, by name."""
+    found = {}
+    for name, hint in typing.get_type_hints(settings_type).items():
+        inner = nested_type(hint)
+        found |= setting_types(inner) if inner else {name: hint}
+    return found
 
 
 def check_settings(settings, what: str = "setting") -> None:
-    """Types (`check_types`), then each field's choices and range from its `Setting` (for a list: each item's);
-    None is always allowed past these."""
+    """Types (`check_types`), then each field's choices and range from its `Setting` (for a list: each item's), then
+    the settings of each nested settings object the same way; None is always allowed past these."""
     check_types(settings, what)
-    for f, spec in described_settings(settings):
-        value = getattr(settings, f.name)
+    hints = typing.get_type_hints(type(settings))
+    for f in fields(settings):
+        value, spec = getattr(settings, f.name), spec_of(f)
+        if nested_type(hints[f.name]):
+            check_settings(value, what)
+            continue
         for item in value if isinstance(value, (list, tuple)) else () if value is None else (value,):
             if spec.choices:
                 check_choice(f.name, item, spec.choices)

@@ -252,7 +252,7 @@ def test_preset_best_is_a_cross_validated_spatial_ensemble(mirror_manifest, tmp_
     from bintally.training import resolve_config
 
     best = resolve_config("best")
-    assert (best.folds, best.features, best.mode, best.select) == (5, "stride16", "frozen", "last")
+    assert (best.folds, best.model.features, best.mode, best.select) == (5, "stride16", "frozen", "last")
     run = tmp_path / "best"
     result = run_cli("train", "--preset", "best", "--data", str(mirror_manifest), "--out", str(run), "--folds", "2",
                      "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64", "--epochs", "1", "--workers", "0",

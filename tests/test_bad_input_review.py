@@ -18,7 +18,7 @@ from bintally.labels import LabelSpace
 from bintally.training import TrainConfig, train
 from bintally.training.data import check_training_data
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.training_helpers import TINY, tiny_config
+from tests.training_helpers import tiny_config
 
 TRAIN = ["train", "--backbone", "test_efficientnet_gn", "--random-init", "--image-size", "64", "--batch-size", "16",
          "--max-steps", "1", "--epochs", "1", "--workers", "0", "--no-progress"]
@@ -64,7 +64,7 @@ def test_non_finite_numbers_from_python_are_a_config_error():
         with pytest.raises(ConfigError, match="lr"):
             TrainConfig(lr=value)
     with pytest.raises(ConfigError, match="dropout"):
-        TrainConfig(dropout=math.nan)
+        TrainConfig.from_dict({"dropout": math.nan})
 
 
 def test_seed_beyond_what_random_generators_take_is_refused(tmp_path):
@@ -124,7 +124,7 @@ def test_empty_paths_from_python_are_refused():
         read_manifest("")
     for name in ("data", "out", "weights"):
         with pytest.raises(ConfigError, match=name):
-            TrainConfig(**{name: ""})
+            TrainConfig.from_dict({name: ""})
 
 
 def test_empty_photo_argument_to_predict(run):
@@ -186,5 +186,5 @@ def test_a_huge_label_space_gives_a_short_line(tiny_manifest):
 
 
 def test_good_settings_still_train(tiny_manifest, tmp_path):
-    config = TrainConfig(data=str(tiny_manifest), out=str(tmp_path / "ok"), **(TINY | dict(max_steps=1, epochs=1, seed=2**32 - 1)))
+    config = tiny_config(tiny_manifest, tmp_path / "ok", max_steps=1, epochs=1, seed=2**32 - 1)
     assert train(config).run == str(tmp_path / "ok")

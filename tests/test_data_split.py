@@ -77,7 +77,7 @@ def test_near_duplicates_far_apart_in_id_stay_together(sample_df, tmp_path):
 
 
 def test_overflow_exclude_and_max_count(sample_df):
-    df = split_manifest(sample_df, SplitConfig(max_count=3, overflow="exclude"))
+    df = split_manifest(sample_df, SplitConfig(max_count=3, overflow=False))
     assert (df.loc[df["count"] > 3, "split"] == "excluded").all()
     assert df.loc[df["split"] != "excluded", "label"].max() == 3
     df = split_manifest(sample_df, SplitConfig(max_count=3))
@@ -112,7 +112,7 @@ def test_unusable_rows_are_excluded(sample_df):
 ])
 def test_bad_config_is_refused(settings, problem):
     with pytest.raises(ConfigError, match=re.escape(problem)):
-        SplitConfig(**settings)
+        SplitConfig.for_options(**settings)  # overflow spelled as on the command line
 
 
 def test_check_finds_exact_duplicates_and_corrupt_rows(sample_df):

@@ -50,8 +50,8 @@ def test_every_setting_is_an_option_with_the_configs_help_choices_and_range(path
             continue
         option = options[f.name]
         assert option.help == (spec.help or None), f.name
-        if spec.choices and spec.separator is None:  # (a comma-separated list is checked item by item by the config)
-            assert typing.get_args(option.type_descriptor.annotation) == tuple(str(c) for c in spec.choices), f.name
+        if (spec.choices or spec.words) and spec.separator is None:  # (a comma-separated list is checked item by item by the config)
+            assert typing.get_args(option.type_descriptor.annotation) == tuple(str(c) for c in spec.choices or spec.words), f.name
         if spec.separator is None and (spec.low, spec.high) != (None, None):
             assert (option.min, option.max) == (spec.low, spec.high), f.name
 

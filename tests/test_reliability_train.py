@@ -129,6 +129,31 @@ def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_continue(tiny_
         train(tiny_config(tiny_manifest, out), resume=str(out), explicit={"epochs": 1})
 
 
+# RUN/config.json as `bintally train` wrote it before its config held a ModelConfig: the model's settings flat, overflow a word
+FLAT_CONFIG = {"data": None, "out": None, "preset": None, "backbone": "test_efficientnet_gn", "head": "ordinal", "features": "pooled",
+               "min_count": 0, "max_count": 5, "overflow": "class", "pretrained": False, "weights": None, "init": None, "dropout": 0.2,
+               "decode": "auto", "mode": "full", "unfreeze": 2, "image_size": 64, "epochs": 2, "batch_size": 16, "optimizer": "adamw",
+               "lr": 0.003, "backbone_lr_scale": 0.3, "weight_decay": 0.02, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 0.2,
+               "restart_epochs": 2, "step_epochs": 2, "step_gamma": 0.3, "label_smoothing": 0.1, "balance": "none", "ema": 0.0,
+               "select": "best", "folds": 0, "amp": None, "channels_last": False, "compile": False, "tta": True, "workers": 0,
+               "device": "auto", "seed": 0, "max_steps": 1, "profile": False, "progress": False}
+
+
+def test_a_run_with_a_flat_config_json_resumes_and_keeps_its_format(tiny_manifest, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_manifest, out, max_steps=1, epochs=2))
+    flat = FLAT_CONFIG | {"data": str(tiny_manifest), "out": str(out)}
+    (out / "config.json").write_text(json.dumps(flat, indent=2))
+    refused = run_cli("train", "--resume", out, "--max-count", "3", "--overflow", "exclude", "--dropout", "0.5")
+    assert_one_line_error(refused, "max_count: run has 5, you asked for 3", "overflow: run has 'class', you asked for 'exclude'",
+                          "dropout: run has 0.2, you asked for 0.5")
+    resumed = train(tiny_config(tiny_manifest, out), resume=str(out), explicit={})
+    assert resumed.epochs_done == 2 and not resumed.already_finished
+    assert json.loads((out / "config.json").read_text()) == flat | {"max_steps": None}
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["config"] == flat | {"max_steps": None}
+    assert read_artifact(out / "model").train_config == flat | {"max_steps": None}
+
+
 def test_leftovers_of_a_killed_writer_are_removed_on_resume(tiny_manifest, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(tiny_manifest, out, max_steps=2, epochs=2))

@@ -16,6 +16,7 @@ import torch
 from bintally.data import read_manifest, write_manifest
 from bintally.errors import ConfigError, DataError
 from bintally.inference import Counter
+from bintally.labels import LabelSpace
 from bintally.models import CountingModel
 from bintally.paths import SAMPLE_DIR, cache_dir
 from bintally.training import TrainConfig, resolve_config, train
@@ -108,7 +109,7 @@ def test_frozen_mode_trains_head_on_cached_features(tiny_manifest, tmp_path):
     fresh = train(tiny_config(tiny_manifest, tmp_path / "frozen2", mode="frozen", head="mlp", epochs=3))
     assert {f: f.stat().st_mtime for f in features} == stamps  # reused, not recomputed
     torch.manual_seed(config.seed)
-    reference = CountingModel(config.model_config())
+    reference = CountingModel(config.model)
     trained = result.model.state_dict()
     for k, v in reference.backbone.state_dict().items():
         assert torch.equal(trained[f"backbone.{k}"], v), k  # backbone untouched (same seed init)
@@ -119,7 +120,7 @@ def test_frozen_mode_trains_head_on_cached_features(tiny_manifest, tmp_path):
 def test_partial_mode_trains_only_the_top_stages(tiny_manifest, tmp_path):
     config = tiny_config(tiny_manifest, tmp_path / "partial", mode="partial", unfreeze=1, max_steps=3)
     torch.manual_seed(config.seed)
-    before = {k: v.clone() for k, v in CountingModel(config.model_config()).state_dict().items()}
+    before = {k: v.clone() for k, v in CountingModel(config.model).state_dict().items()}
     after = train(config).model.state_dict()
     changed = {k.split(".")[1] for k in after if k.startswith("backbone.") and not torch.equal(after[k], before[k])}
     assert changed == {"conv_head", "bn2"}
@@ -139,6 +140,24 @@ def test_bad_training_data_is_refused(tiny_manifest, tmp_path):
         resolve_config("turbo")
     with pytest.raises(ConfigError, match="unknown optimizer"):
         TrainConfig(optimizer="lion")
+
+
+def test_the_flat_settings_map_to_the_nested_model_config_and_back():
+    spatial = resolve_config("spatial", max_count=3)
+    assert (spatial.model.features, spatial.model.max_count, spatial.model.overflow) == ("stride16", 3, False)
+    assert spatial.labels_from_manifest == ("min_count",)
+    flat = spatial.to_dict()
+    assert (flat["features"], flat["min_count"], flat["max_count"], flat["overflow"]) == ("stride16", None, 3, "exclude")
+    assert TrainConfig.from_dict(flat) == spatial
+    resolved = spatial.with_labels(LabelSpace(1, 5, True))
+    assert resolved.model.labels == LabelSpace(1, 3, False) and resolved.labels_from_manifest == ()
+    assert resolved.to_dict() == flat | {"min_count": 1}
+    with pytest.raises(ConfigError, match="unknown overflow 'drop': use one of class, exclude"):
+        TrainConfig.from_dict({"overflow": "drop"})
+    with pytest.raises(ConfigError, match=r"unknown settings: \['members'\]"):  # an ensemble's size is not a training setting
+        TrainConfig.from_dict({"members": 2})
+    with pytest.raises(ConfigError, match=r"min_count \(4\) is above max_count \(3\)"):
+        TrainConfig.from_dict({"min_count": 4, "max_count": 3})
 
 
 def test_schedules_warm_up_then_decay():
@@ -179,8 +198,8 @@ def test_profile_writes_a_trace(tiny_manifest, tmp_path):
 
 def test_every_setting_is_a_cli_option():
     import inspect
-    from dataclasses import fields
 
     from bintally.cli.train import train_cmd
+    from bintally.training.config import SETTING_NAMES
 
-    assert {f.name for f in fields(TrainConfig)} <= set(inspect.signature(train_cmd).parameters)
+    assert set(SETTING_NAMES) <= set(inspect.signature(train_cmd).parameters)  # the model's settings included

@@ -12,7 +12,7 @@ TINY = dict(backbone="test_efficientnet_gn", pretrained=False, image_size=64, ba
 
 
 def tiny_config(manifest, out, **changes) -> TrainConfig:
-    return TrainConfig(data=str(manifest), out=str(out), **(TINY | changes))
+    return TrainConfig.from_dict(dict(data=str(manifest), out=str(out)) | TINY | changes)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from bintally.settings import Setting, described_settings
+from bintally.settings import Setting, described_settings, setting_types
 
 SETTINGS_PARAMETER = "settings"
 
@@ -29,7 +29,7 @@ def flag_names(f: Field, kind, spec: Setting) -> tuple[str, ...]:
     if spec.flag:
         return spec.flag
     name = f.name.replace("_", "-")
-    return (f"--{name}/--no-{name}",) if base_type(kind) is bool else (f"--{name}",)
+    return (f"--{name}/--no-{name}",) if base_type(kind) is bool and not spec.words else (f"--{name}",)
 
 
 def base_type(annotation):
@@ -47,16 +47,19 @@ def choice(values):
 
 
 def option_type(annotation, spec: Setting):
-    if spec.choices:
-        return choice(spec.choices)
+    if spec.choices or spec.words:
+        return choice(spec.choices or spec.words)
     annotation = base_type(annotation)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return choice(annotation)
     return annotation
 
 
-def field_default(f: Field):
+def field_default(f: Field, spec: Setting):
+    """The default as the option spells it: an enum by its value, a switch with `words` by its word."""
     value = f.default_factory() if f.default_factory is not MISSING else f.default
+    if spec.words and isinstance(value, bool):
+        return spec.words[0 if value else 1]
     return value.value if isinstance(value, enum.Enum) else value
 
 
@@ -73,11 +76,11 @@ def option_parameter(f: Field, annotation, spec: Setting, given_only: bool) -> i
     (its help still shows the field's default)."""
     kind = str if spec.separator else option_type(annotation, spec)
     required = f.default is MISSING and f.default_factory is MISSING
-    default = None if required else field_default(f)
+    default = None if required else field_default(f, spec)
     if spec.separator and default is not None:
         default = spec.separator.join(map(str, default))
     flags = flag_names(f, annotation, spec)
-    shown = spec.default_text or (shown_default(default, flags[0]) if given_only else None)
+    shown = spec.default_text or (shown_default(default, flags[0]) if given_only and not spec.default_in_help else None)
     bounds = {"min": spec.low, "max": spec.high} if kind in (int, float) else {}
     info = typer.Option(*flags, help=spec.help or None, envvar=spec.envvar, **({"show_default": shown} if shown else {}),
                         **{k: v for k, v in bounds.items() if v is not None})
@@ -102,7 +105,8 @@ def split_items(text: str, f: Field, annotation, spec: Setting) -> list:
 
 
 def settings_options(settings_type, given_only: bool = False):
-    """Add an option for every field of `settings_type` offered on the command line (`Setting.cli`).
+    """Add an option for every field of `settings_type` offered on the command line (`Setting.cli`), the fields of a nested
+    settings object included (`settings` is flat: one entry per option).
 
     given_only: every option defaults to None and `settings` holds only the options given (for commands that layer
     the options over a preset or a file); otherwise each option shows and passes the field's default.
@@ -111,7 +115,7 @@ def settings_options(settings_type, given_only: bool = False):
 
     def decorate(command):
         own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != SETTINGS_PARAMETER]
-        hints = typing.get_type_hints(settings_type)
+        hints = setting_types(settings_type)
         generated = [option_parameter(f, hints[f.name], spec, given_only) for f, spec in described]
 
         @functools.wraps(command)

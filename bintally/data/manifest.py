@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from bintally.errors import ConfigError, DataError
 from bintally.io import atomic_path, given_path
-from bintally.labels import LabelSpace
+from bintally.labels import LabelSpace, overflow_flag
 
 MANIFEST_VERSION = 1
 OK = "ok"
@@ -60,7 +60,7 @@ def manifest_name(df: pd.DataFrame) -> str:
 def info_labels(info: dict) -> LabelSpace:
     """The label space a manifest was split with (0-5 and an overflow class if it was not split)."""
     split = info.get("split", {})
-    return LabelSpace.of(int(split.get("min_count", 0)), int(split.get("max_count", 5)), split.get("overflow", "class"))
+    return LabelSpace(int(split.get("min_count", 0)), int(split.get("max_count", 5)), overflow_flag(split.get("overflow", "class")))
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path, info: dict | None = None) -> Path:

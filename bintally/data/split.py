@@ -10,7 +10,6 @@ train moves one of them into train (a model cannot learn a class it never sees).
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -98,7 +97,7 @@ def split_manifest(df: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.
     if config.fractions[0] > 0:
         splits = keep_classes_in_train(splits, labels, groups)
     df.loc[keep, "split"] = splits
-    df.attrs["info"] = {**df.attrs.get("info", {}), "split": asdict(config), "classes": config.labels.names}
+    df.attrs["info"] = {**df.attrs.get("info", {}), "split": config.to_dict(), "classes": config.labels.names}
     return df
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from bintally.data.metadata import load_json
 from bintally.errors import ConfigError, DataError
-from bintally.labels import OVERFLOW_POLICIES, LabelSpace
+from bintally.labels import OVERFLOW_WORDS, LabelSpace, overflow_flag, overflow_word
 from bintally.settings import check_range, described_settings, setting
 
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
@@ -26,8 +26,8 @@ class SplitConfig:
     fractions: tuple[float, float, float] = setting((0.8, 0.1, 0.1), separator=",", help="train,val,test fractions, e.g. 0.8,0.1,0.1.")
     seed: int = setting(0, low=0, high=MAX_SEED, help="Seed for the group shuffle.")
     max_count: int = setting(5, low=0, help="Largest count with its own class (a --file-list sets it from its counts).")
-    overflow: str = setting("class", choices=OVERFLOW_POLICIES, help="Counts above --max-count: one overflow class, or excluded "
-                                                                     "(exclude with a --file-list).")
+    overflow: bool = setting(True, words=OVERFLOW_WORDS, help="Counts above --max-count: one overflow class, or excluded "
+                                                              "(exclude with a --file-list).")
     min_count: int = setting(0, low=0, help="Smallest count with its own class (a --file-list sets it from its counts).")
     near_duplicate_distance: int = setting(NEAR_DUPLICATE_DISTANCE, low=0, high=64, help=NEAR_DUPLICATE_HELP)
     id_block: int = setting(ID_BLOCK, low=1, cli=False)  # ids in one block of consecutive ids form one group
@@ -38,21 +38,26 @@ class SplitConfig:
         for f, spec in described_settings(self):
             if spec.low is not None:  # the whole numbers, each in its range
                 check_range(f.name, getattr(self, f.name), int(spec.low), spec.high, whole=True)
-        LabelSpace.of(self.min_count, self.max_count, self.overflow)  # raises ConfigError for a bad label space
+        _ = self.labels  # raises ConfigError for a bad label space
 
     @property
     def labels(self) -> LabelSpace:
-        return LabelSpace.of(self.min_count, self.max_count, self.overflow)
+        return LabelSpace(self.min_count, self.max_count, self.overflow)
+
+    def to_dict(self) -> dict:
+        """As a split manifest records it (overflow spelled 'class' or 'exclude')."""
+        return asdict(self) | {"overflow": overflow_word(self.overflow)}
 
     @classmethod
     def for_options(cls, min_count: int | None = None, max_count: int | None = None, overflow: str | None = None,
                     file_list: str | None = None, **others) -> "SplitConfig":
-        """Settings left out (None) take their defaults; with a file list, the label space is the counts it lists."""
+        """Settings left out (None) take their defaults; with a file list, the label space is the counts it lists.
+        overflow is spelled as on the command line ('class' or 'exclude')."""
         space = {f.name: f.default for f in fields(cls) if f.name in LABEL_SPACE}
         if file_list:
             counts = file_list_counts(file_list)
-            space = {"min_count": min(counts), "max_count": max(counts), "overflow": "exclude"}
-        given = {"min_count": min_count, "max_count": max_count, "overflow": overflow}
+            space = {"min_count": min(counts), "max_count": max(counts), "overflow": False}
+        given = {"min_count": min_count, "max_count": max_count, "overflow": None if overflow is None else overflow_flag(overflow)}
         space |= {k: v for k, v in given.items() if v is not None}
         return cls(file_list=file_list, **space, **others)
 

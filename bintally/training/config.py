@@ -1,19 +1,20 @@
-"""Training configuration: one flat, typed object with defaults that work, and named presets.
+"""Training configuration: one typed object holding the model's config (`TrainConfig.model`), with defaults that work, and named presets.
 
-Each field states its help, choices and range once; `bintally train` offers every field as an option built from them.
+Each field states its help, choices and range once; `bintally train` offers every field as an option built from them, the
+model's included. Files, presets and the command line use the flat form (`TrainConfig.to_dict`/`from_dict`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from bintally.errors import ConfigError
-from bintally.labels import DECODINGS, OVERFLOW_POLICIES, LabelSpace
-from bintally.models.config import FEATURES, HEADS, ModelConfig
+from bintally.labels import LabelSpace, overflow_flag, overflow_word
+from bintally.models.config import ModelConfig
 from bintally.progress import PROGRESS_HELP
-from bintally.settings import check_settings, setting
+from bintally.settings import check_settings, described_settings, setting
 
 MODES = ("frozen", "partial", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -26,6 +27,9 @@ RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_ste
 # a resumed run may be asked to go on for more epochs than it was started with
 EXTENDABLE = {"epochs"}
 NOT_EMPTY = ("data", "out", "weights", "init")  # '' would silently mean the current folder
+LABEL_SETTINGS = ("min_count", "max_count", "overflow")
+# the model's settings a training config states (an ensemble's members come from cross-validation, not from settings)
+MODEL_SETTINGS = tuple(f.name for f, spec in described_settings(ModelConfig) if spec.cli)
 DATA_HELP = "Split manifest, bucket folder, class folders or CSV. Default: the bundled sample."
 
 PRESETS: dict[str, dict] = {
@@ -53,22 +57,13 @@ class TrainConfig:
     data: str | None = setting(None, help=DATA_HELP)
     out: str | None = setting(None, help="Run directory. Default: a new numbered one, runs/train/run-NNN.")
     preset: str | None = setting(None, choices=tuple(PRESETS), help="Named recipe: " + ", ".join(PRESETS) + ".")
-    # model
-    backbone: str = setting("efficientnet_lite0", help="efficientnet_lite0/1/2, resnet18/34/50/101 or any timm model name.")
-    head: str = setting("ordinal", choices=HEADS, help="Head on the backbone's features.")
-    features: str = setting("pooled", choices=FEATURES, help="What the head reads: pooled final features, "
-                                                             "or the stride-16 map through a small conv head.")
-    # the label space; None: the one the manifest was split with (0-5 and an overflow class if it was not split)
-    min_count: int | None = setting(None, low=0, help="Smallest count with its own class (default: the manifest's split, else 0).")
-    max_count: int | None = setting(None, low=0, help="Largest count with its own class (default: the manifest's split, else 5).")
-    overflow: str | None = setting(None, choices=OVERFLOW_POLICIES,
-                                   help="class: counts above max-count form one class; exclude: learn counts min..max only.")
-    pretrained: bool = setting(True, flag=("--pretrained/--random-init",), help="Start from shipped ImageNet weights.")
-    weights: str | None = setting(None, help="Backbone weights file (.pt/.pth state dict).")
+    # the model and its label space (`model.labels`)
+    model: ModelConfig = setting(default_factory=ModelConfig)
+    # the label-space settings the manifest decides (`with_labels`): by default all; `from_dict` names those not given, and
+    # a config built around a ModelConfig whose label space is meant passes ()
+    labels_from_manifest: tuple[str, ...] = setting(LABEL_SETTINGS, choices=LABEL_SETTINGS, cli=False)
     init: str | None = setting(None, help="Start from a trained model's weights (a run or model folder; with --folds, "
                                           "a cross-validation run over the same folds).")
-    dropout: float = setting(0.2, low=0, high=1, high_open=True, help="Dropout before the head's layers.")
-    decode: str = setting("auto", choices=("auto", *DECODINGS), help="Count from probabilities (auto: median for ordinal, else argmax).")
     # what is trained
     mode: str = setting("full", choices=MODES, help="frozen (head on cached features), partial or full fine-tuning.")
     unfreeze: int = setting(2, low=0, help="partial: how many top backbone stages to train.")
@@ -109,46 +104,52 @@ class TrainConfig:
         check_settings(self)
         if self.folds == 1:
             raise ConfigError(f"folds must be 0 (no cross-validation) or 2 to {MAX_FOLDS}, got {self.folds}")
+        flat = self.to_dict()
         for name in NOT_EMPTY:
-            if getattr(self, name) is not None and not getattr(self, name).strip():
+            if flat[name] is not None and not flat[name].strip():
                 raise ConfigError(f"{name} is empty: give a file or folder name, or leave it out for the default")
-        if None not in (self.min_count, self.max_count):
-            _ = self.labels  # min_count <= max_count
-
-    @property
-    def labels(self) -> LabelSpace:
-        """The label space (after `with_labels` has filled in what was left to the manifest)."""
-        return LabelSpace.of(self.min_count or 0, 5 if self.max_count is None else self.max_count, self.overflow or "class")
+        if not {"min_count", "max_count"} & set(self.labels_from_manifest):
+            _ = self.model.labels  # min_count <= max_count
 
     def with_labels(self, manifest: LabelSpace) -> "TrainConfig":
         """Label-space settings left unset take the manifest's."""
-        return replace(self, min_count=manifest.min_count if self.min_count is None else self.min_count,
-                       max_count=manifest.max_count if self.max_count is None else self.max_count,
-                       overflow=manifest.overflow_policy if self.overflow is None else self.overflow)
-
-    def model_config(self) -> ModelConfig:
-        labels = self.labels
-        return ModelConfig(backbone=self.backbone, head=self.head, min_count=labels.min_count, max_count=labels.max_count,
-                           pretrained=self.pretrained, weights=self.weights, dropout=self.dropout, decode=self.decode,
-                           overflow=labels.overflow, features=self.features)
+        taken = {name: getattr(manifest, name) for name in self.labels_from_manifest}
+        return replace(self, model=replace(self.model, **taken), labels_from_manifest=())
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The flat form that config.json, checkpoints, model.json and settings files hold: the model's settings beside the
+        others, overflow spelled 'class' or 'exclude', null for a label-space setting left to the manifest."""
+        values = {}
+        for f in fields(self):
+            if f.name == "model":
+                values |= {name: getattr(self.model, name) for name in MODEL_SETTINGS}
+                values["overflow"] = overflow_word(self.model.overflow)
+                values |= dict.fromkeys(self.labels_from_manifest)
+            elif f.name != "labels_from_manifest":
+                values[f.name] = getattr(self, f.name)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict, source: str | Path | None = None) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
+        """From the flat form (`to_dict`); a label-space setting that is null or left out takes the manifest's."""
+        unknown = set(values) - set(SETTING_NAMES)
         where = f"{source}: " if source else ""
         if unknown:
             raise ConfigError(f"{where}unknown settings: {sorted(unknown)}")
+        model = {k: v for k, v in values.items() if k in MODEL_SETTINGS and not (k in LABEL_SETTINGS and v is None)}
+        own = {k: v for k, v in values.items() if k not in MODEL_SETTINGS}
         try:
-            return cls(**values)
+            if "overflow" in model:
+                model["overflow"] = overflow_flag(model["overflow"])
+            return cls(model=ModelConfig(**model), labels_from_manifest=tuple(k for k in LABEL_SETTINGS if k not in model), **own)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2))
+
+
+SETTING_NAMES = tuple(TrainConfig().to_dict())  # the flat form's names
 
 
 def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
@@ -177,7 +178,7 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object of settings")
-    unknown = set(values) - {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - set(SETTING_NAMES)
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
     TrainConfig.from_dict({k: v for k, v in values.items() if k != "preset"}, source=path)  # types and ranges, named by this file

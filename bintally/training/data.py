@@ -11,7 +11,7 @@ from bintally.data.sample import read_or_index
 from bintally.data.split import SPLITS, SplitConfig, manifest_labels, split_manifest
 from bintally.data.verify import drop_stale
 from bintally.errors import ConfigError, DataError
-from bintally.labels import LabelSpace
+from bintally.labels import LabelSpace, overflow_word
 
 
 def labelled_manifest(data: str | None, labels: LabelSpace | None) -> pd.DataFrame:
@@ -26,7 +26,7 @@ def labelled_manifest(data: str | None, labels: LabelSpace | None) -> pd.DataFra
             return df
         return relabelled(df, labels)
     labels = labels or LabelSpace()
-    df = split_manifest(df, SplitConfig(min_count=labels.min_count, max_count=labels.max_count, overflow=labels.overflow_policy))
+    df = split_manifest(df, SplitConfig(min_count=labels.min_count, max_count=labels.max_count, overflow=labels.overflow))
     df.attrs["split_here"] = True
     return df
 
@@ -36,11 +36,10 @@ def config_manifest(config):
 
     Label-space settings left unset take the manifest's (unsplit data: 0-5 and an overflow class).
     """
-    given = (config.min_count, config.max_count, config.overflow)
-    df = labelled_manifest(config.data, config.labels if None not in given else None)
+    df = labelled_manifest(config.data, None if config.labels_from_manifest else config.model.labels)
     config = config.with_labels(manifest_labels(df))
-    if manifest_labels(df) != config.labels:
-        df = relabelled(df, config.labels)
+    if manifest_labels(df) != config.model.labels:
+        df = relabelled(df, config.model.labels)
     return df, config
 
 
@@ -50,7 +49,7 @@ def relabelled(df: pd.DataFrame, labels: LabelSpace) -> pd.DataFrame:
     df = df.assign(label=label.to_numpy(), split=df["split"].where(label.notna().to_numpy(), EXCLUDED))
     info = dict(df.attrs.get("info", {}))
     info["split"] = {**info.get("split", {}), "min_count": labels.min_count, "max_count": labels.max_count,
-                     "overflow": labels.overflow_policy}
+                     "overflow": overflow_word(labels.overflow)}
     info["classes"] = labels.names
     df.attrs["info"] = info
     return df

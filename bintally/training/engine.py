@@ -148,7 +148,7 @@ def finished_result(run_dir: Path, checkpoint: dict, config: TrainConfig) -> Tra
     except (OSError, ValueError):
         saved = {}
     return TrainResult(run=str(run_dir), best_val=checkpoint.get("best"), final=saved.get("final", {}), health=saved.get("health", {}),
-                       wall_time_s=0.0, world_size=1, model=None, labels=config.labels, already_finished=True,
+                       wall_time_s=0.0, world_size=1, model=None, labels=config.model.labels, already_finished=True,
                        epochs_done=checkpoint["epoch"])
 
 
@@ -222,10 +222,10 @@ class Setup:
 def prepare(config: TrainConfig, d: Dist) -> Setup:
     torch.manual_seed(config.seed)
     df, config = config_manifest(config)
-    model = CountingModel(config.model_config())  # validates backbone, head and weights
+    model = CountingModel(config.model)  # validates backbone, head and weights
     if config.init is not None:
         start_from(model, config.init)
-    parts = check_training_data(df, config.labels)
+    parts = check_training_data(df, config.model.labels)
     per_process = len(parts["train"]) // d.world_size
     if per_process < config.batch_size:
         raise ConfigError(f"batch size {config.batch_size} is larger than the train split per process ({per_process} photos); "
@@ -266,7 +266,7 @@ def build_trainer(setup: Setup, d: Dist, progress: bool) -> Trainer:
         trained = DistributedDataParallel(trained)
     forward = torch.compile(trained) if config.compile else trained
     amp = d.device.type == "cuda" if config.amp is None else config.amp
-    weights = class_weights(train_labels, config.labels.n_classes).to(d.device) if config.balance == "weights" else None
+    weights = class_weights(train_labels, config.model.n_classes).to(d.device) if config.balance == "weights" else None
     return Trainer(config, d, amp, train_set, train_labels, parts["val"], photo_loader(val_set, config.batch_size * 2, loader_workers(config)),
                    trained=trained, forward=forward, frozen_modules=frozen_modules,
                    trainable=[p for p in model.parameters() if p.requires_grad], loss_weights=weights,
@@ -377,7 +377,7 @@ def finish(setup: Setup, run: Run, state: TrainState, final: dict, started: floa
     run.write_json("result.json", result)
     if run.main:
         write_model_card(run, setup.config, setup.df, result)
-    return TrainResult(model=setup.model, labels=setup.config.labels, epochs_done=setup.config.epochs, **result)
+    return TrainResult(model=setup.model, labels=setup.config.model.labels, epochs_done=setup.config.epochs, **result)
 
 
 def make_profiler(config: TrainConfig, run: Run):
@@ -404,12 +404,13 @@ def save_model(model: CountingModel, transform: TransformConfig, config: TrainCo
 def write_model_card(run: Run, config: TrainConfig, df: pd.DataFrame, result: dict) -> None:
     best = read_artifact(run.dir / RUN_SUBDIR).metrics
     split_counts = df["split"].value_counts().to_dict()
+    model, labels = config.model, config.model.labels
     lines = [
         "# Model card", "",
-        f"- backbone: `{config.backbone}` ({weights_description(config.backbone, config.pretrained, config.weights)}), "
-        f"head: `{config.head}` on `{config.features}` features, mode: `{config.mode}`",
-        f"- classes: {', '.join(config.labels.names)}"
-        + (f" (last = more than {config.max_count} items)" if config.labels.overflow else f" (trained on {config.labels.description} only)"),
+        f"- backbone: `{model.backbone}` ({weights_description(model.backbone, model.pretrained, model.weights)}), "
+        f"head: `{model.head}` on `{model.features}` features, mode: `{config.mode}`",
+        f"- classes: {', '.join(labels.names)}"
+        + (f" (last = more than {labels.max_count} items)" if labels.overflow else f" (trained on {labels.description} only)"),
         f"- data: `{df.attrs.get('info', {}).get('source', config.data or 'bundled sample')}`; split sizes: {split_counts}",
         f"- image size {config.image_size}, epochs {config.epochs}, batch {config.batch_size} x {result['world_size']} processes, "
         f"optimizer {config.optimizer} lr {config.lr}, schedule {config.schedule}",

@@ -158,7 +158,7 @@ def train_step(trainer: Trainer, state: TrainState, x: torch.Tensor, y: torch.Te
     if state.ema is not None:
         state.ema.update_parameters(model)
     with torch.no_grad():
-        predicted = config.labels.decode(model.head.probs(out).cpu().numpy(), model.decode)
+        predicted = config.model.labels.decode(model.head.probs(out).cpu().numpy(), model.decode)
         right = int((predicted == y.cpu().numpy()).sum())
     return loss.item(), grad_norm, right
 
@@ -171,10 +171,10 @@ def validate(model: CountingModel, trainer: Trainer) -> dict:
     probs, indices = predict_probs(probability_model, trainer.val_loader, trainer.d.device, trainer.amp)
     if not len(indices):
         raise DataError(trainer.val_photos.attrs.get("source", "the val split"), "no validation photo could be read")
-    labels = config.labels
+    labels = config.model.labels
     predicted = labels.decode(probs, model.decode)
     true = labels.count_of(trainer.val_photos["label"].to_numpy(dtype=int)[indices])
-    return {f"val_{k}": v for k, v in count_metrics(true, labels.count_of(predicted), config.max_count).items()}
+    return {f"val_{k}": v for k, v in count_metrics(true, labels.count_of(predicted), labels.max_count).items()}
 
 
 @torch.no_grad()

@@ -102,7 +102,7 @@ class TrainState:
         optimizer = build_optimizer(model, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, config))
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema > 0 else None
-        return cls(model, optimizer, scheduler, ema, HealthMonitor(n_classes=config.labels.n_classes))
+        return cls(model, optimizer, scheduler, ema, HealthMonitor(n_classes=config.model.n_classes))
 
     @property
     def eval_model(self) -> CountingModel:
