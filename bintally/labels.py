@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bintally.errors import ConfigError
-from bintally.settings import check_range
+from bintally.settings import check_choice, check_range
 
 # how the command line and settings files (config.json, manifests) spell `overflow`: (true, false)
 OVERFLOW_WORDS = ("class", "exclude")
@@ -24,8 +24,7 @@ DECODINGS = ("argmax", "median", "expected")  # class per photo: the most likely
 
 def overflow_flag(word) -> bool:
     """`overflow` from its spelling in a file or on the command line ('class' or 'exclude')."""
-    if word not in OVERFLOW_WORDS:
-        raise ConfigError(f"unknown overflow {word!r}: use one of {', '.join(OVERFLOW_WORDS)}")
+    check_choice("overflow", word, OVERFLOW_WORDS)
     return word == OVERFLOW_WORDS[0]
 
 
