@@ -219,7 +219,7 @@ class DataPlane:
     async def predict_arrays(self, arrays: np.ndarray) -> Prediction:
         """The prediction of already pre-processed FP32 photos [N, 3, S, S]; a wrong shape is a 400."""
         self.require_loaded()
-        shape = [3, *self.input_shape[1:]]
+        shape = self.input_shape
         if not isinstance(arrays, np.ndarray) or arrays.ndim != 4 or list(arrays.shape[1:]) != shape or not len(arrays):
             got = list(arrays.shape) if isinstance(arrays, np.ndarray) else type(arrays).__name__
             raise RequestError(400, f"expected pre-processed images of shape [N, {', '.join(map(str, shape))}] with N >= 1, got {got}")
