@@ -10,7 +10,7 @@ probabilities into classes (`bintally.inference.Prediction` carries them to ever
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -126,3 +126,6 @@ class LabelSpace:
     def expected_counts(self, probs: np.ndarray) -> np.ndarray:
         """The mean count of each row's distribution (the overflow class counted as max_count + 1)."""
         return np.asarray(probs, dtype=np.float64) @ self.count_of(np.arange(self.n_classes))
+
+
+LABEL_SETTINGS = tuple(f.name for f in fields(LabelSpace))  # min_count, max_count, overflow: as settings and files name them
