@@ -12,14 +12,13 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import types
 import typing
 from dataclasses import MISSING, Field
 from typing import Annotated, Literal, Optional
 
 import typer
 
-from bintally.settings import Setting, described_settings, setting_types
+from bintally.settings import Setting, described_settings, setting_types, union_members
 
 SETTINGS_PARAMETER = "settings"
 
@@ -34,8 +33,7 @@ def flag_names(f: Field, kind, spec: Setting) -> tuple[str, ...]:
 
 def base_type(annotation):
     """`int` for `int | None`, `list[str]` for `tuple[str, ...]`."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    annotation = next(a for a in union_members(annotation) if a is not type(None))
     if typing.get_origin(annotation) is tuple:
         return list[typing.get_args(annotation)[0]]
     return annotation
