@@ -2,8 +2,8 @@
 
 Protocol adapters (rest.py: /v1/count and SageMaker; v2.py: the Open Inference Protocol; web.py; audit_api.py)
 only parse their request format, call `predict_images`, `predict_arrays` or `fetch_uri`, and render the
-`Prediction` (REST rows, v2 tensors); every
-refusal is a `RequestError` (a 4xx/5xx with a JSON {"error": ...} body), never a 500 for bad input.
+`Prediction` (REST rows, v2 tensors); every refusal is a `RequestError` (a 4xx/5xx with a JSON {"error": ...}
+body), never a 500 for bad input.
 """
 
 from __future__ import annotations
