@@ -158,8 +158,7 @@ class DataPlane:
     def _admit(self, n: int) -> None:
         # not `ready`: once shutdown begins, health checks say 503 so load balancers stop sending, but requests that
         # still arrive (or are still uploading) are served until uvicorn closes the listener and drains the connections
-        if not self._warm:
-            raise not_ready_error()
+        self.require_loaded()
         if n > self.config.max_images:
             raise too_many_images(n, self.config.max_images)
         try:
