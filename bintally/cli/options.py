@@ -23,12 +23,12 @@ from bintally.settings import Setting, described_settings, setting_types, union_
 SETTINGS_PARAMETER = "settings"
 
 
-def flag_names(f: Field, kind, spec: Setting) -> tuple[str, ...]:
+def flag_names(f: Field, annotation, spec: Setting) -> tuple[str, ...]:
     """The option's spelling: the setting's own, else --field-name (--name/--no-name for a switch)."""
     if spec.flag:
         return spec.flag
     name = f.name.replace("_", "-")
-    return (f"--{name}/--no-{name}",) if base_type(kind) is bool and not spec.words else (f"--{name}",)
+    return (f"--{name}/--no-{name}",) if base_type(annotation) is bool and not spec.words else (f"--{name}",)
 
 
 def base_type(annotation):
