@@ -68,6 +68,10 @@ class LabelSpace:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_overflow(self) -> "LabelSpace":
+        """This space with an overflow class (itself if it has one), so that counts above max_count can be scored."""
+        return self if self.overflow else LabelSpace(self.min_count, self.max_count, overflow=True)
+
     @property
     def n_classes(self) -> int:
         return self.max_count - self.min_count + 1 + int(self.overflow)
