@@ -10,12 +10,12 @@ probabilities into classes (`bintally.inference.Prediction` carries them to ever
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from bintally.errors import ConfigError
-from bintally.settings import check_range
+from bintally.settings import check_choice, check_range
 
 # how the command line and settings files (config.json, manifests) spell `overflow`: (true, false)
 OVERFLOW_WORDS = ("class", "exclude")
@@ -24,8 +24,7 @@ DECODINGS = ("argmax", "median", "expected")  # class per photo: the most likely
 
 def overflow_flag(word) -> bool:
     """`overflow` from its spelling in a file or on the command line ('class' or 'exclude')."""
-    if word not in OVERFLOW_WORDS:
-        raise ConfigError(f"unknown overflow {word!r}: use one of {', '.join(OVERFLOW_WORDS)}")
+    check_choice("overflow", word, OVERFLOW_WORDS)
     return word == OVERFLOW_WORDS[0]
 
 
@@ -68,6 +67,10 @@ class LabelSpace:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_overflow(self) -> "LabelSpace":
+        """This space with an overflow class (itself if it has one), so that counts above max_count can be scored."""
+        return self if self.overflow else LabelSpace(self.min_count, self.max_count, overflow=True)
 
     @property
     def n_classes(self) -> int:
@@ -127,3 +130,6 @@ class LabelSpace:
     def expected_counts(self, probs: np.ndarray) -> np.ndarray:
         """The mean count of each row's distribution (the overflow class counted as max_count + 1)."""
         return np.asarray(probs, dtype=np.float64) @ self.count_of(np.arange(self.n_classes))
+
+
+LABEL_SETTINGS = tuple(f.name for f in fields(LabelSpace))  # min_count, max_count, overflow: as settings and files name them

@@ -124,11 +124,17 @@ def matches(value, expected) -> bool:
     return isinstance(value, expected) if isinstance(expected, type) else True
 
 
+def union_members(annotation) -> tuple:
+    """The types an annotation allows: (int, NoneType) for `int | None`, (int,) for `int`."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+
+
 def describe(expected) -> str:
-    options = [a for a in typing.get_args(expected) if a is not type(None)] if typing.get_origin(expected) in (typing.Union, types.UnionType) else [expected]
+    members = union_members(expected)
+    options = [a for a in members if a is not type(None)] if len(members) > 1 else list(members)
     names = [" or ".join(repr(m.value) for m in o) if isinstance(o, type) and issubclass(o, enum.Enum) else JSON_NAMES.get(typing.get_origin(o) or o, str(o))
              for o in options]
-    nullable = " or null" if typing.get_origin(expected) in (typing.Union, types.UnionType) and type(None) in typing.get_args(expected) else ""
+    nullable = " or null" if len(members) > 1 and type(None) in members else ""
     return " or ".join(names) + nullable
 
 
@@ -151,8 +157,7 @@ def check_types(settings, what: str = "setting") -> None:
 
 def enum_of(expected) -> type[enum.Enum] | None:
     """The enum in an annotation such as `Backend` or `Backend | None`."""
-    options = typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
-    return next((o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)), None)
+    return next((o for o in union_members(expected) if isinstance(o, type) and issubclass(o, enum.Enum)), None)
 
 
 def check_range(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False, whole: bool = False) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import NamedTuple
@@ -24,7 +23,7 @@ from typing import NamedTuple
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 QUIET_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_TOP_PAD_": "1000000000",
              "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -79,6 +78,14 @@ def audit_server(serve_session, tiny_artifact, tmp_path_factory):
     return server
 
 
+def answers_ping(url: str) -> bool:
+    """Does the server at `url` answer /ping with 200?"""
+    try:
+        return httpx.get(url + "/ping", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class ServerProcess(NamedTuple):
     process: subprocess.Popen  # its stdout and stderr together, as text, in process.stdout
     url: str
@@ -96,14 +103,8 @@ def serve_process():
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | QUIET_ENV)
         started.append(process)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(url + "/ping", timeout=2).status_code == 200:
-                    return ServerProcess(process, url)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if wait_for(lambda: answers_ping(url), 120, process):
+            return ServerProcess(process, url)
         process.kill()
         raise AssertionError(f"the server did not start (exit {process.poll()}): {process.communicate()[0][-3000:]}")
 

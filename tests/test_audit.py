@@ -101,7 +101,7 @@ def table_sizes(db: Path) -> dict:
 # ---------------------------------------------------------------- scoring, selection and calibration
 
 
-def test_record_probability_maps_records_to_classes_and_overflow():
+def test_probability_of_maps_records_to_classes_and_overflow():
     probs = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]])  # counts 0, 1, 2 and "3+"
     with_overflow = LabelSpace(0, 2, overflow=True)
     assert with_overflow.probability_of(probs, [2, 0]).tolist() == [0.3, 0.7]

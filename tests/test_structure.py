@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,28 @@ def test_functions_fit_on_a_screen(path):
             for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"{path.name}: " + "; ".join(long)
+
+
+def top_level_names(path: Path) -> set[str]:
+    """The names a module defines or imports at its top level."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+LAZY_PACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py") if "\nLAZY = " in p.read_text())
+
+
+@pytest.mark.parametrize("package", LAZY_PACKAGES)
+def test_names_loaded_on_first_use_are_in_the_module_named_for_them(package):
+    lazy = importlib.import_module(f"bintally.{package}").LAZY
+    missing = [f"{name} (bintally.{package}.{module})" for name, module in sorted(lazy.items())
+               if name not in top_level_names(PACKAGE / package / f"{module}.py")]
+    assert not missing, "names that load from a module that lacks them: " + ", ".join(missing)

@@ -8,6 +8,7 @@ feed approved recounts back as training labels.
     queries.py    runs with their metrics, worklists, the counter's blind view, exports and labels
     store.py      the database (SQLite by default, or PostgreSQL), schema upgraded by Alembic on open
     schema.py     the tables
+    uploads.py    photos uploaded over HTTP, kept in the store by their SHA-256
     config.py     `AuditConfig`
 
 Names load on first use, so that the command line reads `AuditConfig` without importing SQLAlchemy.

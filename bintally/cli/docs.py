@@ -42,8 +42,7 @@ def default_cell(param) -> str:
 
 
 def option_names(param) -> str:
-    names = [n for n in param.opts + param.secondary_opts]
-    return ", ".join(f"`{n}`" for n in names)
+    return ", ".join(f"`{n}`" for n in param.opts + param.secondary_opts)
 
 
 def meaning(param) -> str:

@@ -12,30 +12,28 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import types
 import typing
 from dataclasses import MISSING, Field
 from typing import Annotated, Literal, Optional
 
 import typer
 
-from bintally.settings import Setting, described_settings, setting_types
+from bintally.settings import Setting, described_settings, setting_types, union_members
 
 SETTINGS_PARAMETER = "settings"
 
 
-def flag_names(f: Field, kind, spec: Setting) -> tuple[str, ...]:
+def flag_names(f: Field, annotation, spec: Setting) -> tuple[str, ...]:
     """The option's spelling: the setting's own, else --field-name (--name/--no-name for a switch)."""
     if spec.flag:
         return spec.flag
     name = f.name.replace("_", "-")
-    return (f"--{name}/--no-{name}",) if base_type(kind) is bool and not spec.words else (f"--{name}",)
+    return (f"--{name}/--no-{name}",) if base_type(annotation) is bool and not spec.words else (f"--{name}",)
 
 
 def base_type(annotation):
     """`int` for `int | None`, `list[str]` for `tuple[str, ...]`."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    annotation = next(a for a in union_members(annotation) if a is not type(None))
     if typing.get_origin(annotation) is tuple:
         return list[typing.get_args(annotation)[0]]
     return annotation

@@ -11,6 +11,7 @@ import typer
 from bintally.cli.app import Opt, app, command
 from bintally.cli.options import settings_options
 from bintally.serving.config import API_KEY_ENV, ServeConfig
+from bintally.sources.policy import DEFAULT_MAX_BYTES
 
 
 def read_api_key(api_key_file: Optional[Path]) -> str | None:
@@ -30,7 +31,7 @@ def read_api_key(api_key_file: Optional[Path]) -> str | None:
 @settings_options(ServeConfig)
 def serve_cmd(
     settings: dict,
-    max_body_mb: Annotated[float, Opt(min=0.001, help="Largest request body, MB (10^6 bytes); beyond it 413.")] = 20.0,
+    max_body_mb: Annotated[float, Opt(min=0.001, help="Largest request body, MB (10^6 bytes); beyond it 413.")] = DEFAULT_MAX_BYTES / 1_000_000,
     api_key_file: Annotated[Optional[Path], Opt(show_default=f"${API_KEY_ENV}",
                                                 help="File whose first line is the API key; with a key, requests need "
                                                      "'Authorization: Bearer KEY'.")] = None,

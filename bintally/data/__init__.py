@@ -9,7 +9,7 @@ from importlib import import_module
 from bintally.errors import DataError
 
 LAZY = {"CheckReport": "check", "check_manifest": "check", "build_manifest": "index", "index_to_manifest": "index",
-        "read_manifest": "manifest", "write_manifest": "manifest", "SplitConfig": "split_config", "class_names": "split",
+        "read_manifest": "manifest", "write_manifest": "manifest", "SplitConfig": "split_config", "class_names": "split_config",
         "split_manifest": "split"}
 
 __all__ = ["DataError", *LAZY]

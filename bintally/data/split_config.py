@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bintally.data.metadata import load_json
 from bintally.errors import ConfigError, DataError
-from bintally.labels import OVERFLOW_WORDS, LabelSpace, overflow_flag, overflow_word
+from bintally.labels import LABEL_SETTINGS, OVERFLOW_WORDS, LabelSpace, overflow_flag, overflow_word
 from bintally.settings import check_range, described_settings, setting
 
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
@@ -18,7 +18,6 @@ MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 NEAR_DUPLICATE_DISTANCE = 6
 ID_BLOCK = 10
 NEAR_DUPLICATE_HELP = "pHash bits within which two photos are near-duplicates."
-LABEL_SPACE = ("min_count", "max_count", "overflow")
 
 
 @dataclass
@@ -53,7 +52,7 @@ class SplitConfig:
                     file_list: str | None = None, **others) -> "SplitConfig":
         """Settings left out (None) take their defaults; with a file list, the label space is the counts it lists.
         overflow is spelled as on the command line ('class' or 'exclude')."""
-        space = {f.name: f.default for f in fields(cls) if f.name in LABEL_SPACE}
+        space = {f.name: f.default for f in fields(cls) if f.name in LABEL_SETTINGS}
         if file_list:
             counts = file_list_counts(file_list)
             space = {"min_count": min(counts), "max_count": max(counts), "overflow": False}

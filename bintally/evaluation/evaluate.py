@@ -89,7 +89,7 @@ def evaluation_photos(df: pd.DataFrame, split: str | None, space: LabelSpace) ->
     source = manifest_name(df)
     info = {"source": source, "photos": len(df), "no_split_column": "split" not in df}
     df = drop_unusable(drop_stale(select_split(df, split, source, info)), source, info)
-    scoring = LabelSpace(space.min_count, space.max_count, overflow=True)
+    scoring = space.with_overflow()
     labels = scoring.label_of(df["count"])
     outside = labels.isna().to_numpy()
     if outside.any():

@@ -164,10 +164,9 @@ def write_onnx(artifact: ModelArtifact, model_path: Path, staging: Path, quantiz
 def validation_metrics(artifact: ModelArtifact, labels, probs) -> dict:
     """Accuracy, RMSE, MAE and within-one accuracy of the counts over all photos, as evaluate computes them."""
     from bintally.evaluation.metrics import count_metrics
-    from bintally.labels import LabelSpace
 
     space = artifact.labels
-    scoring = LabelSpace(space.min_count, space.max_count, overflow=True)  # photos above N score as N+1 even without an overflow class
+    scoring = space.with_overflow()  # photos above N score as N+1 even without an overflow class
     true = scoring.count_of(labels.to_numpy(dtype=int))
     predicted = space.count_of(space.decode(probs, artifact.decoding))
     metrics = count_metrics(true, predicted, space.max_count)

@@ -96,12 +96,10 @@ def compare(artifact, reference: np.ndarray, probs: np.ndarray) -> dict:
 
 def parity_arrays(artifact_torch, onnx_file: str | Path, images: np.ndarray, batch_size: int = 16) -> dict:
     """The parity check on pre-processed photos: PyTorch against ONNX Runtime, through the inference backends."""
-    from bintally.inference.backends import OnnxBackend, TorchBackend
-
     if not len(images):
         raise DataError(onnx_file, "no readable photos to check the export on")
-    reference = batched(TorchBackend(artifact_torch).probabilities, images, batch_size)
-    return compare(artifact_torch, reference, batched(OnnxBackend(artifact_torch, model_file=onnx_file).probabilities, images, batch_size))
+    reference = torch_probabilities(artifact_torch, images, batch_size)
+    return compare(artifact_torch, reference, onnx_probabilities(artifact_torch, onnx_file, images, batch_size))
 
 
 def parity(artifact_torch, onnx_file: str | Path, photos: Sequence[str | Path], batch_size: int = 16) -> dict:

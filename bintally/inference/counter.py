@@ -14,6 +14,7 @@ from bintally.data.transforms import preprocess, preprocess_batch
 from bintally.errors import ConfigError, DataError
 from bintally.inference.prediction import Prediction
 from bintally.inference.signature import ModelSignature
+from bintally.inference.temperature import apply_temperature
 from bintally.labels import LabelSpace
 from bintally.models.artifact import ModelArtifact, read_artifact
 from bintally.progress import progress_bar
@@ -88,8 +89,8 @@ class Counter:
         return self.prediction(self.network_probabilities(images))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities [N, n_classes] of pre-processed photos [N, 3, H, W], calibrated unless the counter is not."""
-        return self.predict(images).probabilities
+        """Probabilities [N, n_classes] of pre-processed photos [N, 3, H, W], calibrated unless the counter is not (no decoding)."""
+        return apply_temperature(self.network_probabilities(images), self.temperature)
 
     def count_images(self, images: list[Image.Image]) -> list[dict]:
         return self.predict(preprocess_batch(images, self.artifact.transform)).rows()

@@ -89,6 +89,5 @@ class Prediction:
         a model without one gives that class probability 0 (and never predicts it)."""
         if self.space.overflow:
             return self
-        space = LabelSpace(self.space.min_count, self.space.max_count, overflow=True)
         pad = ((0, 0), (0, 1))
-        return Prediction(space, self.decoding, np.pad(self.raw, pad), np.pad(self.probabilities, pad), self.classes)
+        return Prediction(self.space.with_overflow(), self.decoding, np.pad(self.raw, pad), np.pad(self.probabilities, pad), self.classes)

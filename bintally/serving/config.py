@@ -18,6 +18,7 @@ from bintally.errors import ConfigError
 from bintally.models.artifact import MODEL_HELP
 from bintally.settings import Backend, check_settings, setting
 from bintally.sources import SourcePolicy
+from bintally.sources.policy import DEFAULT_MAX_BYTES
 
 CONFIG_ENV = "BINTALLY_SERVE_CONFIG"
 API_KEY_ENV = "BINTALLY_API_KEY"
@@ -56,7 +57,7 @@ class ServeConfig:
     queue_size: int = setting(256, low=1, high=10**7, help="Images admitted and not yet in a forward pass; beyond it 503 + Retry-After.")
     timeout_s: float = setting(30.0, low=0, low_open=True, flag=("--timeout",),
                                help="Seconds per request (fetching, decoding, queueing, inference); beyond it 504.")
-    max_body_bytes: int = setting(20_000_000, low=1, high=2**40, cli=False)  # bintally serve's --max-body-mb
+    max_body_bytes: int = setting(DEFAULT_MAX_BYTES, low=1, high=2**40, cli=False)  # bintally serve's --max-body-mb
     max_images: int = setting(64, low=1, high=10**6, help="Most photos in one request; beyond it 413.")
     api_key: str | None = setting(None, cli=False)  # --api-key-file or $BINTALLY_API_KEY; guards all but health, /metrics and GET /
     allow_s3_buckets: tuple[str, ...] = setting((), flag=("--allow-s3-bucket",), default_text="none",

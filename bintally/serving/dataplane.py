@@ -2,8 +2,8 @@
 
 Protocol adapters (rest.py: /v1/count and SageMaker; v2.py: the Open Inference Protocol; web.py; audit_api.py)
 only parse their request format, call `predict_images`, `predict_arrays` or `fetch_uri`, and render the
-`Prediction` (REST rows, v2 tensors); every
-refusal is a `RequestError` (a 4xx/5xx with a JSON {"error": ...} body), never a 500 for bad input.
+`Prediction` (REST rows, v2 tensors); every refusal is a `RequestError` (a 4xx/5xx with a JSON {"error": ...}
+body), never a 500 for bad input.
 """
 
 from __future__ import annotations
@@ -158,8 +158,7 @@ class DataPlane:
     def _admit(self, n: int) -> None:
         # not `ready`: once shutdown begins, health checks say 503 so load balancers stop sending, but requests that
         # still arrive (or are still uploading) are served until uvicorn closes the listener and drains the connections
-        if not self._warm:
-            raise not_ready_error()
+        self.require_loaded()
         if n > self.config.max_images:
             raise too_many_images(n, self.config.max_images)
         try:
@@ -219,7 +218,7 @@ class DataPlane:
     async def predict_arrays(self, arrays: np.ndarray) -> Prediction:
         """The prediction of already pre-processed FP32 photos [N, 3, S, S]; a wrong shape is a 400."""
         self.require_loaded()
-        shape = [3, *self.input_shape[1:]]
+        shape = self.input_shape
         if not isinstance(arrays, np.ndarray) or arrays.ndim != 4 or list(arrays.shape[1:]) != shape or not len(arrays):
             got = list(arrays.shape) if isinstance(arrays, np.ndarray) else type(arrays).__name__
             raise RequestError(400, f"expected pre-processed images of shape [N, {', '.join(map(str, shape))}] with N >= 1, got {got}")

@@ -448,7 +448,7 @@ def add_infer_routes(router: APIRouter, plane: DataPlane, config: ServeConfig) -
     async def infer(request: Request, name: str, version: str | None = None):
         plane.require_model(name, version)
         body = await inference_body(request, config.max_body_bytes)
-        parsed = parse_request(*split_body(body, request.headers.get(HEADER_LENGTH)), list(plane.input_shape), config.max_images)
+        parsed = parse_request(*split_body(body, request.headers.get(HEADER_LENGTH)), plane.input_shape, config.max_images)
         prediction = await _run(plane, parsed)
         content, headers, media = build_response(plane.name, plane.version, parsed, prediction)
         return Response(content, media_type=media, headers=headers)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bintally.errors import ConfigError
 
-DEFAULT_MAX_BYTES = 20_000_000  # as the server's default body limit
+DEFAULT_MAX_BYTES = 20_000_000  # also the server's default body limit (--max-body-mb 20)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from bintally.errors import ConfigError
-from bintally.labels import LabelSpace, overflow_flag, overflow_word
+from bintally.labels import LABEL_SETTINGS, LabelSpace, overflow_flag, overflow_word
 from bintally.models.config import ModelConfig
 from bintally.progress import PROGRESS_HELP
 from bintally.settings import check_settings, described_settings, setting
@@ -27,7 +27,6 @@ RESUMABLE_CHANGES = {"workers", "device", "profile", "out", "progress", "max_ste
 # a resumed run may be asked to go on for more epochs than it was started with
 EXTENDABLE = {"epochs"}
 NOT_EMPTY = ("data", "out", "weights", "init")  # '' would silently mean the current folder
-LABEL_SETTINGS = ("min_count", "max_count", "overflow")
 # the model's settings a training config states (an ensemble's members come from cross-validation, not from settings)
 MODEL_SETTINGS = tuple(f.name for f, spec in described_settings(ModelConfig) if spec.cli)
 DATA_HELP = "Split manifest, bucket folder, class folders or CSV. Default: the bundled sample."
