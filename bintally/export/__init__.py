@@ -30,6 +30,7 @@ from bintally.errors import ConfigError, DataError
 from bintally.export.config import FORMATS, QUANTIZATIONS
 from bintally.io import TEMP_PATTERN, check_output_folder, given_path, pid_alive
 from bintally.models.artifact import META_FILE, RUN_SUBDIR, ModelArtifact, read_artifact
+from bintally.settings import Backend
 
 log = logging.getLogger("bintally.export")
 
@@ -66,7 +67,7 @@ def export(model_path: str | Path, out_dir: str | Path, format: str = "onnx", qu
     out = check_output_folder(out_dir)
     source = read_artifact(model_path)
     check_not_inside(out, source.path)
-    if source.runtime != "torch":
+    if source.runtime != Backend.TORCH:
         raise ConfigError(f"{source.path} is already an ONNX export: export from the training run (or its model/ folder) instead")
     check_out(out, overwrite)
     with staged_folder(out, overwrite) as staging:
@@ -155,7 +156,7 @@ def write_onnx(artifact: ModelArtifact, model_path: Path, staging: Path, quantiz
             "exporter": f"torch.onnx ({meta.get('bintally_exporter', 'unknown')}), torch {torch.__version__}, onnx {onnx.__version__}",
             "opset": onnx_graph.DEFAULT_OPSET, "onnxruntime": onnxruntime.__version__, "data": data_source,
             "quantization": quantization, "parity": parity, **int8}
-    exported = replace(artifact, path=staging, weights=weights, runtime="onnx", version=onnx_export.file_digest(staging / weights)[:12],
+    exported = replace(artifact, path=staging, weights=weights, runtime=Backend.ONNX.value, version=onnx_export.file_digest(staging / weights)[:12],
                        export=info, created=now())
     exported.write_metadata()
     return ExportResult(staging, "onnx", exported, str(model_path), parity, int8)

@@ -37,8 +37,8 @@ class Counter:
         """
         artifact = read_artifact(path)
         check_choice("backend", backend, tuple(Backend))
-        if backend == "torch":
-            if artifact.runtime == "onnx":
+        if backend == Backend.TORCH:
+            if artifact.runtime == Backend.ONNX:
                 raise ConfigError(f"{artifact.path} is an ONNX export: use --backend onnx, or give the training run for --backend torch")
             from bintally.inference.backends import TorchBackend
 
@@ -46,7 +46,7 @@ class Counter:
         from bintally.inference.backends import OnnxBackend
 
         model_file = None
-        if artifact.runtime == "torch":
+        if artifact.runtime == Backend.TORCH:
             from bintally.inference.onnx import cached_onnx
 
             model_file = cached_onnx(artifact)

@@ -20,6 +20,7 @@ from pathlib import Path
 from bintally.errors import DataError
 from bintally.inference.signature import ARRAY_INPUT
 from bintally.io import atomic_path
+from bintally.settings import Backend
 
 log = logging.getLogger("bintally.export")
 
@@ -41,7 +42,7 @@ def export_onnx(artifact, out_file: str | Path, opset: int = DEFAULT_OPSET) -> P
     import onnx
     import torch
 
-    if artifact.runtime != "torch":
+    if artifact.runtime != Backend.TORCH:
         raise DataError(artifact.path, "already an ONNX export: export from the training run's model instead")
     out_file = Path(out_file)
     net = export_module(artifact)
@@ -90,7 +91,7 @@ def cached_onnx(artifact) -> Path:
     """
     from bintally.paths import cache_dir
 
-    if artifact.runtime == "onnx":
+    if artifact.runtime == Backend.ONNX:
         return artifact.weights_file
     folder = cache_dir() / "onnx"
     path = folder / f"{artifact.version}-tta{int(artifact.tta)}-s{artifact.transform.image_size}.onnx"

@@ -233,7 +233,7 @@ def save_model(out: str | Path, model, transform: TransformConfig, tta: bool, tr
     weights = f"weights-{digest[:12]}.safetensors"
     with atomic_path(out / weights) as tmp:
         tmp.write_bytes(data)
-    artifact = ModelArtifact(path=out, weights=weights, runtime="torch", model=replace(model.config), transform=transform, tta=tta,
+    artifact = ModelArtifact(path=out, weights=weights, runtime=Backend.TORCH.value, model=replace(model.config), transform=transform, tta=tta,
                              name=name, version=digest[:12], train_config=train_config or {}, metrics=metrics or {},
                              created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     artifact.write_metadata()
@@ -252,7 +252,7 @@ def load_weights(artifact: ModelArtifact) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if artifact.runtime != "torch":
+    if artifact.runtime != Backend.TORCH:
         raise DataError(artifact.path, f"an {artifact.runtime} export: serve or predict it with --backend {artifact.runtime}")
     try:
         return load_file(str(artifact.weights_file), device="cpu")
