@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from bintally.data.images import IMAGE_SUFFIXES
+from bintally.data.records import SkuLine
 from bintally.errors import DataError
 from bintally.io import given_path
 from bintally.sources import SourceError, SourcePolicy, UriFetcher
@@ -32,8 +33,9 @@ class SnapshotIn:
 
     bin_id: str
     image: str
-    record_qty: int
+    record_qty: int  # the sum of the lines' quantities when the record has lines
     captured_at: datetime | None = None
+    lines: tuple[SkuLine, ...] = ()  # the record's SKU lines; () for a source with totals only
 
     def key(self, sha256: str) -> str:
         """The snapshot's identity: the same bin, photo bytes, record and time are the same snapshot on every re-run."""

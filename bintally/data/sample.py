@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +17,10 @@ from bintally.paths import SAMPLE_DIR, cache_dir
 
 
 def sample_manifest(refresh: bool = False) -> Path:
-    """Index and split the bundled sample once; later calls reuse the cached manifest (rebuilt if it is unreadable)."""
-    path = cache_dir() / f"sample-{__version__}.parquet"
+    """Index and split the bundled sample once; later calls reuse the cached manifest (rebuilt if it is unreadable).
+    The cache is per installed copy: a manifest names its photos by absolute path, so another checkout indexes its own."""
+    where = hashlib.sha256(str(SAMPLE_DIR.resolve()).encode()).hexdigest()[:8]
+    path = cache_dir() / f"sample-{__version__}-{where}.parquet"
     if path.exists() and not refresh:
         try:
             read_manifest(path)

@@ -64,6 +64,45 @@ class OrdinalHead(nn.Module):
         return per_sample.mean()
 
 
+class HurdleHead(nn.Module):
+    """The whole count range in two parts: counts 0..split (where most bins are) and split+1 .. the overflow class.
+
+    A gate gives P(count > split); each part is its own cumulative ordinal head, trained only on the photos whose
+    count falls in it, so the many large-count photos do not pull the small counts' cut points. Probabilities:
+    (1 - gate) * P_low(k) for k <= split, gate * P_high(k) above. Outputs: the low head's, the gate's logit, the high head's.
+    """
+
+    def __init__(self, dim: int, n_classes: int, dropout: float = 0.2, split: int = 5):
+        super().__init__()
+        if not 1 <= split < n_classes - 2:
+            raise ConfigError(f"the hurdle head needs classes beyond {split} + 1 (it has {n_classes}): raise --max-count")
+        self.split, self.n_classes = split, n_classes
+        self.low = OrdinalHead(dim, split + 1, dropout)
+        self.high = OrdinalHead(dim, n_classes - split - 1, dropout)
+        self.gate = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.low(features), self.gate(features), self.high(features)], -1)
+
+    def parts(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return out[..., :self.split], out[..., self.split], out[..., self.split + 1:]
+
+    def probs(self, out: torch.Tensor) -> torch.Tensor:
+        low, gate, high = self.parts(out)
+        above = torch.sigmoid(gate)[..., None]
+        return torch.cat([(1 - above) * self.low.probs(low), above * self.high.probs(high)], -1)
+
+    def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
+        low, gate, high = self.parts(out)
+        is_high = target > self.split
+        loss = F.binary_cross_entropy_with_logits(gate, is_high.float())
+        if (~is_high).any():
+            loss = loss + self.low.loss(low[~is_high], target[~is_high], label_smoothing) * (~is_high).float().mean()
+        if is_high.any():
+            loss = loss + self.high.loss(high[is_high], target[is_high] - self.split - 1, label_smoothing) * is_high.float().mean()
+        return loss
+
+
 class SpatialHead(nn.Module):
     """A small conv net over a stride-16 feature map [B, C, H, W], mean- and max-pooled into an output head.
 
@@ -101,4 +140,6 @@ def build_head(kind: str, dim: int, n_classes: int, dropout: float = 0.2, featur
         return ClassHead(dim, n_classes, hidden=512, dropout=dropout)
     if kind == "ordinal":
         return OrdinalHead(dim, n_classes, dropout=dropout)
+    if kind == "hurdle":
+        return HurdleHead(dim, n_classes, dropout=dropout)
     raise ConfigError(f"unknown head {kind!r}: use one of {', '.join(HEADS)}")

@@ -49,6 +49,9 @@ PRESETS["spatial"] = dict(mode="frozen", features="stride16", head="ordinal", ma
 # the recipe chosen by 3-fold cross-validation (docs/benchmarks.md, "Accuracy"): `spatial` trained on 5 folds of
 # train+val, whose 5 models form the served ensemble
 PRESETS["best"] = PRESETS["spatial"] | dict(folds=5)
+# every count a bin holds: the same frozen stride-16 map under a hurdle head (an ordinal head for 0-5, another for 6-20,
+# and a gate between them) plus the class "21+"; 5 folds (docs/benchmarks.md, "Whole count range")
+PRESETS["whole-range"] = PRESETS["spatial"] | dict(head="hurdle", max_count=20, overflow="class", folds=5)
 
 
 @dataclass
