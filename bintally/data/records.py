@@ -6,7 +6,10 @@ weight. bintally keeps lengths in inches and weights in pounds (ABID's units) an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from bintally.errors import DataError
 
 MAX_LINES = 1000  # SKU lines in one bin; a record with more is refused (a bin holds tens, not thousands)
 LENGTH_UNITS = {"in": 1.0, "inch": 1.0, "inches": 1.0, "cm": 1 / 2.54, "mm": 1 / 25.4, "m": 100 / 2.54}
@@ -40,3 +43,61 @@ class SkuLine:
     def to_json(self) -> dict:
         return {"sku": self.sku, "qty": self.qty, "length_in": self.length_in, "width_in": self.width_in,
                 "height_in": self.height_in, "weight_lb": self.weight_lb}
+
+
+def whole_quantity(value, where: str, what: str = "quantity") -> int:
+    """A line's quantity: a whole number from 0 (JSON int, or text such as "3"); DataError naming `where` otherwise."""
+    from bintally.data.metadata import MAX_COUNT
+
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(where, f"{what} {value!r} is not a whole number")
+    if not 0 <= value <= MAX_COUNT:
+        raise DataError(where, f"{what} {value} is outside 0-{MAX_COUNT:,}")
+    return value
+
+
+def measure(value, unit, units: dict[str, float], where: str, what: str) -> float | None:
+    """A length or weight converted by `units` (to inches or pounds); None when absent; DataError when unusable."""
+    if value is None or value == "":
+        return None
+    factor = units.get(str(unit or "").strip().lower())
+    if factor is None:
+        raise DataError(where, f"{what}: unknown unit {unit!r}; use one of {', '.join(units)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(where, f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise DataError(where, f"{what} {value!r} must be a finite number of 0 or more")
+    return number * factor
+
+
+def metadata_lines(doc: dict, where) -> tuple[SkuLine, ...]:
+    """The SKU lines of an ABID metadata document (`BIN_FCSKU_DATA`), lengths in inches and weights in pounds."""
+    skus = doc.get("BIN_FCSKU_DATA") or {}
+    if not isinstance(skus, dict):
+        raise DataError(where, "BIN_FCSKU_DATA is not an object of SKU lines")
+    if len(skus) > MAX_LINES:
+        raise DataError(where, f"{len(skus):,} SKU lines: more than the limit of {MAX_LINES:,} lines per bin")
+    lines = []
+    for key, item in skus.items():
+        if not isinstance(item, dict):
+            raise DataError(where, f"SKU line {key!r} is not an object")
+        at = f"{where} (SKU {str(key)[:40]})"
+        size = {name: measure_field(item.get(name), LENGTH_UNITS, at, name) for name in ("length", "width", "height")}
+        lines.append(SkuLine(str(item.get("asin") or key)[:200], whole_quantity(item.get("quantity"), at),
+                             size["length"], size["width"], size["height"], measure_field(item.get("weight"), WEIGHT_UNITS, at, "weight")))
+    return tuple(lines)
+
+
+def measure_field(field, units: dict[str, float], where: str, what: str) -> float | None:
+    """ABID's {"unit": ..., "value": ...} (or a bare number in the default unit: inches, pounds)."""
+    if field is None:
+        return None
+    if isinstance(field, dict):
+        return measure(field.get("value"), field.get("unit"), units, where, what)
+    return measure(field, next(iter(units)), units, where, what)
