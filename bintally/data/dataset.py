@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 
 import pandas as pd
 import torch
@@ -66,6 +67,28 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent while it forked this worker
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class StopSafeLoader(DataLoader):
+    """A DataLoader whose workers cannot die of a stop signal sent while they start.
+
+    A signal that reached a worker between its fork and `ignore_stop_signals` would kill it with the default action (the
+    main process then fails, "worker exited unexpectedly"). The main thread blocks the stop signals while the workers
+    start; they inherit the block, ignore the signals, then unblock; the main process gets any pending signal after.
+    """
+
+    def _get_iterator(self):
+        if self.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+            return super()._get_iterator()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def photo_loader(dataset: Dataset, batch_size: int, workers: int, indices: list[int] | None = None,
@@ -75,6 +98,6 @@ def photo_loader(dataset: Dataset, batch_size: int, workers: int, indices: list[
     It has its own generator: creating the iterator must not draw from the global RNG (dropout's),
     or a resumed run would differ from an uninterrupted one.
     """
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=drop_last,
+    return StopSafeLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=drop_last,
                       collate_fn=collate_photos, worker_init_fn=ignore_stop_signals if workers else None,
                       generator=torch.Generator().manual_seed(0), persistent_workers=False)

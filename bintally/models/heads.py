@@ -72,6 +72,8 @@ class HurdleHead(nn.Module):
     (1 - gate) * P_low(k) for k <= split, gate * P_high(k) above. Outputs: the low head's, the gate's logit, the high head's.
     """
 
+    gate_weight = 1.0  # the gate's loss against the parts' (each a sum over its cut points)
+
     def __init__(self, dim: int, n_classes: int, dropout: float = 0.2, split: int = 5):
         super().__init__()
         if not 1 <= split < n_classes - 2:
@@ -95,7 +97,7 @@ class HurdleHead(nn.Module):
     def loss(self, out, target, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
         low, gate, high = self.parts(out)
         is_high = target > self.split
-        loss = F.binary_cross_entropy_with_logits(gate, is_high.float())
+        loss = self.gate_weight * F.binary_cross_entropy_with_logits(gate, is_high.float())
         if (~is_high).any():
             loss = loss + self.low.loss(low[~is_high], target[~is_high], label_smoothing) * (~is_high).float().mean()
         if is_high.any():
