@@ -228,7 +228,7 @@ async def read_run_form(request: Request) -> RunForm:
     finally:
         await form.close()
     if run_form.csv_data is None and run_form.records_data is None:
-        raise fail(400, f"no snapshots: send {SOURCES}")
+        raise fail(400, f"no 'csv' file (nor 'records'): send {SOURCES}")
     return run_form
 
 
@@ -262,7 +262,8 @@ def form_snapshots(form: RunForm) -> list:
     except DataError as e:
         raise fail(400, str(e)) from None
     if not snapshots:
-        raise fail(400, f"{form.csv_name}: no bins: give one row (or one JSON bin) per bin snapshot")
+        what = "no bins: give one per bin snapshot" if form.records_data is not None else "no rows: give one row per bin snapshot"
+        raise fail(400, f"{form.csv_name}: {what}")
     return sorted(snapshots, key=lambda s: (s.bin_id, s.image))
 
 
