@@ -137,7 +137,7 @@ def test_a_snapshots_key_and_digest_include_its_lines_and_stay_as_they_were_with
     assert lined.key("f00") == SnapshotIn("bin-1", "x.jpg", 3, lines=(b, a)).key("f00")  # the order of lines does not matter
     assert lined.key("f00") != SnapshotIn("bin-1", "x.jpg", 3, lines=(SkuLine("A", 2, 10.0, 5.0, 1.5, 0.5), b)).key("f00")
     assert lined.key("f00") != SnapshotIn("bin-1", "x.jpg", 3, lines=(SkuLine("A", 1, 10.0, 5.0, 1.0, 0.5), SkuLine("B", 2))).key("f00")
-    legacy = hashlib.sha256(f"bin-1\x1fx.jpg\x1f3\x1f\x1e".encode()).hexdigest()
+    legacy = hashlib.sha256("bin-1\x1fx.jpg\x1f3\x1f\x1e".encode()).hexdigest()
     assert snapshots_digest([totals]) == legacy and snapshots_digest([lined]) != legacy
 
 
