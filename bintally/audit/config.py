@@ -24,8 +24,12 @@ def default_user() -> str:
 @dataclass
 class AuditConfig:
     model: str = setting(flag=("--model", "-m"), help=MODEL_HELP)
-    data: str = setting(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY) or a CSV "
-                             "of bin_id,image,record_qty[,captured_at] (image: a path or an allowlisted URI).")
+    data: str = setting(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY and its SKU "
+                             "lines), a CSV of bin_id,image,record_qty[,captured_at] or of SKU lines bin_id,image,sku,qty[,...], "
+                             "or a JSON records file (image: a path or an allowlisted URI). See docs/audit.md.")
+    lines: str = setting("use", choices=("use", "ignore"), help="The record's SKU lines: use them (a bucket's lines must "
+                                                                "sum to EXPECTED_QUANTITY), or ignore them and audit the "
+                                                                "totals only (a run of its own).")
     db: str | None = setting(None, cli=False)  # bintally audit's shared --db option
     name: str | None = setting(None, help="Run name. Default: the source's name and a digest of model and settings "
                                           "(the same command finds the same run).")

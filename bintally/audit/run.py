@@ -63,16 +63,19 @@ def shard_of_environment() -> tuple[int, int]:
 
 
 def snapshots_digest(snapshots: list[SnapshotIn]) -> str:
+    """What the snapshots are: bins, photos, records and times, and the SKU lines of those that have them (a source
+    without lines digests as it did before records had lines)."""
     digest = hashlib.sha256()
     for s in snapshots:
-        digest.update(f"{s.bin_id}\x1f{s.image}\x1f{s.record_qty}\x1f{s.captured_at or ''}\x1e".encode())
+        lines = f"\x1f{s.lines_key()}" if s.lines else ""
+        digest.update(f"{s.bin_id}\x1f{s.image}\x1f{s.record_qty}\x1f{s.captured_at or ''}{lines}\x1e".encode())
     return digest.hexdigest()
 
 
 def run_settings(config: AuditConfig, snapshots: list[SnapshotIn], temperature: float) -> dict:
     return {"score": config.score, "budget": config.budget, "threshold": config.threshold, "control": config.control, "tolerance": config.tolerance,
             "seed": config.seed, "snapshots": snapshots_digest(snapshots), "bins": len(snapshots), "backend": config.backend,
-            "temperature": temperature}
+            "temperature": temperature, "lines": config.lines}
 
 
 def default_name(source: str, model_version: str, settings: dict) -> str:
@@ -96,7 +99,7 @@ def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, co
     config.validate()
     rank, world = shard or shard_of_environment()
     reader = PhotoReader(config.source_policy(), uploads)
-    snapshots = snapshots if snapshots is not None else read_source(config.data)
+    snapshots = snapshots if snapshots is not None else read_source(config.data, config.lines)
     counter = counter or Counter.load(config.model, config.backend)
     warn_about_records_without_class(counter.labels, snapshots)
     own_store = store is None

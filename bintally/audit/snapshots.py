@@ -1,9 +1,13 @@
-"""Where an audit's bin snapshots come from: a bucket-layout folder or a CSV of bin_id,image,record_qty[,captured_at].
+"""Where an audit's bin snapshots come from: a bucket-layout folder, a CSV, or a JSON records document.
 
 In a bucket folder (bin-images/ + metadata/, as ABID and `bintally data fetch` lay it out) the record is each
-photo's EXPECTED_QUANTITY and the bin id is the photo's name. In a CSV, `image` is a path (relative to the
-CSV) or an s3://, https:// or file:// URI fetched under the same allowlist rules as the server (bintally.sources). Every row is
-checked before any photo is read: one bad row refuses the whole source, in one line naming file and line.
+photo's EXPECTED_QUANTITY with its SKU lines (BIN_FCSKU_DATA), and the bin id is the photo's name. A CSV holds
+either totals (bin_id,image,record_qty[,captured_at]) or SKU lines (bin_id,image,sku,qty[,length,width,height,unit,
+weight,weight_unit][,captured_at], one row per line), told apart by its header. A JSON document (a file, or the
+`records` part of POST /v1/audit-runs) lists {"bins": [{"bin_id", "image", "record_qty"?, "lines"?: [...]}]}.
+`image` is a path (relative to the source) or an s3://, https:// or file:// URI fetched under the same allowlist rules as
+the server (bintally.sources). Every row is checked before any photo is read: one bad row refuses the whole source,
+in one line naming file and line (or bin).
 """
 
 from __future__ import annotations
@@ -11,17 +15,27 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from bintally.data.images import IMAGE_SUFFIXES
-from bintally.data.records import SkuLine
+from bintally.data.records import LENGTH_UNITS, MAX_LINES, WEIGHT_UNITS, SkuLine, measure, whole_quantity
 from bintally.errors import DataError
 from bintally.io import given_path
 from bintally.sources import SourceError, SourcePolicy, UriFetcher
 
 REQUIRED_COLUMNS = ("bin_id", "image", "record_qty")
+LINE_COLUMNS = ("bin_id", "image", "sku", "qty")
+LINE_OPTIONAL = ("length", "width", "height", "unit", "weight", "weight_unit", "captured_at")
+LINE_HEADER = "bin_id,image,sku,qty[,length,width,height,unit,weight,weight_unit][,captured_at]"
+SIZES = ("length", "width", "height")
+BIN_KEYS = ("bin_id", "image", "captured_at", "record_qty", "lines")  # a bin of a JSON records document
+LINE_KEYS = ("sku", "qty", "length", "width", "height", "unit", "weight", "weight_unit")  # one of its lines
+MAX_BINS = 100_000  # bins in one JSON records document
+MAX_TEXT = 200  # characters of a bin id or SKU
 URI_SCHEMES = ("s3://", "https://", "http://", "file://")
 MAX_RECORD = 10**6
 UPLOAD_SCHEME = "upload:"  # a photo uploaded over HTTP, kept in the store's photos table by its sha256
@@ -38,41 +52,102 @@ class SnapshotIn:
     lines: tuple[SkuLine, ...] = ()  # the record's SKU lines; () for a source with totals only
 
     def key(self, sha256: str) -> str:
-        """The snapshot's identity: the same bin, photo bytes, record and time are the same snapshot on every re-run."""
+        """The snapshot's identity: the same bin, photo bytes, record (with its lines) and time are the same snapshot on
+        every re-run. A snapshot without lines keeps the identity it had before records had lines."""
         stamp = self.captured_at.isoformat() if self.captured_at else ""
-        return hashlib.sha256(f"{self.bin_id}\x1f{sha256}\x1f{self.record_qty}\x1f{stamp}".encode()).hexdigest()
+        identity = f"{self.bin_id}\x1f{sha256}\x1f{self.record_qty}\x1f{stamp}"
+        if self.lines:
+            identity += f"\x1f{self.lines_key()}"
+        return hashlib.sha256(identity.encode()).hexdigest()
+
+    def lines_key(self) -> str:
+        """The lines as text that is the same for the same lines in any order ("" without lines); sizes to 1e-4 in and lb."""
+        rows = sorted(json.dumps([line.sku, line.qty, *(None if v is None else round(v, 4) for v in
+                                  (line.length_in, line.width_in, line.height_in, line.weight_lb))]) for line in self.lines)
+        return "\x1e".join(rows)
 
 
 def is_uri(image: str) -> bool:
     return image.lower().startswith(URI_SCHEMES) or image.startswith(UPLOAD_SCHEME)
 
 
-def read_source(src: str | Path) -> list[SnapshotIn]:
-    """The snapshots of a bucket-layout folder or a CSV, sorted by bin id and image (every shard sees the same order)."""
+def read_source(src: str | Path, lines: str = "use") -> list[SnapshotIn]:
+    """The snapshots of a bucket-layout folder, a CSV or a JSON records file, sorted by bin id and image (every shard
+    sees the same order); with lines="ignore" the record's totals only."""
     src = given_path(src, "audit source")
     if not src.exists():
-        raise DataError(src, "no such file or folder: give a bucket-layout folder (bin-images/, metadata/) or a CSV "
-                             "of bin_id,image,record_qty[,captured_at]")
-    snapshots = bucket_snapshots(src) if src.is_dir() else csv_snapshots(src)
+        raise DataError(src, "no such file or folder: give a bucket-layout folder (bin-images/, metadata/), a CSV "
+                             f"of bin_id,image,record_qty[,captured_at] or of {LINE_HEADER}, or a JSON records file")
+    if src.is_dir():
+        snapshots = bucket_snapshots(src, lines)
+    elif src.suffix.lower() == ".json":
+        from bintally.data.metadata import load_json
+
+        snapshots = json_snapshots(load_json(src, "records document"), str(src), None, src.parent)
+    else:
+        snapshots = csv_snapshots(src)
     if not snapshots:
         raise DataError(src, "no bin snapshots to audit")
+    if lines == "ignore":
+        snapshots = totals_only(snapshots)
     return sorted(snapshots, key=lambda s: (s.bin_id, s.image))
 
 
-def bucket_snapshots(src: Path) -> list[SnapshotIn]:
-    from bintally.data.metadata import read_metadata
+def totals_only(snapshots: list[SnapshotIn]) -> list[SnapshotIn]:
+    """The snapshots without their SKU lines (each keeps its record total)."""
+    return [replace(s, lines=()) for s in snapshots]
 
+
+# ---------------------------------------------------------------- a bucket-layout folder
+
+
+def bucket_snapshots(src: Path, lines: str = "use") -> list[SnapshotIn]:
+    """One snapshot per photo; its record from metadata/<id>.json (with lines="use" its SKU lines too, which must sum
+    to EXPECTED_QUANTITY)."""
     photos_dir, meta_dir = src / "bin-images", src / "metadata"
     if not photos_dir.is_dir():
         raise DataError(src, "not a bucket-layout folder: expected bin-images/ (photos) and metadata/ (their JSON records)")
-    snapshots = []
+    snapshots, disagreeing = [], []
     for photo in sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         meta = meta_dir / f"{photo.stem}.json"
         if not meta.is_file():
             raise DataError(meta, f"missing: the record (EXPECTED_QUANTITY) of {photo.name}")
-        record = read_metadata(meta).count
-        snapshots.append(SnapshotIn(photo.stem, str(photo.resolve()), check_record(record, str(meta))))
+        expected, record_lines = bucket_record(meta, lines)
+        total = sum(line.qty for line in record_lines)
+        if record_lines and total != expected:
+            disagreeing.append((meta, total, expected))
+        snapshots.append(SnapshotIn(photo.stem, str(photo.resolve()), check_record(expected, str(meta)), lines=record_lines))
+    if disagreeing:
+        raise lines_disagree(disagreeing)
     return snapshots
+
+
+def bucket_record(meta: Path, lines: str) -> tuple[int, tuple[SkuLine, ...]]:
+    """(EXPECTED_QUANTITY, SKU lines) of a metadata file; no lines when they are ignored."""
+    from bintally.data.metadata import read_metadata
+    from bintally.data.records import metadata_lines, metadata_record
+
+    if lines == "ignore":
+        return read_metadata(meta).count, ()
+    expected, doc = metadata_record(meta)
+    try:
+        return expected, metadata_lines(doc, str(meta))
+    except DataError as e:
+        raise DataError(e.path, f"{e.problem}; to audit the totals only, give --lines ignore") from None
+
+
+def lines_disagree(disagreeing: list[tuple[Path, int, int]]) -> DataError:
+    """The refusal of a bucket whose records' SKU lines do not sum to their EXPECTED_QUANTITY: the first, and how many more."""
+    meta, total, expected = disagreeing[0]
+    others = [m.name for m, _, _ in disagreeing[1:]]
+    more = (f"; {len(others)} more metadata file(s) disagree likewise ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})"
+            if others else "")
+    return DataError(meta, f"the record's SKU lines (BIN_FCSKU_DATA) sum to {total} item(s) but EXPECTED_QUANTITY is "
+                           f"{expected}{more}: correct the record or move the bin out of the folder, or audit the totals "
+                           f"only with --lines ignore")
+
+
+# ---------------------------------------------------------------- fields every source shares
 
 
 def check_record(value, where: str) -> int:
@@ -105,50 +180,273 @@ def parse_time(text: str, where: str) -> datetime | None:
     return stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
 
 
-def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None,
-                  uploads: dict[str, str] | None = None) -> list[SnapshotIn]:
-    """Rows of a bin_id,image,record_qty[,captured_at] CSV (from `src`, or `text` named `src`); paths relative to `base`.
-
-    With `uploads` (file name -> sha256 of the photos uploaded with it, as the server gets them) an image is one of
-    those names or a URI, never a path: the server reads no file it was not sent or allowed."""
-    base = base or src.parent
-    if text is None:
-        try:
-            text = src.read_bytes().decode("utf-8-sig")
-        except OSError as e:
-            raise DataError(src, f"cannot read ({e.strerror or e})") from None
-        except UnicodeDecodeError:
-            raise DataError(src, "not a UTF-8 text CSV") from None
-    try:
-        reader = csv.DictReader(text.splitlines())
-        columns = [c.strip().lower() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise DataError(src, f"CSV needs columns bin_id,image,record_qty[,captured_at]; missing {','.join(missing)} "
-                                 f"(found {','.join(columns) or 'no header'})")
-        reader.fieldnames = columns
-        rows = list(enumerate(reader, start=2))
-    except csv.Error as e:
-        raise DataError(src, f"not a readable CSV ({e})") from None
-    return [csv_row(src, line, row, base, uploads) for line, row in rows if any((v or "").strip() for v in row.values())]
-
-
-def csv_row(src: Path, line: int, row: dict, base: Path, uploads: dict[str, str] | None) -> SnapshotIn:
-    where = f"{src}:{line}"
-    if None in row:
-        raise DataError(where, "more fields than the header has columns")
-    bin_id, image = (row.get("bin_id") or "").strip(), (row.get("image") or "").strip()
+def bin_and_image(bin_id: str, image: str, where: str, base: Path, uploads: dict[str, str] | None) -> tuple[str, str]:
+    """The bin id and the photo (a resolved path, a URI, or upload:<sha256>), checked."""
+    bin_id, image = bin_id.strip(), image.strip()
     if not bin_id:
         raise DataError(where, "empty bin_id")
-    if len(bin_id) > 200:
-        raise DataError(where, "bin_id is longer than 200 characters")
+    if len(bin_id) > MAX_TEXT:
+        raise DataError(where, f"bin_id is longer than {MAX_TEXT} characters")
     if not image:
         raise DataError(where, "empty image")
     if not is_uri(image):
         if "://" in image:
             raise DataError(where, f"image {image!r}: unsupported URI scheme; use a path, s3://, https:// or file://")
         image = uploaded(image, uploads, where) if uploads is not None else str((base / image).resolve())
+    return bin_id, image
+
+
+def line_qty(value, where: str) -> int:
+    """A SKU line's quantity: a whole number of items from 0 (CSV text or a JSON number)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip()) if value.strip() else math.nan
+        except ValueError:
+            number = math.nan
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise DataError(where, f"qty {value!r} is not a whole number")
+    if number < 0:
+        raise DataError(where, f"qty {value} is below 0: a line holds 0 or more items")
+    if number != int(number):
+        raise DataError(where, f"qty {value} is fractional: a line holds a whole number of items")
+    return whole_quantity(int(number), where, "qty")
+
+
+def unit_of(value, units: dict[str, float], default: str, where: str, what: str) -> str:
+    """A unit name of `units` (`default` when none is given); DataError for any other."""
+    if value is not None and not isinstance(value, str):
+        raise DataError(where, f"{what} {value!r} is not a unit name; use one of {', '.join(units)}")
+    name = (value or "").strip().lower() or default
+    if name not in units:
+        raise DataError(where, f"unknown {what} {value!r}; use one of {', '.join(units)}")
+    return name
+
+
+def sku_line(fields: dict, sku: str, where: str) -> SkuLine:
+    """A line from its fields (a CSV row or a JSON object): qty, length/width/height in `unit` (default in), weight in
+    `weight_unit` (default lb); converted to inches and pounds."""
+    length_unit = unit_of(fields.get("unit"), LENGTH_UNITS, "in", where, "unit")
+    weight_unit = unit_of(fields.get("weight_unit"), WEIGHT_UNITS, "lb", where, "weight_unit")
+    for name in (*SIZES, "weight"):
+        if isinstance(fields.get(name), (bool, dict, list)):
+            raise DataError(where, f"{name} {fields[name]!r} is not a number")
+    size = [measure(fields.get(name), length_unit, LENGTH_UNITS, where, name) for name in SIZES]
+    if None in size and any(v is not None for v in size):
+        raise DataError(where, f"SKU {sku!r}: give length, width and height together, or none of them")
+    weight = measure(fields.get("weight"), weight_unit, WEIGHT_UNITS, where, "weight")
+    return SkuLine(sku, line_qty(fields.get("qty"), where), *size, weight)
+
+
+def same_item(a: SkuLine, b: SkuLine) -> bool:
+    """The same dimensions and weight (both absent, or equal to a millionth)."""
+    pairs = zip((a.length_in, a.width_in, a.height_in, a.weight_lb), (b.length_in, b.width_in, b.height_in, b.weight_lb))
+    return all(x is None and y is None or x is not None and y is not None and math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)
+               for x, y in pairs)
+
+
+@dataclass
+class BinRecord:
+    """The SKU lines of one bin snapshot as they are read: the same SKU twice with the same sizes is summed, with
+    other sizes refused; at most MAX_LINES lines. `where` says where each line was read (file:line, or bins[i])."""
+
+    bin_id: str
+    image: str
+    captured_at: datetime | None
+    where: str
+    lines: dict[str, tuple[SkuLine, str]] = field(default_factory=dict)  # sku -> (line, where it was first given)
+    nothing_at: str | None = None  # where a row said the record lists nothing for this bin
+
+    def add(self, line: SkuLine, where: str) -> None:
+        if self.nothing_at:
+            raise DataError(where, f"bin {self.bin_id!r}: a SKU line beside the row with an empty sku at {self.nothing_at}, "
+                                   "which says the record lists nothing for this bin")
+        known = self.lines.get(line.sku)
+        if known is None:
+            if len(self.lines) >= MAX_LINES:
+                raise DataError(where, f"bin {self.bin_id!r}: more than {MAX_LINES:,} SKU lines, the limit per bin")
+            self.lines[line.sku] = (line, where)
+            return
+        first, at = known
+        if not same_item(first, line):
+            raise DataError(where, f"SKU {line.sku!r} of bin {self.bin_id!r} is also at {at} with other dimensions or "
+                                   "weight: give one SKU one size and weight")
+        self.lines[line.sku] = (replace(first, qty=first.qty + line.qty), at)
+
+    def add_nothing(self, where: str) -> None:
+        if self.lines:
+            first = next(iter(self.lines.values()))[1]
+            raise DataError(where, f"bin {self.bin_id!r}: a row with an empty sku (the record lists nothing) beside its "
+                                   f"SKU lines (the first at {first})")
+        self.nothing_at = where
+
+    def snapshot(self) -> SnapshotIn:
+        lines = tuple(line for line, _ in self.lines.values())
+        return SnapshotIn(self.bin_id, self.image, check_record(sum(line.qty for line in lines), self.where),
+                          self.captured_at, lines)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None,
+                  uploads: dict[str, str] | None = None) -> list[SnapshotIn]:
+    """Rows of a totals CSV (bin_id,image,record_qty[,captured_at]) or a line CSV (bin_id,image,sku,qty[,...]), told
+    apart by the header (from `src`, or `text` named `src`); paths relative to `base`.
+
+    With `uploads` (file name -> sha256 of the photos uploaded with it, as the server gets them) an image is one of
+    those names or a URI, never a path: the server reads no file it was not sent or allowed."""
+    base = base or src.parent
+    text = read_text(src) if text is None else text
+    try:
+        reader = csv.DictReader(text.splitlines())
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        line_csv = is_line_csv(src, columns)
+        missing = [c for c in (LINE_COLUMNS if line_csv else REQUIRED_COLUMNS) if c not in columns]
+        if missing:
+            raise DataError(src, f"CSV needs columns bin_id,image,record_qty[,captured_at] (totals) or {LINE_HEADER} (SKU "
+                                 f"lines); missing {','.join(missing)} (found {','.join(columns) or 'no header'})")
+        reader.fieldnames = columns
+        rows = [(line, row) for line, row in enumerate(reader, start=2) if any(v.strip() if isinstance(v, str) else v for v in row.values())]
+    except csv.Error as e:
+        raise DataError(src, f"not a readable CSV ({e})") from None
+    if line_csv:
+        return line_csv_snapshots(src, rows, base, uploads)
+    return [csv_row(src, line, row, base, uploads) for line, row in rows]
+
+
+def read_text(src: Path) -> str:
+    try:
+        return src.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise DataError(src, f"cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DataError(src, "not a UTF-8 text CSV") from None
+
+
+def is_line_csv(src: Path, columns: list[str]) -> bool:
+    """Does the header give SKU lines (sku, qty) rather than totals (record_qty)? Both, or unknown line columns: refused."""
+    if "sku" not in columns and "qty" not in columns:
+        return False
+    if "record_qty" in columns:
+        raise DataError(f"{src}:1", "the header mixes the totals CSV (record_qty) with the line CSV (sku, qty): give "
+                                    f"bin_id,image,record_qty[,captured_at] or {LINE_HEADER}; a line CSV's record is the sum of its lines")
+    unknown = [c for c in columns if c not in LINE_COLUMNS + LINE_OPTIONAL]
+    if unknown:
+        raise DataError(f"{src}:1", f"unknown column(s) {','.join(unknown)}: a line CSV has {LINE_HEADER}")
+    return True
+
+
+def csv_row(src: Path, line: int, row: dict, base: Path, uploads: dict[str, str] | None) -> SnapshotIn:
+    where = f"{src}:{line}"
+    if None in row:
+        raise DataError(where, "more fields than the header has columns")
+    bin_id, image = bin_and_image(row.get("bin_id") or "", row.get("image") or "", where, base, uploads)
     return SnapshotIn(bin_id, image, parse_record(row.get("record_qty"), where), parse_time(row.get("captured_at"), where))
+
+
+def line_csv_snapshots(src: Path, rows: list[tuple[int, dict]], base: Path, uploads: dict[str, str] | None) -> list[SnapshotIn]:
+    """One snapshot per bin_id and image, its lines the rows that name both (in any order); record_qty their sum."""
+    bins: dict[tuple[str, str], BinRecord] = {}
+    for line, row in rows:
+        line_csv_row(f"{src}:{line}", row, base, uploads, bins)
+    return [record.snapshot() for record in bins.values()]
+
+
+def line_csv_row(where: str, row: dict, base: Path, uploads: dict[str, str] | None, bins: dict) -> None:
+    """Add one row of a line CSV to its bin. A row with an empty sku and qty 0 says the record lists nothing for the bin."""
+    if None in row:
+        raise DataError(where, "more fields than the header has columns")
+    row = {k: (v or "").strip() for k, v in row.items()}
+    bin_id, image = bin_and_image(row["bin_id"], row["image"], where, base, uploads)
+    stamp = parse_time(row.get("captured_at"), where)
+    record = bins.setdefault((bin_id, image), BinRecord(bin_id, image, stamp, where))
+    if stamp != record.captured_at:
+        raise DataError(where, f"bin {bin_id!r}: captured_at {row.get('captured_at') or '(none)'!r} differs from "
+                               f"{record.captured_at.isoformat() if record.captured_at else '(none)'} at {record.where}: "
+                               "the rows of one bin snapshot share one time")
+    sku = row["sku"]
+    if len(sku) > MAX_TEXT:
+        raise DataError(where, f"sku is longer than {MAX_TEXT} characters")
+    if sku:
+        record.add(sku_line(row, sku, where), where)
+    elif line_qty(row.get("qty"), where) == 0:
+        record.add_nothing(where)
+    else:
+        raise DataError(where, f"empty sku with qty {row['qty']}: give the SKU, or qty 0 to say the record lists "
+                               "nothing for this bin")
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def json_snapshots(doc, where: str, uploads: dict[str, str] | None, base: Path | None = None) -> list[SnapshotIn]:
+    """The bins of a records document {"bins": [{"bin_id", "image", "captured_at"?, "record_qty"?, "lines"?: [{"sku",
+    "qty", "length"?, "width"?, "height"?, "unit"?, "weight"?, "weight_unit"?}]}]}, checked as a line CSV is.
+
+    With lines, record_qty is optional and must be their sum; without, it is required (a totals-only bin). `uploads`
+    as for csv_snapshots; else paths are relative to `base`. A refusal names the bin by its index (bins[i])."""
+    bins = doc.get("bins") if isinstance(doc, dict) else None
+    if not isinstance(bins, list) or set(doc) != {"bins"}:
+        raise DataError(where, 'expected a JSON object {"bins": [{"bin_id", "image", "record_qty"?, "lines"?: [...]}]}')
+    if len(bins) > MAX_BINS:
+        raise DataError(where, f"{len(bins):,} bins: more than the limit of {MAX_BINS:,} in one document")
+    snapshots, seen = [], {}
+    for i, item in enumerate(bins):
+        snapshot = json_bin(item, f"{where} bins[{i}]", base or Path.cwd(), uploads)
+        if (snapshot.bin_id, snapshot.image) in seen:
+            raise DataError(f"{where} bins[{i}]", f"bin {snapshot.bin_id!r} with the same image as bins[{seen[snapshot.bin_id, snapshot.image]}]: "
+                                                 "give each bin snapshot once, with all its lines")
+        seen[snapshot.bin_id, snapshot.image] = i
+        snapshots.append(snapshot)
+    return snapshots
+
+
+def json_text(item: dict, key: str, where: str) -> str:
+    value = item.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DataError(where, f"{key} must be text, got {type(value).__name__}")
+    return value or ""
+
+
+def json_object(item, keys: tuple[str, ...], where: str, what: str) -> dict:
+    if not isinstance(item, dict):
+        raise DataError(where, f"expected {what} (an object with {', '.join(keys)})")
+    unknown = sorted(str(k) for k in set(item) - set(keys))
+    if unknown:
+        raise DataError(where, f"unknown field(s) {', '.join(unknown)[:200]}: {what} has {', '.join(keys)}")
+    return item
+
+
+def json_bin(item, where: str, base: Path, uploads: dict[str, str] | None) -> SnapshotIn:
+    item = json_object(item, BIN_KEYS, where, "a bin")
+    bin_id, image = bin_and_image(json_text(item, "bin_id", where), json_text(item, "image", where), where, base, uploads)
+    where = f"{where} (bin {bin_id!r})"
+    stamp = parse_time(json_text(item, "captured_at", where), where)
+    record_qty, lines = item.get("record_qty"), item.get("lines")
+    if lines is None:
+        if record_qty is None:
+            raise DataError(where, "give record_qty, or the record's lines")
+        return SnapshotIn(bin_id, image, check_record(record_qty, where), stamp)
+    if not isinstance(lines, list):
+        raise DataError(where, "lines must be a list of {\"sku\", \"qty\", ...} objects")
+    if len(lines) > MAX_LINES:
+        raise DataError(where, f"{len(lines):,} SKU lines: more than the limit of {MAX_LINES:,} per bin")
+    record = BinRecord(bin_id, image, stamp, where)
+    for j, line in enumerate(lines):
+        at = f"{where} lines[{j}]"
+        line = json_object(line, LINE_KEYS, at, "a SKU line")
+        sku = json_text(line, "sku", at).strip()
+        if not sku or len(sku) > MAX_TEXT:
+            raise DataError(at, f"sku must be 1-{MAX_TEXT} characters (a bin whose record lists nothing has \"lines\": [])")
+        record.add(sku_line(line, sku, at), at)
+    snapshot = record.snapshot()
+    if record_qty is not None and check_record(record_qty, where) != snapshot.record_qty:
+        raise DataError(where, f"record_qty {record_qty} is not the sum of its lines' qty ({snapshot.record_qty})")
+    return snapshot
+
+
+# ---------------------------------------------------------------- photos
 
 
 def upload_name(filename: str | None) -> str:

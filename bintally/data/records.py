@@ -101,3 +101,17 @@ def measure_field(field, units: dict[str, float], where: str, what: str) -> floa
     if isinstance(field, dict):
         return measure(field.get("value"), field.get("unit"), units, where, what)
     return measure(field, next(iter(units)), units, where, what)
+
+
+
+def metadata_record(path) -> tuple[int, dict]:
+    """An ABID metadata file's EXPECTED_QUANTITY and its whole document (for `metadata_lines`); DataError naming the
+    file when it is unusable."""
+    from bintally.data.metadata import json_type, load_json, parse_count
+
+    doc = load_json(path, "metadata file")
+    if not isinstance(doc, dict):
+        raise DataError(path, f"expected a JSON object with EXPECTED_QUANTITY, found {json_type(doc)}")
+    if "EXPECTED_QUANTITY" not in doc:
+        raise DataError(path, "no EXPECTED_QUANTITY field")
+    return parse_count(doc["EXPECTED_QUANTITY"], path), doc

@@ -1,6 +1,6 @@
 """The audit API (`bintally serve --audit-db URL`) and its dashboard at GET /audit.
 
-    POST /v1/audit-runs                 multipart: csv (bin_id,image,record_qty[,captured_at]) + photos -> score, worklist
+    POST /v1/audit-runs                 multipart: csv (totals or SKU lines) or records (JSON) + photos -> score, worklist
     GET  /v1/audit-runs[/{id}]          runs with their metrics
     GET  /v1/audit-runs/{id}/tasks      a run's worklist (reviewer view), ?status= to filter
     GET  /v1/tasks/{id}                 the counter's blind view: bin and photo, never the record or the prediction
@@ -37,7 +37,8 @@ log = logging.getLogger("bintally.serving")
 PAGE = Path(__file__).parent / "static" / "audit.html"
 MAX_PHOTOS = 10_000  # photos in one create-run request (the body limit, --max-body-mb, bounds them first)
 MAX_COMMENT = 2000
-RUN_FIELDS = ("csv", "photos", "name", "score", "budget", "threshold", "control", "tolerance", "created_by")
+RUN_FIELDS = ("csv", "records", "photos", "name", "score", "budget", "threshold", "control", "tolerance", "created_by", "lines")
+SOURCES = "a 'csv' file (bin_id,image,record_qty[,captured_at], or SKU lines bin_id,image,sku,qty[,...]) or a 'records' JSON file"
 COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
 COUNT_KEYS = {"qty", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
@@ -142,10 +143,11 @@ def text(doc: dict, key: str, limit: int = 100) -> str | None:
 
 @dataclass
 class RunForm:
-    """A create-run request: the CSV, the text fields, and the photos uploaded with it."""
+    """A create-run request: the CSV or the JSON records, the text fields, and the photos uploaded with it."""
 
     csv_name: str = ""
     csv_data: bytes | None = None
+    records_data: bytes | None = None  # the `records` part: {"bins": [...]} (then csv_name is its name)
     fields: dict[str, str] = field(default_factory=dict)
     photos: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes
     names: dict[str, str] = field(default_factory=dict)  # file name -> sha256
@@ -153,6 +155,8 @@ class RunForm:
     async def add(self, name: str, value) -> None:
         if name not in RUN_FIELDS:
             raise fail(400, f"unknown form field {name!r}: expected {', '.join(RUN_FIELDS)}")
+        if name == "records":
+            return await self.add_records(value)
         if name not in ("csv", "photos"):
             return self.add_text(name, value)
         if not isinstance(value, UploadFile):
@@ -162,6 +166,19 @@ class RunForm:
             self.add_csv(value.filename, data)
         else:
             self.add_photo(value.filename, data)
+
+    async def add_records(self, value) -> None:
+        """The JSON records document, sent as a file or as a text field."""
+        from bintally.audit.snapshots import upload_name
+
+        if self.csv_data is not None:
+            raise fail(400, f"send one source: {SOURCES}, not both")
+        if self.records_data is not None:
+            raise fail(400, "more than one 'records' part: send one")
+        if isinstance(value, UploadFile):
+            self.csv_name, self.records_data = upload_name(value.filename) or "records.json", await value.read()
+        else:
+            self.csv_name, self.records_data = "records.json", value.encode()
 
     def add_text(self, name: str, value) -> None:
         if isinstance(value, UploadFile):
@@ -175,6 +192,8 @@ class RunForm:
 
         if self.csv_data is not None:
             raise fail(400, "more than one 'csv' file: send one")
+        if self.records_data is not None:
+            raise fail(400, f"send one source: {SOURCES}, not both")
         self.csv_name, self.csv_data = upload_name(filename) or "upload.csv", data
 
     def add_photo(self, filename: str | None, data: bytes) -> None:
@@ -200,7 +219,7 @@ class RunForm:
 
 async def read_run_form(request: Request) -> RunForm:
     if media_type(request) != "multipart/form-data":
-        raise fail(415, "send multipart/form-data: a 'csv' file (bin_id,image,record_qty[,captured_at]) and 'photos' files")
+        raise fail(415, f"send multipart/form-data: {SOURCES}, and 'photos' files")
     form = await read_form(request, MAX_PHOTOS + 1, len(RUN_FIELDS) + 8, f"too many photos in one request: the limit is {MAX_PHOTOS}")
     run_form = RunForm()
     try:
@@ -208,8 +227,8 @@ async def read_run_form(request: Request) -> RunForm:
             await run_form.add(name, value)
     finally:
         await form.close()
-    if run_form.csv_data is None:
-        raise fail(400, "no 'csv' file: send the snapshots as a CSV of bin_id,image,record_qty[,captured_at]")
+    if run_form.csv_data is None and run_form.records_data is None:
+        raise fail(400, f"no 'csv' file (nor 'records'): send {SOURCES}")
     return run_form
 
 
@@ -231,16 +250,31 @@ def with_image_url(row: dict) -> dict:
 
 
 def form_snapshots(form: RunForm) -> list:
-    """The CSV's snapshots, sorted as `bintally audit run` sorts them (the order never matters); images name uploads or URIs."""
-    from bintally.audit.snapshots import csv_snapshots
+    """The snapshots of the CSV or the JSON records, sorted as `bintally audit run` sorts them (the order never matters);
+    images name uploads or URIs."""
+    from bintally.audit.snapshots import csv_snapshots, json_snapshots
 
     try:
-        snapshots = csv_snapshots(Path(form.csv_name), text=form.csv_text(), base=Path("/"), uploads=form.names)
+        if form.records_data is not None:
+            snapshots = json_snapshots(records_document(form), form.csv_name, uploads=form.names)
+        else:
+            snapshots = csv_snapshots(Path(form.csv_name), text=form.csv_text(), base=Path("/"), uploads=form.names)
     except DataError as e:
         raise fail(400, str(e)) from None
     if not snapshots:
-        raise fail(400, f"{form.csv_name}: no rows: give one bin_id,image,record_qty row per bin snapshot")
+        what = "no bins: give one per bin snapshot" if form.records_data is not None else "no rows: give one row per bin snapshot"
+        raise fail(400, f"{form.csv_name}: {what}")
     return sorted(snapshots, key=lambda s: (s.bin_id, s.image))
+
+
+def records_document(form: RunForm):
+    """The `records` part as JSON (a 400 when it is not)."""
+    from bintally.serving.bodies import parse_json
+
+    try:
+        return parse_json(form.records_data, f"{form.csv_name} (the 'records' part)")
+    except RequestError as e:
+        raise fail(e.status, e.message) from None
 
 
 def run_config(form: RunForm, config: ServeConfig):
@@ -251,7 +285,7 @@ def run_config(form: RunForm, config: ServeConfig):
     settings = {k: form_number(fields, k, kind) for k, kind in
                 (("budget", float), ("threshold", float), ("control", float), ("tolerance", int))}
     audit = AuditConfig(model=str(config.model), data=form.csv_name, name=(fields.get("name") or "").strip() or None,
-                        score=(fields.get("score") or "mismatch").strip(),
+                        score=(fields.get("score") or "mismatch").strip(), lines=(fields.get("lines") or "use").strip(),
                         **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
                         created_by=(fields.get("created_by") or "").strip() or "api", **asdict(config.source_policy()), progress=False)
     try:
@@ -315,8 +349,12 @@ async def snapshot_photo(service: AuditService, snapshot_id: int) -> tuple[bytes
 # ---------------------------------------------------------------- the router
 
 CREATE_RUN_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["csv"], "properties": {
-        "csv": {"type": "string", "format": "binary", "description": "bin_id,image,record_qty[,captured_at]"},
+    "type": "object", "properties": {
+        "csv": {"type": "string", "format": "binary", "description": "bin_id,image,record_qty[,captured_at], or SKU lines "
+                "bin_id,image,sku,qty[,length,width,height,unit,weight,weight_unit][,captured_at] (send csv or records)"},
+        "records": {"type": "string", "format": "binary", "description": 'JSON {"bins": [{"bin_id", "image", "captured_at"?, '
+                    '"record_qty"?, "lines"?: [{"sku", "qty", "length"?, "width"?, "height"?, "unit"?, "weight"?, "weight_unit"?}]}]}'},
+        "lines": {"type": "string", "enum": ["use", "ignore"]},
         "photos": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "name": {"type": "string"}, "budget": {"type": "number"}, "threshold": {"type": "number"},
         "control": {"type": "number"}, "tolerance": {"type": "integer"}, "created_by": {"type": "string"}}}}}}}
@@ -338,6 +376,7 @@ def audit_router(service: AuditService) -> APIRouter:
 
 def add_run_routes(router: APIRouter, service: AuditService) -> None:
     from bintally.audit import queries
+    from bintally.audit.snapshots import totals_only
 
     plane = service.plane
 
@@ -350,6 +389,8 @@ def add_run_routes(router: APIRouter, service: AuditService) -> None:
         form = await read_run_form(request)
         snapshots = form_snapshots(form)
         audit = run_config(form, service.config)
+        if audit.lines == "ignore":
+            snapshots = totals_only(snapshots)
         async with service.run_gate:
             result, summary, problems = await service.call(score_run, audit, snapshots, form, plane.counter)
         return created_run(form, snapshots, result, summary, problems)
