@@ -20,7 +20,17 @@ from bintally.data.manifest import manifest_name, usable
 from bintally.data.sample import read_or_index
 from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
-from bintally.evaluation.metrics import ABOVE_PUBLISHED, PUBLISHED_MAX, bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets
+from bintally.evaluation.metrics import (
+    ABOVE_PUBLISHED,
+    PUBLISHED_MAX,
+    bootstrap_intervals,
+    calibration,
+    check_resamples,
+    confusion,
+    count_metrics,
+    per_class_metrics,
+    subsets,
+)
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
 from bintally.evaluation.verification import DEFAULT_THRESHOLD, SEED, answer_probabilities, best_threshold, renumber, verification_questions, verify_quantity
 from bintally.inference import Counter, Prediction
