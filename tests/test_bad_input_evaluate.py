@@ -445,8 +445,9 @@ def test_a_1_to_5_model_without_overflow_is_scored_on_counts():
 
 
 def test_subset_names_of_the_usual_label_space():
-    frame = predictions_table()
-    assert evaluate_predictions(frame, resamples=20).subset_names() == [("all", ""), ("0-5", "_0_5"), ("1-5", "_1_5")]
+    frame = predictions_table()  # one photo of "6+": the counts above 5 are a subset too
+    assert evaluate_predictions(frame, resamples=20).subset_names() == [("all", ""), ("0-5", "_0_5"), ("1-5", "_1_5"), ("6+", "_6_up")]
+    assert evaluate_predictions(frame.iloc[[0, 1, 3]], resamples=20).subset_names() == [("all", ""), ("0-5", "_0_5"), ("1-5", "_1_5")]
 
 
 def test_report_of_a_1_to_5_model(tmp_path):

@@ -14,8 +14,9 @@ from bintally.cli import app
 from bintally.data import read_manifest, split_manifest, write_manifest
 from bintally.data.split import SplitConfig
 from bintally.errors import DataError
-from bintally.evaluation import evaluate, evaluate_model, evaluate_saved, load_predictions
+from bintally.evaluation import evaluate, evaluate_model, evaluate_predictions, evaluate_saved, load_predictions
 from bintally.evaluation.metrics import bootstrap_intervals, calibration, count_metrics, per_class_metrics
+from bintally.labels import LabelSpace
 from bintally.models.artifact import read_artifact
 from bintally.training import train
 from tests.training_helpers import tiny_config
@@ -43,6 +44,67 @@ def test_overflow_prediction_is_wrong_on_0_5_and_counts_as_6():
     assert m["rmse_0_5"] == pytest.approx(np.sqrt((1 + 16) / 4))
     assert m["within1_0_5"] == pytest.approx(3 / 4)
     assert m["accuracy_1_5"] == pytest.approx(1 / 3)
+
+
+def test_relative_error_and_the_counts_above_5_by_hand():
+    true = np.array([0, 2, 8, 40, 6])
+    pred = np.array([1, 2, 6, 21, 6])  # 40 predicted "21+" (21 items): an error of 19
+    m = count_metrics(true, pred, max_count=20)
+    assert m["rel_error"] == pytest.approx((1 / 1 + 0 + 2 / 8 + 19 / 40 + 0) / 5)  # a bin of 0 divides by 1
+    assert m["mae"] == pytest.approx(22 / 5) and m["accuracy"] == pytest.approx(2 / 5)
+    assert (m["n_0_20"], m["n_0_5"], m["n_6_up"]) == (4, 2, 3)
+    assert m["accuracy_6_up"] == pytest.approx(1 / 3) and m["within1_6_up"] == pytest.approx(1 / 3)
+    assert m["mae_6_up"] == pytest.approx(21 / 3) and m["rmse_6_up"] == pytest.approx(np.sqrt((4 + 361) / 3))
+    assert m["rel_error_6_up"] == pytest.approx((2 / 8 + 19 / 40) / 3) and m["rel_error_0_5"] == pytest.approx(1 / 2)
+    assert set(bootstrap_intervals(true, pred, 20, resamples=20)) >= {"rel_error", "rel_error_6_up", "accuracy_6_up"}
+    up_to_5 = count_metrics(np.array([0, 3, 5]), np.array([0, 4, 6]))
+    assert "n_6_up" not in up_to_5 and up_to_5["rel_error"] == pytest.approx((0 + 1 / 3 + 1 / 5) / 3)
+
+
+def whole_range_frame(true_count, predicted_label) -> pd.DataFrame:
+    """Predictions of a 0-20 + "21+" model, each photo's probability all on its predicted class."""
+    space = LabelSpace(0, 20, True)
+    probs = np.eye(space.n_classes)[predicted_label]
+    return pd.DataFrame({"id": [str(i) for i in range(len(true_count))], "true_count": true_count,
+                         "true_label": space.class_of(true_count), "predicted_label": predicted_label,
+                         **{f"prob_{name}": probs[:, i] for i, name in enumerate(space.names)}})
+
+
+def test_a_bin_above_the_overflow_class_is_scored_against_its_real_count(tmp_path):
+    frame = whole_range_frame([40, 3, 7, 0], [21, 3, 6, 0])
+    result = evaluate_predictions(frame, resamples=20)
+    m = result.metrics
+    assert m["accuracy"] == pytest.approx(2 / 4) and m["mae"] == pytest.approx(20 / 4)  # 40 as "21+" is 19 off, 7 as 6 one
+    assert m["rel_error"] == pytest.approx((19 / 40 + 1 / 7) / 4) and m["mae_6_up"] == pytest.approx(20 / 2)
+    assert m["confusion"]["matrix"][21][21] == 1  # the class is right: the confusion matrix and per-class stay on classes
+    assert result.info["errors_against"] == "the photos' real counts"
+    clipped = evaluate_predictions(frame.drop(columns="true_count"), resamples=20)
+    assert clipped.metrics["accuracy"] == pytest.approx(3 / 4) and clipped.metrics["mae"] == pytest.approx(1 / 4)  # 40 is "21+"
+    assert result.subset_names() == [("all", ""), ("0-20", "_0_20"), ("1-20", "_1_20"), ("0-5", "_0_5"), ("1-5", "_1_5"),
+                                     ("6+", "_6_up")]
+    page = result.write_report(tmp_path / "report").read_text()
+    assert "rel. error" in page and "counts 6+" in page and "a bin of 42 predicted \"21+\" is an error\nof 21" in page
+
+
+def test_saved_real_counts_are_checked_against_their_labels(tmp_path):
+    frame = whole_range_frame([40, 3, 7, 0], [21, 3, 6, 0])
+    frame.to_csv(tmp_path / "good.csv", index=False)
+    assert load_predictions(tmp_path / "good.csv")["true_count"].tolist() == [40, 3, 7, 0]
+    frame.assign(true_count=[40, 4, 7, 0]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="bad.csv: column true_count, line 3: 4 does not match the row's true_label"):
+        load_predictions(tmp_path / "bad.csv")
+    frame.assign(true_count=[40, 3, 7.5, 0]).to_csv(tmp_path / "half.csv", index=False)
+    with pytest.raises(DataError, match=r"half.csv: column true_count, line 4: 7.5 is not a count"):
+        load_predictions(tmp_path / "half.csv")
+
+
+def test_cli_prints_relative_error_and_the_counts_above_5(tmp_path):
+    whole_range_frame([40, 3, 7, 0, 12], [21, 3, 6, 0, 12]).to_csv(tmp_path / "p.csv", index=False)
+    out = CliRunner().invoke(app, ["evaluate", "--predictions", str(tmp_path / "p.csv"), "--bootstrap", "20"])
+    assert out.exit_code == 0, out.output
+    lines = {line.split(":")[0].strip(): line for line in out.output.splitlines() if ": n=" in line}
+    assert list(lines) == ["all", "0-20", "1-20", "0-5", "1-5", "6+"]
+    assert "n=3 " in lines["6+"] and "MAE 6.667" in lines["6+"] and "rel. error 0.206" in lines["6+"]  # (19/40 + 1/7 + 0) / 3
 
 
 def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_photos():
@@ -90,7 +152,9 @@ def test_bucket_folder_without_split_evaluates_every_photo(tiny_model, small_buc
     counts = pd.Series([json.loads(p.read_text())["EXPECTED_QUANTITY"] for p in sorted((small_bucket / "metadata").glob("*.json"))])
     assert saved["n_0_5"] == int((counts <= 5).sum())
     matrix = np.array(saved["confusion"]["matrix"])
-    assert matrix.sum() == saved["n"] and np.trace(matrix) == round(saved["accuracy"] * saved["n"])
+    frame = result.predictions  # the matrix is over classes, accuracy over counts ("6+" for a bin of 9 is a right class, a wrong count)
+    assert matrix.sum() == saved["n"] and np.trace(matrix) == (frame["true_label"] == frame["predicted_label"]).sum()
+    assert round(saved["accuracy"] * saved["n"]) == (frame["true_count"] == frame["predicted_count"]).sum()
     for name in ("index.html", "confusion.png", "reliability.png", "per_class.png", "counts.png"):
         assert (tmp_path / "report" / name).stat().st_size > 1000
     page = (tmp_path / "report" / "index.html").read_text()

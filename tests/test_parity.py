@@ -16,7 +16,7 @@ import torch
 
 from bintally.data import read_manifest
 from bintally.data.transforms import TransformConfig
-from bintally.evaluation import evaluate, load_predictions
+from bintally.evaluation import evaluate, evaluate_predictions, load_predictions
 from bintally.inference import Counter
 from bintally.models.artifact import load_model, read_artifact
 from bintally.paths import cache_dir
@@ -42,12 +42,16 @@ def assert_recorded_equals_evaluated(run, manifest, tmp_path) -> dict:
     assert recorded == {k: v for k, v in row.items() if k.startswith("val_")}  # model.json holds the saved epoch's metrics
     result = evaluate(model=run, data=manifest, split="val", save_to=tmp_path / "predictions.csv", workers=0, progress=False,
                       resamples=20)
-    m = result.metrics
-    assert m["n"] == recorded["val_n"] == 56
-    for key in ("accuracy", "accuracy_0_5", "accuracy_1_5", "within1"):
-        assert m[key] == pytest.approx(recorded[f"val_{key}"], abs=1e-9), key
-    for key in ("rmse", "rmse_0_5", "mae"):
-        assert m[key] == pytest.approx(recorded[f"val_{key}"], rel=1e-6), key
+    # training scores in its label space (a bin of 9 is "6+", 6 items), evaluate against each photo's real count:
+    # the same on 0-5 and 1-5, and on all photos once evaluate is given only the classes
+    in_classes = evaluate_predictions(load_predictions(tmp_path / "predictions.csv").drop(columns="true_count"), resamples=20)
+    for m, keys in ((result.metrics, ("_0_5", "_1_5")), (in_classes.metrics, ("", "_0_5"))):
+        assert m["n"] == recorded["val_n"] == 56
+        for suffix in keys:
+            for name in ("accuracy", "within1"):
+                assert m[name + suffix] == pytest.approx(recorded[f"val_{name}{suffix}"], abs=1e-9), name + suffix
+            for name in ("rmse", "mae", "rel_error"):
+                assert m[name + suffix] == pytest.approx(recorded[f"val_{name}{suffix}"], rel=1e-6), name + suffix
     return recorded
 
 

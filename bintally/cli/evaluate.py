@@ -16,7 +16,8 @@ from bintally.inference.config import CALIBRATE_SPLITS, EVALUATE_SPLITS, Calibra
 @command(app, "evaluate")
 @settings_options(EvaluateConfig)
 def evaluate_cmd(settings: dict):
-    """Score a trained model: accuracy, RMSE, per-class metrics, calibration and confidence intervals."""
+    """Score a trained model: accuracy, RMSE, per-class metrics, calibration and confidence intervals (and, with
+    --verify-quantity, ABID's quantity verification)."""
     from bintally.evaluation import evaluate
 
     config = EvaluateConfig(**settings)
@@ -24,7 +25,8 @@ def evaluate_cmd(settings: dict):
         raise typer.BadParameter(f"{config.split!r} is not one of {', '.join(EVALUATE_SPLITS)}", param_hint="--split")
     result = evaluate(model=config.model, data=config.data, split=None if config.split == "all" else config.split,
                       predictions=config.predictions, json_out=config.json_out, report=config.report, save_to=config.save_predictions,
-                      resamples=config.bootstrap, workers=config.workers, backend=config.backend, progress=show_progress(config.progress))
+                      resamples=config.bootstrap, workers=config.workers, backend=config.backend, progress=show_progress(config.progress),
+                      verify=config.verify_quantity, seed=config.verify_seed)
     print_evaluation(result, config)
 
 
@@ -36,12 +38,23 @@ def print_evaluation(result, config: EvaluateConfig) -> None:
     for name, suffix in result.subset_names():
         if m[f"n{suffix}"]:
             low, high = m["ci95"][f"accuracy{suffix}"]
-            typer.echo(f"{name:>4}: n={m[f'n{suffix}']:<5} accuracy {m[f'accuracy{suffix}']:.3f} [{low:.3f}, {high:.3f}]  "
-                       f"RMSE {m[f'rmse{suffix}']:.3f}  MAE {m[f'mae{suffix}']:.3f}  within-1 {m[f'within1{suffix}']:.3f}")
+            typer.echo(f"{name:>5}: n={m[f'n{suffix}']:<5} accuracy {m[f'accuracy{suffix}']:.3f} [{low:.3f}, {high:.3f}]  "
+                       f"RMSE {m[f'rmse{suffix}']:.3f}  MAE {m[f'mae{suffix}']:.3f}  within-1 {m[f'within1{suffix}']:.3f}  "
+                       f"rel. error {m[f'rel_error{suffix}']:.3f}")
     typer.echo(f"ECE {m['ece']:.3f}")
+    if "quantity_verification" in m:
+        typer.echo(verification_line(m["quantity_verification"]))
     for written in (config.json_out, config.save_predictions, config.report and config.report / "index.html"):
         if written:
             typer.echo(f"wrote {written}")
+
+
+def verification_line(v: dict) -> str:
+    if not v["questions"]:
+        return "quantity verification: no questions (none of the scored photos has SKU lines in its metadata)"
+    auc = "n/a" if v["roc_auc"] != v["roc_auc"] else f"{v['roc_auc']:.3f}"
+    return (f"quantity verification: {v['questions']} questions on {v['bins']} bins: accuracy {v['accuracy']:.3f} "
+            f"(yes above {v['threshold']:.3f}, {v['threshold_from']})  ROC AUC {auc}")
 
 
 @command(app, "predict")

@@ -20,8 +20,19 @@ from bintally.data.manifest import manifest_name, usable
 from bintally.data.sample import read_or_index
 from bintally.data.verify import STALE, drop_stale
 from bintally.errors import ConfigError, DataError
-from bintally.evaluation.metrics import PUBLISHED_MAX, bootstrap_intervals, calibration, check_resamples, confusion, count_metrics, per_class_metrics, subsets
+from bintally.evaluation.metrics import (
+    ABOVE_PUBLISHED,
+    PUBLISHED_MAX,
+    bootstrap_intervals,
+    calibration,
+    check_resamples,
+    confusion,
+    count_metrics,
+    per_class_metrics,
+    subsets,
+)
 from bintally.evaluation.predictions import load_predictions, prediction_classes, prediction_probs, predictions_frame, save_predictions
+from bintally.evaluation.verification import DEFAULT_THRESHOLD, SEED, answer_probabilities, best_threshold, renumber, verification_questions, verify_quantity
 from bintally.inference import Counter, Prediction
 from bintally.io import atomic_path, check_output_file, check_output_folder
 from bintally.labels import LabelSpace
@@ -36,6 +47,7 @@ class Evaluation:
     predictions: pd.DataFrame
     classes: list[str]
     info: dict = field(default_factory=dict)
+    questions: pd.DataFrame | None = None  # quantity verification's questions and answers, when it was asked for
 
     @property
     def space(self) -> LabelSpace:
@@ -51,6 +63,8 @@ class Evaluation:
         names = [("all", ""), (f"{low}-{n}", f"_0_{n}"), (f"1-{n}", f"_1_{n}")]
         if n != PUBLISHED_MAX:  # the published results' subsets, whatever the label space
             names += [(f"{low}-{PUBLISHED_MAX}", f"_0_{PUBLISHED_MAX}"), (f"1-{PUBLISHED_MAX}", f"_1_{PUBLISHED_MAX}")]
+        if self.metrics.get(f"n{ABOVE_PUBLISHED}"):
+            names.append((f"{PUBLISHED_MAX + 1}+", ABOVE_PUBLISHED))
         return names
 
     def to_json(self) -> dict:
@@ -167,27 +181,64 @@ def read_data(data: str | Path | None, progress: bool) -> pd.DataFrame:
 
 
 def evaluate_model(model: str | Path, data: str | Path | None, split: str | None = "test", batch_size: int = 64,
-                   workers: int = 2, resamples: int = 1000, progress: bool = True, backend: str = "torch") -> Evaluation:
-    """Predict every photo of the split with the trained model and compute every metric."""
+                   workers: int = 2, resamples: int = 1000, progress: bool = True, backend: str = "torch",
+                   verify: bool = False, seed: int = SEED) -> Evaluation:
+    """Predict every photo of the split with the trained model and compute every metric; with `verify`, also ABID's
+    quantity verification (`bintally.evaluation.verification`) on the photos' metadata."""
     counter = Counter.load(model, backend)
-    space = counter.labels
-    photos, info = evaluation_photos(read_data(data, progress), split, space)
-    prediction, kept = predict_photos(counter, photos, batch_size, workers, progress)
+    df = read_data(data, progress)
+    photos, info = evaluation_photos(df, split, counter.labels)
+    questions = verification_questions(photos, seed) if verify else None  # every metadata file is read before the model runs
+    loader = {"batch_size": batch_size, "workers": workers, "progress": progress}
+    prediction, kept = predict_photos(counter, photos, **loader)
     photos = keep_readable(photos, kept, info)
-    frame = predictions_frame(photos, prediction.with_overflow_class())  # photos above max_count are scored too
+    prediction = prediction.with_overflow_class()  # photos above max_count are scored too
+    frame = predictions_frame(photos, prediction)
     info |= {"model": str(model), "model_version": counter.artifact.version, "backend": counter.backend_name,
              "decode": counter.artifact.decoding, "tta": counter.artifact.tta,
              "backbone": counter.artifact.model.backbone, "head": counter.artifact.model.head}
-    return evaluate_predictions(frame, info, resamples)
+    result = evaluate_predictions(frame, info, resamples)
+    if verify:
+        threshold, threshold_from = validation_threshold(counter, df, split, seed, loader)
+        metrics, result.questions = verify_quantity(renumber(questions, kept), prediction.probabilities, prediction.space,
+                                                    threshold, threshold_from)
+        result.metrics["quantity_verification"] = metrics | {"seed": seed}
+    return result
+
+
+def validation_threshold(counter: Counter, df: pd.DataFrame, split: str | None, seed: int, loader: dict) -> tuple[float, str]:
+    """(threshold, where it comes from): chosen on the validation split's questions when another split is scored,
+    else the default. Only the validation photos with SKU lines are predicted."""
+    if split in (None, "val") or "split" not in df or not (df["split"] == "val").any():
+        return DEFAULT_THRESHOLD, "default: no validation split apart from the scored photos"
+    photos, _ = evaluation_photos(df, "val", counter.labels)
+    questions = verification_questions(photos, seed)
+    if questions.empty:
+        return DEFAULT_THRESHOLD, "default: no SKU lines in the validation split"
+    asking = questions["photo"].unique()
+    prediction, kept = predict_photos(counter, photos.iloc[asking].reset_index(drop=True), **loader)
+    questions = renumber(renumber(questions, asking), kept)
+    prediction = prediction.with_overflow_class()
+    p_yes = answer_probabilities(questions, prediction.probabilities, prediction.space)
+    return best_threshold(p_yes, questions["truth"].to_numpy(dtype=bool)), f"val ({len(questions)} questions)"
+
+
+def true_counts(frame: pd.DataFrame, space: LabelSpace) -> np.ndarray:
+    """Each photo's real count (column true_count) where the table has it, else its label's count (a bin above
+    max_count then counts as max_count + 1)."""
+    if "true_count" in frame:
+        return frame["true_count"].to_numpy(dtype=int)
+    return space.count_of(frame["true_label"].to_numpy(dtype=int))
 
 
 def evaluate_predictions(frame: pd.DataFrame, info: dict | None = None, resamples: int = 1000) -> Evaluation:
-    """Every metric from a predictions table (see `bintally.evaluation.predictions`); summaries are on counts."""
+    """Every metric from a predictions table (see `bintally.evaluation.predictions`); summaries are on counts, the
+    photos' real counts where the table has them."""
     classes = prediction_classes(frame)
     space = LabelSpace.from_names(classes)
     true_label = frame["true_label"].to_numpy(dtype=int)
     pred_label = frame["predicted_label"].to_numpy(dtype=int)
-    true, pred = space.count_of(true_label), space.count_of(pred_label)
+    true, pred = true_counts(frame, space), space.count_of(pred_label)
     probs = prediction_probs(frame)
     metrics = count_metrics(true, pred, space.max_count)
     reliability = {suffix: calibration(probs[mask], true_label[mask], pred_label[mask])
@@ -199,7 +250,8 @@ def evaluate_predictions(frame: pd.DataFrame, info: dict | None = None, resample
         "confusion": {"classes": classes, "matrix": confusion(true_label, pred_label, len(classes))},
         "calibration": reliability[""],
     }
-    return Evaluation(metrics, frame, classes, dict(info or {}))
+    scored = "the photos' real counts" if "true_count" in frame else "the true classes' counts (no true_count column)"
+    return Evaluation(metrics, frame, classes, {**(info or {}), "errors_against": scored})
 
 
 def evaluate_saved(path: str | Path, resamples: int = 1000) -> Evaluation:
@@ -225,6 +277,9 @@ def evaluate(model: str | Path | None = None, data: str | Path | None = None, sp
     if predictions is not None:
         if model is not None:
             raise ConfigError("give either --model (with --data) or --predictions, not both")
+        if options.get("verify"):
+            raise ConfigError("--verify-quantity needs --model and --data (it reads the photos' metadata and may predict "
+                              "the validation split), not --predictions")
         result = evaluate_saved(predictions, options.get("resamples", 1000))
     else:
         if model is None:

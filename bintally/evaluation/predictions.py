@@ -1,7 +1,8 @@
 """Saved predictions: one row per photo, enough to recompute every metric without the model.
 
 Columns: id, path, true_count (the photo's real count), true_label and predicted_label (class
-indices; class i is the count min_count + i, the last class is "more than N"), predicted_count
+indices; class i is the count min_count + i, the last class is "more than N"; the metrics score against
+true_count where a file has it, else against true_label's count), predicted_count
 (the class as a count, N+1 meaning "N+1 or more"), confidence, expected_count, and prob_<class>
 for every class in order. A file read back is checked row by row: a bad value is a DataError
 naming the file, the column and the first bad row.
@@ -77,6 +78,8 @@ def load_predictions(path: str | Path) -> pd.DataFrame:
         raise DataError(path, "no predictions in the file (only a header)")
     for column in ("true_label", "predicted_label"):
         frame[column] = class_indices(path, frame, column, len(classes))
+    if "true_count" in frame:
+        frame["true_count"] = real_counts(path, frame, LabelSpace.from_names(classes))
     for name in classes:
         frame[f"{PROB_PREFIX}{name}"] = probabilities(path, frame, f"{PROB_PREFIX}{name}")
     return frame
@@ -141,6 +144,17 @@ def class_indices(path: Path, frame: pd.DataFrame, column: str, n_classes: int) 
     refuse_first(path, frame, column, ~np.isfinite(values) | (values != np.round(values)), "is not a whole number (a class index)")
     refuse_first(path, frame, column, (values < 0) | (values >= n_classes), f"is not a class index 0..{n_classes - 1}")
     return values.astype(int)
+
+
+def real_counts(path: Path, frame: pd.DataFrame, space: LabelSpace) -> np.ndarray:
+    """Column true_count: whole numbers from 0, each in its row's true_label class (the metrics score against it)."""
+    values = numbers(path, frame, "true_count")
+    refuse_first(path, frame, "true_count", ~np.isfinite(values) | (values != np.round(values)) | (values < 0),
+                 "is not a count (a whole number from 0)")
+    counts = values.astype(np.int64)
+    refuse_first(path, frame, "true_count", space.class_of(counts) != frame["true_label"].to_numpy(),
+                 "does not match the row's true_label")
+    return counts
 
 
 def probabilities(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:

@@ -29,11 +29,20 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style></head><body>
 <h1>Evaluation</h1>
 <table>{% for k, v in info.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
 <h2>Summary (95% bootstrap intervals in brackets)</h2>
-<table><tr><th>photos</th><th>n</th><th>accuracy</th><th>RMSE</th><th>MAE</th><th>within ±1</th><th>ECE</th></tr>
+<table><tr><th>photos</th><th>n</th><th>accuracy</th><th>RMSE</th><th>MAE</th><th>within ±1</th><th>rel. error</th><th>ECE</th></tr>
 {% for row in summary %}<tr><td>{{ row.name }}</td><td>{{ row.n }}</td>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
 </table>
-{% if overflow %}<p>On the {{ zero_to_n }} subset a prediction of the overflow class "{{ overflow }}" counts as wrong,
-and as {{ max_count + 1 }} items for RMSE and MAE.</p>{% endif %}
+<p>{% if real_counts %}Errors are against each photo's real count{% else %}Errors are against the count of each photo's true
+class (the predictions have no true_count column){% endif %}{% if overflow %}, a prediction of the overflow class "{{ overflow }}"
+counting as {{ max_count + 1 }} items{% if real_counts %} (a bin of {{ 2 * (max_count + 1) }} predicted "{{ overflow }}" is an error
+of {{ max_count + 1 }}){% endif %}; on the {{ zero_to_n }} subset that prediction is wrong{% endif %}.
+Relative error is the mean of |predicted − true| / max(true, 1).</p>
+{% if verification %}<h2>Quantity verification (ABID: is there quantity q of SKU X in the bin?)</h2>
+<table><tr><th>questions</th><th>bins</th><th>accuracy</th><th>ROC AUC</th><th>yes above</th><th>threshold from</th></tr>
+<tr><td>{{ verification.questions }}</td><td>{{ verification.bins }}</td><td>{{ pct(verification.accuracy) }}</td>
+<td>{{ num(verification.roc_auc) }}</td><td>{{ num(verification.threshold) }}</td><td>{{ verification.threshold_from }}</td></tr></table>
+<p>Per SKU line, one question with the recorded quantity and one with another quantity; P(yes) is the model's probability
+that the bin holds that quantity plus the other lines' quantities.</p>{% endif %}
 <h2>Against published results</h2>
 <table><tr><th>model</th><th>subset</th><th>accuracy</th><th>RMSE</th></tr>
 {% for row in published %}<tr><td>{{ row.work }}</td><td>{{ row.subset }}</td><td>{{ row.accuracy }}</td><td>{{ row.rmse }}</td></tr>{% endfor %}
@@ -70,7 +79,7 @@ def summary_rows(metrics: dict, subsets: list[tuple[str, str]]) -> list[dict]:
     for name, suffix in subsets:
         cells = [with_interval(metrics, f"accuracy{suffix}", pct), with_interval(metrics, f"rmse{suffix}", num),
                  with_interval(metrics, f"mae{suffix}", num), with_interval(metrics, f"within1{suffix}", pct),
-                 num(metrics.get(f"ece{suffix}"))]
+                 with_interval(metrics, f"rel_error{suffix}", num), num(metrics.get(f"ece{suffix}"))]
         rows.append({"name": name if name == "all" else f"counts {name}", "n": metrics[f"n{suffix}"], "cells": cells})
     return rows
 
@@ -168,6 +177,7 @@ def write_report(evaluation, out: str | Path) -> Path:
     subsets = evaluation.subset_names()
     page = PAGE.render(info=evaluation.info, summary=summary_rows(m, subsets), published=published_rows(m, subsets), plots=plots,
                        per_class=m["per_class"], pct=pct, num=num, zero_to_n=subsets[1][0], overflow=evaluation.space.overflow and classes[-1],
-                       max_count=evaluation.max_count)
+                       max_count=evaluation.max_count, verification=m.get("quantity_verification"),
+                       real_counts="true_count" in evaluation.predictions)
     (out / "index.html").write_text(page)
     return out / "index.html"

@@ -39,6 +39,9 @@ class EvaluateConfig:
     report: Path | None = setting(None, help="Write an HTML report with plots into this folder.")
     save_predictions: Path | None = setting(None, help="Save per-photo predictions (.csv or .parquet).")
     bootstrap: int = setting(1000, low=1, help="Bootstrap resamples for the 95% intervals.")
+    verify_quantity: bool = setting(False, help="Also ABID's quantity verification: is there quantity q of SKU X in the bin? "
+                                                "(questions from the photos' metadata; the threshold is chosen on the val split)")
+    verify_seed: int = setting(0, low=0, help="Seed of the wrong quantities that --verify-quantity asks about.")
     workers: int = setting(2, low=0, help=WORKERS_HELP)
     backend: Backend = setting(Backend.TORCH, help=BACKEND_HELP)
     progress: bool = setting(True, help=PROGRESS_HELP)
