@@ -12,8 +12,8 @@ import pytest
 from bintally.data import build_manifest, write_manifest
 from bintally.errors import DataError
 from bintally.evaluation import evaluate_model
-from bintally.evaluation.verification import answer_probabilities, best_threshold, count_probability, renumber, verification_metrics, verification_questions
-from bintally.labels import LabelSpace
+from bintally.evaluation.verification import answer_probabilities, best_threshold, renumber, verification_metrics, verification_questions
+from bintally.labels import LabelSpace, count_probability
 from bintally.paths import SAMPLE_DIR
 from tests.cli_helpers import assert_one_line_error, run_cli
 

@@ -27,10 +27,9 @@ from sklearn.metrics import roc_auc_score
 from bintally.data.metadata import json_type, load_json
 from bintally.data.records import SkuLine, metadata_lines
 from bintally.errors import DataError
-from bintally.labels import LabelSpace
+from bintally.labels import TAIL_RATIO, LabelSpace, count_probability
 
 SEED = 0
-TAIL_RATIO = 0.8
 DEFAULT_THRESHOLD = 0.5
 NEGATIVE_SPAN = (5, 3)  # negatives are drawn from 1..max(5, q + 3)
 QUESTION_COLUMNS = ["photo", "id", "sku", "asked", "true_qty", "rest", "truth"]
@@ -81,15 +80,6 @@ def verification_questions(photos: pd.DataFrame, seed: int = SEED) -> pd.DataFra
 
 
 # ---------------------------------------------------------------- the answers
-
-
-def count_probability(probs: np.ndarray, space: LabelSpace, counts, tail_ratio: float = TAIL_RATIO) -> np.ndarray:
-    """P(count) of each row of class probabilities [N, n_classes] for one count per row, the overflow class spread
-    over the counts above max_count as a geometric tail of ratio `tail_ratio`."""
-    counts = np.asarray(counts, dtype=np.int64)
-    past = counts - space.max_count
-    share = np.where(past >= 1, (1 - tail_ratio) * tail_ratio ** np.maximum(past - 1, 0).astype(float), 1.0)
-    return space.probability_of(probs, counts) * share
 
 
 def answer_probabilities(questions: pd.DataFrame, probs: np.ndarray, space: LabelSpace,
