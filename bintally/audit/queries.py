@@ -287,7 +287,9 @@ def spreadsheet_safe(value):
 
 
 def spreadsheet_safe_frame(frame):
-    text_columns = [c for c in frame.columns if frame[c].dtype == object]
+    from pandas.api.types import is_string_dtype
+
+    text_columns = [c for c in frame.columns if frame[c].dtype == object or is_string_dtype(frame[c])]
     return frame.assign(**{c: frame[c].map(spreadsheet_safe) for c in text_columns})
 
 
