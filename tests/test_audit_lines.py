@@ -9,7 +9,6 @@ dashboard's per-line forms are in test_audit_http.py and test_audit_dashboard.py
 from __future__ import annotations
 
 import csv
-import io
 import json
 import threading
 

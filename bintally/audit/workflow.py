@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from bintally.audit.schema import (AuditRun, CountLine, CountObservation, Resolution, ResolutionLine, Snapshot, SnapshotLine,
-                                   Task, utcnow)
+from bintally.audit.schema import AuditRun, CountLine, CountObservation, Resolution, ResolutionLine, Snapshot, SnapshotLine, Task, utcnow
 from bintally.audit.store import Store
+from bintally.data.records import MAX_LINES
 from bintally.errors import ConfigError
 
 STATUSES = ("requested", "recount_requested", "in_review", "approved", "rejected")
@@ -81,8 +81,6 @@ def check_qty(qty, what: str = "qty") -> int:
 
 def check_line_counts(lines, what: str, low: int = 0) -> dict[str, int]:
     """{SKU: quantity} as given (lines, found, final_lines): an object of 1-200 character SKUs and whole quantities."""
-    from bintally.data.records import MAX_LINES
-
     if not isinstance(lines, dict):
         raise ConfigError(f"{what} must be an object of SKU: quantity, got {type(lines).__name__}")
     if len(lines) > MAX_LINES:
