@@ -176,3 +176,103 @@ def test_create_count_review_through_the_page(server, browser, tmp_path):
     assert after == {"bins": "3", "flagged": "3", "counted": "1", "confirmed-errors": "1", "errors-model": "100"}
     assert "approved" in browser.find_element("id", "status").text
     screenshot(browser, "after-review")
+
+
+LINED_PHOTO = "00463"  # its record lists four SKUs, one item each
+LINED_WRONG = 857  # the record of its first SKU, keyed wrongly: the blind count view must show it nowhere
+EXPLANATION = "the photo shows far fewer items than the first line says"
+
+
+def test_a_lined_task_is_counted_and_reviewed_per_line_through_the_page(server, browser, tiny_artifact, monkeypatch):
+    from dataclasses import replace
+
+    import httpx
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    from bintally.audit import open_store
+    from bintally.audit import run as run_module
+    from tests.lined import lined_run, lined_snapshot, record_lines_of
+    from tests.servers import AUTH
+
+    real = record_lines_of(LINED_PHOTO)
+    record = (replace(real[0], qty=LINED_WRONG),) + real[1:]
+    scores = run_module.discrepancy_scores
+    monkeypatch.setattr(run_module, "discrepancy_scores", lambda prediction, records, score="mismatch":
+                        scores(prediction, records, score) | {"explanation": [[EXPLANATION] for _ in records]})
+    store = open_store(str(server.audit_db))
+    try:
+        result = lined_run(str(server.audit_db), tiny_artifact.path, [lined_snapshot(LINED_PHOTO, "BIN-LINED", record)], store=store,
+                           name="dashboard-lined", tolerance=1000)  # any first count goes straight to review
+    finally:
+        store.close()
+    monkeypatch.undo()
+
+    browser.get(server.url + f"/audit#/runs/{result.run_id}")
+    key = browser.find_element("id", "api-key")
+    key.clear()
+    key.send_keys(API_KEY, Keys.TAB)
+    wait_ready(browser, "run", result.run_id)
+    lined_row = row(browser, "BIN-LINED")
+    assert lined_row.find_element("css selector", ".task-explanation").text == EXPLANATION  # the worklist says why
+    task_id = lined_row.get_attribute("data-task-id")
+
+    # the blind count: one input per SKU with its size, never a recorded quantity, the record's total or the explanation
+    lined_row.find_element("css selector", "a.count-link").click()
+    wait_ready(browser, "count", task_id)
+    inputs = browser.find_elements("css selector", "#count-lines input.line-qty[data-sku]")
+    assert [i.get_attribute("data-sku") for i in inputs] == [line.sku for line in record]
+    first_row = browser.find_element("css selector", "tr.count-line").text
+    assert record[0].sku in first_row and " in" in first_row and "lb" in first_row
+    assert not browser.find_elements("id", "count-qty")
+    shown = browser.execute_script(EVERYTHING_SHOWN)
+    total = str(sum(line.qty for line in record))
+    for secret in (str(LINED_WRONG), total, EXPLANATION):
+        assert secret not in shown["text"] and secret not in shown["html"], secret
+        assert not any(secret in value for _, value in shown["attributes"]), secret
+    for word in ("record", "predict", "probab", "expected", "score", "explanation"):
+        assert word not in shown["html"].lower(), word
+    screenshot(browser, "count-lines")
+    for line, box in zip(real, inputs):
+        box.send_keys(str(line.qty))
+    browser.find_element("id", "add-found").click()
+    browser.find_element("id", "found-sku-0").send_keys("B0FOUNDSKU")
+    browser.find_element("id", "found-qty-0").send_keys("2")
+    by = browser.find_element("id", "count-by")
+    by.clear()
+    by.send_keys("carl")
+    browser.find_element("id", "count-submit").click()
+    wait(browser, lambda d: d.find_element("id", "count-result").get_attribute("data-status"))
+    assert browser.find_element("id", "count-result").get_attribute("data-status") == "in_review"
+
+    # the review: per line the record, the count and a final quantity to approve (the count's), and the explanation
+    browser.find_element("id", "back-to-run").click()
+    wait_ready(browser, "run", result.run_id)
+    row(browser, "BIN-LINED").find_element("css selector", "a.review-link").click()
+    wait_ready(browser, "review", task_id)
+    lines = browser.find_elements("css selector", "#review-lines tr.review-line")
+    assert [r.get_attribute("data-sku") for r in lines] == [line.sku for line in record] + ["B0FOUNDSKU"]
+    assert lines[0].find_element("css selector", ".line-record").text == str(LINED_WRONG)
+    assert lines[0].find_element("css selector", ".line-count").text == str(real[0].qty)
+    assert lines[0].find_element("css selector", ".line-variance").text == str(real[0].qty - LINED_WRONG)
+    assert lines[-1].get_attribute("data-on-record") == "false" and lines[-1].find_element("css selector", ".line-record").text == "0"
+    finals = [r.find_element("css selector", "input.final-line").get_attribute("value") for r in lines]
+    assert finals == [str(line.qty) for line in real] + ["2"]
+    assert browser.find_element("id", "review-final").get_attribute("value") == str(sum(line.qty for line in real) + 2)
+    assert browser.find_element("id", "review-explanation").text == EXPLANATION
+    found_final = lines[-1].find_element("css selector", "input.final-line")
+    found_final.clear()
+    found_final.send_keys("1")  # the reviewer corrects the found quantity; the total follows
+    assert browser.find_element("id", "review-final").get_attribute("value") == str(sum(line.qty for line in real) + 1)
+    screenshot(browser, "review-lines")
+    Select(browser.find_element("id", "review-reason")).select_by_value("data_entry")
+    browser.find_element("id", "review-by").clear()
+    browser.find_element("id", "review-by").send_keys("rita")
+    browser.find_element("id", "review-approve").click()
+    wait_ready(browser, "run", result.run_id)
+    assert row(browser, "BIN-LINED").get_attribute("data-status") == "approved"
+
+    resolution = httpx.get(f"{server.url}/v1/tasks/{task_id}/review", headers=AUTH).json()["resolution"]
+    assert resolution["final_qty"] == sum(line.qty for line in real) + 1 and resolution["outcome"] == "record_wrong"
+    assert [(r["sku"], r["final_qty"], r["variance"]) for r in resolution["lines"]] == [
+        (record[0].sku, real[0].qty, real[0].qty - LINED_WRONG)] + [(line.sku, line.qty, 0) for line in real[1:]] + [("B0FOUNDSKU", 1, 1)]

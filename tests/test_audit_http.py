@@ -327,3 +327,94 @@ def test_without_an_audit_db_the_routes_say_how_to_turn_them_on(tiny_artifact, s
             assert answer.status_code == 404 and "--audit-db" in answer.json()["error"], (path, answer.text)
         assert '"auditEnabled": false' in client.get("/audit").text
         assert not [path for path in client.get("/openapi.json").json()["paths"] if "audit" in path or "tasks" in path]
+
+
+# ---------------------------------------------------------------- tasks whose record has SKU lines
+
+
+@pytest.fixture(scope="module")
+def lined_tasks(server, tiny_artifact) -> dict:
+    """An open run in the server's store over 00460 and 00461 with their record's SKU lines and 00462 by its total
+    (as a source with lines writes them), every bin a task."""
+    from bintally.audit import list_tasks, open_store
+    from tests.lined import lined_run, lined_snapshot, totals_snapshot
+
+    store = open_store(str(server.audit_db))
+    try:
+        result = lined_run(str(server.audit_db), tiny_artifact.path, [lined_snapshot("00460"), lined_snapshot("00461"),
+                                                                      totals_snapshot("00462")], store=store, name="http-lined")
+        return {t["bin_id"]: t for t in list_tasks(store, run_id=result.run_id)}
+    finally:
+        store.close()
+
+
+def test_a_lined_task_is_counted_blind_per_line_reviewed_with_final_lines_and_exported_per_line(http, lined_tasks):
+    from tests.lined import record_lines_of
+
+    task, record = lined_tasks["bin-00460"], record_lines_of("00460")
+    blind = http.get(f"/v1/tasks/{task['id']}")
+    view = blind.json()
+    assert [line["sku"] for line in view["lines"]] == [line.sku for line in record] and len(record) == 3
+    assert all(set(line) == {"sku", "length_in", "width_in", "height_in", "weight_lb"} for line in view["lines"])
+    assert view["lines"][2]["weight_lb"] is None and view["lines"][0]["height_in"] == pytest.approx(record[0].height_in)
+    assert not BLIND_FORBIDDEN & set(view) and "qty" not in blind.text and "record" not in blind.text and "explanation" not in blind.text
+
+    swapped = {record[0].sku: record[0].qty + 1, record[1].sku: record[1].qty - 1, record[2].sku: record[2].qty}  # the total agrees
+    first = http.post(f"/v1/tasks/{task['id']}/counts", json={"lines": swapped, "by": "ann"})
+    assert first.status_code == 200 and first.json() == {"task_id": task["id"], "count_index": 0, "status": "recount_requested"}
+    again = http.get(f"/v1/tasks/{task['id']}")
+    assert again.json()["count_index"] == 1 and again.json()["lines"] == view["lines"]  # still blind: not even the first count
+    assert not BLIND_FORBIDDEN & set(again.json()) and "qty" not in again.text
+    second = http.post(f"/v1/tasks/{task['id']}/counts", json={"qty": 4, "lines": swapped, "by": "bob", "count_index": 1})
+    assert second.json()["status"] == "in_review"
+
+    detail = http.get(f"/v1/tasks/{task['id']}/review").json()
+    assert [(r["sku"], r["record_qty"], r["count"], r["recount"]) for r in detail["lines"]] == [
+        (line.sku, line.qty, swapped[line.sku], swapped[line.sku]) for line in record]
+    assert "explanation" in detail and [c["lines"] for c in detail["counts"]] == [swapped, swapped]
+    no_lines = http.post(f"/v1/tasks/{task['id']}/review", json={"approve": True, "final": 4, "by": "rita"})
+    assert no_lines.status_code == 400 and "final_lines" in no_lines.json()["error"]
+    approved = http.post(f"/v1/tasks/{task['id']}/review", json={"approve": True, "final_lines": swapped, "by": "rita", "reason": "misplaced"})
+    assert approved.status_code == 200, approved.text
+    resolution = approved.json()["resolution"]
+    assert (resolution["final_qty"], resolution["variance"], resolution["outcome"]) == (4, 0, "record_wrong")
+    assert [(r["sku"], r["variance"]) for r in resolution["lines"]] == [(record[0].sku, 1), (record[1].sku, -1), (record[2].sku, 0)]
+
+    per_line = http.get("/v1/labels/export", params={"lines": "1"})
+    assert per_line.status_code == 200 and per_line.headers["content-type"].startswith("text/csv")
+    assert "bintally-line-labels.csv" in per_line.headers["content-disposition"]
+    rows = [r for r in csv.DictReader(io.StringIO(per_line.text)) if r["bin_id"] == "bin-00460"]
+    assert list(rows[0]) == ["bin_id", "image", "sku", "final_qty", "record_qty", "variance", "task_id", "approved_at"]
+    assert [(r["sku"], r["final_qty"], r["record_qty"], r["variance"]) for r in rows] == [
+        (line.sku, str(swapped[line.sku]), str(line.qty), str(swapped[line.sku] - line.qty)) for line in record]
+    totals = {r["bin_id"]: r for r in csv.DictReader(io.StringIO(http.get("/v1/labels/export").text))}
+    assert totals["bin-00460"]["count"] == "4"  # the bin total in the existing export
+
+
+def test_bad_lines_are_one_400_error_and_count_nothing(http, lined_tasks):
+    from tests.lined import record_lines_of
+
+    task, record = lined_tasks["bin-00461"], {line.sku: line.qty for line in record_lines_of("00461")}
+    first, second = list(record)
+    path = f"/v1/tasks/{task['id']}/counts"
+
+    def refused(body: dict, words: str, status: int = 400, url: str = path):
+        answer = http.post(url, json=body)
+        assert answer.status_code == status, (answer.status_code, answer.text)
+        assert set(answer.json()) == {"error"} and words in answer.json()["error"], answer.json()
+
+    refused({"lines": {first: 1}, "by": "ann"}, f"missing {second}")
+    refused({"lines": record | {"B0TYPO": 1}, "by": "ann"}, "B0TYPO not on the record")
+    refused({"lines": record | {first: -1}, "by": "ann"}, "must be from 0")
+    refused({"lines": record | {first: 2.5}, "by": "ann"}, "must be a whole number")
+    refused({"lines": record | {first: "2"}, "by": "ann"}, "must be a whole number")
+    refused({"lines": [first, second], "by": "ann"}, "must be an object of SKU: quantity")
+    refused({"lines": record, "qty": sum(record.values()) + 1, "by": "ann"}, "is not the sum of the SKU lines")
+    refused({"lines": record, "found": {first: 1}, "by": "ann"}, "on the record: count them under lines")
+    refused({"qty": sum(record.values()), "by": "ann"}, "counted per SKU line")
+    refused({"by": "ann"}, "give the number of items counted (qty), or each SKU line's quantity (lines)")
+    refused({"lines": {first: 1}, "by": "ann"}, "no SKU lines on its record", url=f"/v1/tasks/{lined_tasks['bin-00462']['id']}/counts")
+    refused({"approve": True, "final_lines": record, "by": "rita"}, "only a task in_review", 409, f"/v1/tasks/{task['id']}/review")
+    refused({"approve": True, "final_lines": "all of them", "by": "rita"}, "final_lines must be an object", url=f"/v1/tasks/{task['id']}/review")
+    assert observations(http, task["id"]) == [] and observations(http, lined_tasks["bin-00462"]["id"]) == []
+    assert http.get(f"/v1/tasks/{task['id']}").json()["status"] == "requested"

@@ -4,7 +4,7 @@ feed approved recounts back as training labels.
     run.py        `audit_run`: score snapshots (sharded over RANK/WORLD_SIZE), select the recount worklist
     scoring.py    p_record and the discrepancy score from the model's calibrated probabilities
     snapshots.py  where snapshots come from: a bucket-layout folder or a bin_id,image,record_qty CSV
-    workflow.py   the task states, blind counts and reviews (409-style conflicts under concurrency)
+    workflow.py   the task states, blind counts and reviews, by total or per SKU line (409-style conflicts under concurrency)
     queries.py    runs with their metrics, worklists, the counter's blind view, exports and labels
     store.py      the database (SQLite by default, or PostgreSQL), schema upgraded by Alembic on open
     schema.py     the tables
@@ -18,7 +18,8 @@ from importlib import import_module
 
 LAZY = {"AuditConfig": "config", "AuditResult": "run", "audit_run": "run", "select_tasks": "run", "discrepancy_scores": "scoring",
         "Store": "store", "database_url": "store", "open_store": "store"}
-LAZY |= dict.fromkeys(["counter_view", "export_run", "get_run_summary", "list_runs", "list_tasks", "task_detail", "write_labels"], "queries")
+LAZY |= dict.fromkeys(["counter_view", "export_run", "get_run_summary", "list_runs", "list_tasks", "task_detail", "write_labels",
+                        "write_line_labels"], "queries")
 LAZY |= dict.fromkeys(["OUTCOMES", "REASONS", "STATUSES", "Conflict", "NotFound", "assign", "review", "submit_count"], "workflow")
 
 __all__ = sorted(LAZY)

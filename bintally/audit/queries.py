@@ -11,15 +11,18 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bintally.audit.schema import AuditRun, CountObservation, Photo, Resolution, RunShard, Score, Snapshot, Task
+from bintally.audit.schema import AuditRun, CountObservation, Photo, Resolution, ResolutionLine, RunShard, Score, Snapshot, SnapshotLine, Task
 from bintally.audit.scoring import p_record_of
 from bintally.audit.snapshots import UPLOAD_SCHEME
 from bintally.audit.store import Store
-from bintally.audit.workflow import COUNTABLE, STATUSES, get_run, get_task
+from bintally.audit.workflow import COUNTABLE, STATUSES, get_run, get_task, record_lines
 from bintally.errors import ConfigError, DataError
 from bintally.io import atomic_path, check_output_file
 
 LABEL_OUTCOMES = ("record_correct", "record_wrong")  # approved counts of a usable photo of an unchanged bin
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a cell a spreadsheet would run as a formula
+LINE_LABEL_COLUMNS = ["bin_id", "image", "sku", "final_qty", "record_qty", "variance", "task_id", "approved_at"]
+LINE_SIZE = ("length_in", "width_in", "height_in", "weight_lb")
 
 
 def iso(value) -> str | None:
@@ -82,7 +85,7 @@ def task_row(task: Task, snapshot: Snapshot) -> dict:
             "score": round(task.score, 4), "p_record": round(p_record_of(task.probabilities, snapshot.record_qty), 4),
             "predicted": task.predicted,
             "expected": task.expected, "probabilities": task.probabilities, "selected_by": task.selected_by,
-            "status": task.status, "assignee": task.assignee, "updated_at": iso(task.updated_at)}
+            "explanation": task.explanation, "status": task.status, "assignee": task.assignee, "updated_at": iso(task.updated_at)}
 
 
 def list_tasks(store: Store, run_id: int | None = None, status: str | None = None, limit: int | None = None,
@@ -107,33 +110,56 @@ def list_tasks(store: Store, run_id: int | None = None, status: str | None = Non
 
 
 def counter_view(store: Store, task_id: int) -> dict:
-    """What a counter sees: the bin and its photo, the status and which count is asked for; never the record,
-    the model's prediction or an earlier count (blind counting)."""
+    """What a counter sees: the bin and its photo, the status, which count is asked for and, for a record with SKU
+    lines, the SKUs to count with one unit's size and weight; never a recorded quantity, the record's total, the
+    model's prediction, the explanation or an earlier count (blind counting)."""
     with store.session() as session:
         task = get_task(session, task_id)
         snapshot = session.get(Snapshot, task.snapshot_id)
+        lines = [{"sku": line.sku} | {k: getattr(line, k) for k in LINE_SIZE} for line in record_lines(session, snapshot.id)]
         return {"id": task.id, "run_id": task.run_id, "bin_id": snapshot.bin_id, "snapshot_id": snapshot.id,
-                "status": task.status, "count_index": COUNTABLE.get(task.status), "accepts_count": task.status in COUNTABLE}
+                "status": task.status, "count_index": COUNTABLE.get(task.status), "accepts_count": task.status in COUNTABLE,
+                "lines": lines}
 
 
 def task_detail(store: Store, task_id: int) -> dict:
-    """A reviewer's view: the task, every count and the resolution."""
+    """A reviewer's view: the task, every count, the resolution and, for a record with SKU lines, each line's
+    record, count, recount, final quantity and variance."""
     with store.session() as session:
         task = get_task(session, task_id)
         detail = task_row(task, session.get(Snapshot, task.snapshot_id))
         counts = session.scalars(select(CountObservation).where(CountObservation.task_id == task_id)
                                  .order_by(CountObservation.count_index)).all()
         detail["counts"] = [{"count_index": c.count_index, "qty": c.counted_qty, "by": c.counted_by, "at": iso(c.counted_at),
-                             "comment": c.comment} for c in counts]
+                             "comment": c.comment, "lines": {line.sku: line.counted_qty for line in c.lines}} for c in counts]
         resolution = session.scalar(select(Resolution).where(Resolution.task_id == task_id))
         detail["resolution"] = resolution_row(resolution) if resolution else None
+        detail["lines"] = reviewer_lines(record_lines(session, task.snapshot_id), counts, resolution)
         return detail
+
+
+def reviewer_lines(recorded: list[SnapshotLine], counts: list[CountObservation], resolution: Resolution | None) -> list[dict]:
+    """Per SKU: the record (0 for a SKU only a count found), size and weight, count, recount, final quantity and variance."""
+    by_count = [{line.sku: line.counted_qty for line in c.lines} for c in counts]
+    finals = {line.sku: line for line in resolution.lines} if resolution else {}
+    rows = {line.sku: {"sku": line.sku, "on_record": True, "record_qty": line.record_qty} | {k: getattr(line, k) for k in LINE_SIZE}
+            for line in recorded}
+    for sku in sorted({sku for counted in by_count for sku in counted} | set(finals)):
+        rows.setdefault(sku, {"sku": sku, "on_record": False, "record_qty": 0} | dict.fromkeys(LINE_SIZE))
+    for row in rows.values():
+        counted = [c.get(row["sku"]) for c in by_count] + [None, None]
+        final = finals.get(row["sku"])
+        row |= {"count": counted[0], "recount": counted[1], "final_qty": final.final_qty if final else None,
+                "variance": final.variance if final else None}
+    return list(rows.values())
 
 
 def resolution_row(r: Resolution) -> dict:
     return {"decision": r.decision, "final_qty": r.final_qty, "record_qty": r.record_qty, "variance": r.variance,
             "outcome": r.outcome, "reason": r.reason, "comment": r.comment, "reviewed_by": r.reviewed_by,
-            "reviewed_at": iso(r.reviewed_at), "approved_by": r.approved_by, "approved_at": iso(r.approved_at)}
+            "reviewed_at": iso(r.reviewed_at), "approved_by": r.approved_by, "approved_at": iso(r.approved_at),
+            "lines": [{"sku": line.sku, "record_qty": line.record_qty, "final_qty": line.final_qty, "variance": line.variance}
+                      for line in r.lines]}
 
 
 def snapshot_photo(store: Store, snapshot_id: int) -> tuple[str, bytes | None, str | None]:
@@ -157,7 +183,7 @@ def uploaded_photo(session, image_uri: str) -> Photo | None:
 
 EXPORT_COLUMNS = ["task_id", "run_id", "rank", "bin_id", "image", "captured_at", "record_qty", "score", "p_record", "predicted",
                   "expected", "selected_by", "status", "count_1", "count_1_by", "count_2", "count_2_by", "decision", "final_qty",
-                  "variance", "outcome", "reason", "reviewed_by", "approved_by", "approved_at"]
+                  "variance", "outcome", "reason", "reviewed_by", "approved_by", "approved_at", "explanation"]
 
 
 def export_rows(store: Store, run_id: int) -> list[dict]:
@@ -182,7 +208,7 @@ def export_rows(store: Store, run_id: int) -> list[dict]:
                      "decision": r.decision if r else None, "final_qty": r.final_qty if r else None,
                      "variance": r.variance if r else None, "outcome": r.outcome if r else None, "reason": r.reason if r else None,
                      "reviewed_by": r.reviewed_by if r else None, "approved_by": r.approved_by if r else None,
-                     "approved_at": iso(r.approved_at) if r else None})
+                     "approved_at": iso(r.approved_at) if r else None, "explanation": task.explanation})
     return rows
 
 
@@ -200,7 +226,7 @@ def export_run(store: Store, run_id: int, out: str | Path, fmt: str | None = Non
         frame[column] = frame[column].astype("Int64")
     with atomic_path(out) as tmp:
         if fmt == "csv":
-            frame.to_csv(tmp, index=False)
+            spreadsheet_safe_frame(frame).to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False)
     return out
@@ -222,10 +248,57 @@ def approved_labels(store: Store) -> list[dict]:
 
 
 def labels_csv(labels: list[dict]) -> str:
+    return csv_text(labels, ["image", "bin_id", "count", "record_qty", "approved_at", "task_id"])
+
+
+def approved_line_labels(store: Store) -> list[dict]:
+    """Per SKU line, every approved resolution of a lined task with a usable photo: bin, photo, SKU, final and
+    recorded quantity, variance (the same photo approved twice: only the later decision, as in the labels)."""
+    with store.session() as session:
+        rows = session.execute(select(Snapshot.bin_id, Snapshot.image_uri, ResolutionLine.sku, ResolutionLine.final_qty,
+                                      ResolutionLine.record_qty, ResolutionLine.variance, Task.id, Resolution.approved_at)
+                               .join(Resolution, Resolution.id == ResolutionLine.resolution_id)
+                               .join(Task, Task.id == Resolution.task_id).join(Snapshot, Snapshot.id == Task.snapshot_id)
+                               .where(Resolution.decision == "approved", Resolution.outcome.in_(LABEL_OUTCOMES))
+                               .order_by(Resolution.approved_at, Task.id, ResolutionLine.id)).all()
+    latest = {label["task_id"] for label in approved_labels(store)}  # a photo's later approval, with lines or without, wins
+    return [dict(zip(LINE_LABEL_COLUMNS, (r.bin_id, r.image_uri, r.sku, r.final_qty, r.record_qty, r.variance, r.id, iso(r.approved_at))))
+            for r in rows if r.id in latest]
+
+
+def line_labels_csv(labels: list[dict]) -> str:
+    return csv_text(labels, LINE_LABEL_COLUMNS)
+
+
+def write_line_labels(store: Store, out: str | Path, overwrite: bool = False) -> tuple[Path, int]:
+    """Approved per-line recounts as a CSV of bin_id,image,sku,final_qty,record_qty,variance,task_id,approved_at; (file, rows)."""
+    out = check_output_file(out, (".csv",))
+    if out.exists() and not overwrite:
+        raise DataError(out, "exists: pass --overwrite to replace it")
+    labels = approved_line_labels(store)
+    with atomic_path(out) as tmp:
+        tmp.write_text(line_labels_csv(labels), encoding="utf-8")
+    return out, len(labels)
+
+
+def spreadsheet_safe(value):
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) as text: a ' before it."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def spreadsheet_safe_frame(frame):
+    from pandas.api.types import is_string_dtype
+
+    text_columns = [c for c in frame.columns if frame[c].dtype == object or is_string_dtype(frame[c])]
+    return frame.assign(**{c: frame[c].map(spreadsheet_safe) for c in text_columns})
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """Rows as CSV text, every text cell spreadsheet-safe."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["image", "bin_id", "count", "record_qty", "approved_at", "task_id"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(labels)
+    writer.writerows({k: spreadsheet_safe(row.get(k)) for k in columns} for row in rows)
     return buffer.getvalue()
 
 

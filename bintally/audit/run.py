@@ -16,18 +16,19 @@ import math
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select, update
 
 from bintally.audit.config import AuditConfig
-from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, Task, utcnow
+from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, SnapshotLine, Task, utcnow
 from bintally.audit.scoring import discrepancy_scores
 from bintally.audit.snapshots import PhotoReader, SnapshotIn, read_source
 from bintally.audit.store import Store, insert_ignoring_duplicates, open_store
 from bintally.audit.workflow import Conflict
+from bintally.data.records import SkuLine
 from bintally.errors import ConfigError, DataError
 from bintally.inference.prediction import Prediction
 from bintally.progress import progress_bar
@@ -209,8 +210,18 @@ def score_rows(prediction: Prediction | None, snapshots: list[SnapshotIn], score
         return []
     scores = discrepancy_scores(prediction, [s.record_qty for s in snapshots], score)
     probabilities = prediction.class_probabilities(digits=5)
+    explanations = scores.get("explanation")
     return [{"p_record": float(scores["p_record"][i]), "score": float(scores["score"][i]), "predicted": int(scores["predicted"][i]),
-             "expected": round(float(scores["expected"][i]), 4), "probabilities": probabilities[i]} for i in range(len(snapshots))]
+             "expected": round(float(scores["expected"][i]), 4), "probabilities": probabilities[i],
+             "explanation": explanation_text(explanations[i] if explanations is not None else None)} for i in range(len(snapshots))]
+
+
+def explanation_text(explanation) -> str | None:
+    """A scorer's explanation of one bin as stored: its sentences joined; None when it gave none."""
+    if explanation is None:
+        return None
+    parts = [explanation] if isinstance(explanation, str) else list(explanation)
+    return "; ".join(text for text in (str(part).strip() for part in parts) if text) or None
 
 
 def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list, good: list[int], rows: list[dict]) -> None:
@@ -220,18 +231,35 @@ def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list,
         for i, snapshot in enumerate(batch):
             sha, _, problem = loaded[i]
             snapshot_id = upsert_snapshot(session, store, snapshot, sha)
-            row = {"p_record": None, "score": None, "predicted": None, "expected": None, "probabilities": None} | by_index.get(i, {})
+            row = {"p_record": None, "score": None, "predicted": None, "expected": None, "probabilities": None,
+                   "explanation": None} | by_index.get(i, {})
             session.execute(insert_ignoring_duplicates(store, Score).values(run_id=run_id, snapshot_id=snapshot_id, problem=problem or None, **row)
                             .on_conflict_do_nothing())  # the same shard run twice at once: the first score stays
 
 
 def upsert_snapshot(session, store: Store, snapshot: SnapshotIn, sha: str) -> int:
-    """The snapshot's id, inserting it unless a run (maybe another process, right now) already did."""
+    """The snapshot's id, inserting it (and its record lines) unless a run (maybe another process, right now) already did."""
     key = snapshot.key(sha)
     session.execute(insert_ignoring_duplicates(store, Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
                                             captured_at=snapshot.captured_at, record_qty=snapshot.record_qty, created_at=utcnow())
                     .on_conflict_do_nothing(index_elements=["key"]))
-    return session.scalar(select(Snapshot.id).where(Snapshot.key == key))
+    snapshot_id = session.scalar(select(Snapshot.id).where(Snapshot.key == key))
+    lines = merged_lines(snapshot.lines)
+    if lines:  # the key holds the lines: whoever inserts them inserts the same rows, and a duplicate is ignored
+        session.execute(insert_ignoring_duplicates(store, SnapshotLine).values([
+            {"snapshot_id": snapshot_id, "position": position, "sku": line.sku, "record_qty": line.qty, "length_in": line.length_in,
+             "width_in": line.width_in, "height_in": line.height_in, "weight_lb": line.weight_lb}
+            for position, line in enumerate(lines)]).on_conflict_do_nothing())
+    return snapshot_id
+
+
+def merged_lines(lines: tuple[SkuLine, ...]) -> list[SkuLine]:
+    """One line per SKU, in the record's order: a SKU listed twice is one line holding both quantities (counts are per SKU)."""
+    merged: dict[str, SkuLine] = {}
+    for line in lines:
+        earlier = merged.get(line.sku)
+        merged[line.sku] = line if earlier is None else replace(earlier, qty=earlier.qty + line.qty)
+    return list(merged.values())
 
 
 def mark_shard_done(store: Store, run_id: int, rank: int, scored: int, unreadable: int) -> None:
@@ -271,7 +299,8 @@ def open_run_when_complete(store: Store, run_id: int) -> bool:
                                   .values(status="open", opened_at=utcnow())).rowcount
         if claimed != 1:  # another shard opened it between our read and this update
             return False
-        rows = session.execute(select(Score.snapshot_id, Score.score, Score.probabilities, Score.predicted, Score.expected, Snapshot.key)
+        rows = session.execute(select(Score.snapshot_id, Score.score, Score.probabilities, Score.predicted, Score.expected,
+                                      Score.explanation, Snapshot.key)
                                .join(Snapshot, Snapshot.id == Score.snapshot_id)
                                .where(Score.run_id == run_id, Score.score.is_not(None))).all()
         # highest score first; ties (every record a model has no class for scores 1) in an order that is random but the
@@ -284,7 +313,7 @@ def open_run_when_complete(store: Store, run_id: int) -> bool:
         for indices, why in ((chosen, "model"), (control, "control")):
             session.add_all(Task(run_id=run_id, snapshot_id=rows[i].snapshot_id, rank=int(i) + 1, score=rows[i].score,
                                  probabilities=rows[i].probabilities, predicted=rows[i].predicted, expected=rows[i].expected,
-                                 selected_by=why, status="requested") for i in indices)
+                                 selected_by=why, status="requested", explanation=rows[i].explanation) for i in indices)
         return True
 
 

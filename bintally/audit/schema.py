@@ -1,13 +1,17 @@
 """The audit store's tables (SQLAlchemy 2). Alembic migrations in migrations/ create and change them.
 
 snapshots           one bin photo with the quantity the inventory record held when it was taken
+snapshot_lines      the record's SKU lines of a snapshot (a source with lines): SKU, quantity, one unit's size and weight
 photos              the bytes of photos uploaded over HTTP (content-addressed), for the dashboard and labels
 audit_runs          one scoring of a set of snapshots by one model, with its settings and status
 run_shards          which processes (RANK of WORLD_SIZE) finished scoring their share of a run
-scores              every scored snapshot of a run: P(record), score, predicted and expected count, probabilities
-tasks               the recount worklist: the selected snapshots, their rank, why selected, workflow status
+scores              every scored snapshot of a run: P(record), score, predicted and expected count, probabilities,
+                    and the scorer's explanation in plain words when it gives one
+tasks               the recount worklist: the selected snapshots, their rank, why selected (and the explanation), status
 count_observations  append-only: each blind count of a task (count_index 0 = count, 1 = recount)
+count_lines         a count's quantity per SKU line of a lined snapshot (and SKUs the counter found off the record)
 resolutions         a reviewer's decision on a task: final quantity, variance, outcome, reason, approval
+resolution_lines    a lined task's resolution per SKU: record, final quantity and variance
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -36,6 +40,18 @@ class Snapshot(Base):
     captured_at: Mapped[datetime | None] = mapped_column(DateTime)
     record_qty: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SnapshotLine(Base):
+    __tablename__ = "snapshot_lines"
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)  # the line's place in the record, from 0
+    sku: Mapped[str] = mapped_column(String(200))
+    record_qty: Mapped[int] = mapped_column(Integer)
+    length_in: Mapped[float | None] = mapped_column(Float)
+    width_in: Mapped[float | None] = mapped_column(Float)
+    height_in: Mapped[float | None] = mapped_column(Float)
+    weight_lb: Mapped[float | None] = mapped_column(Float)
 
 
 class Photo(Base):
@@ -80,6 +96,7 @@ class Score(Base):
     expected: Mapped[float | None] = mapped_column(Float)
     probabilities: Mapped[dict | None] = mapped_column(JSON)
     problem: Mapped[str | None] = mapped_column(Text)  # an unreadable photo: why (and no score)
+    explanation: Mapped[str | None] = mapped_column(Text)  # why the bin looks wrong, in plain words (when the scorer says)
 
 
 class Task(Base):
@@ -98,6 +115,7 @@ class Task(Base):
     assignee: Mapped[str | None] = mapped_column(String(100))
     version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every transition: concurrent writers conflict
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    explanation: Mapped[str | None] = mapped_column(Text)  # the score's explanation, copied when the task is selected
 
 
 class CountObservation(Base):
@@ -111,6 +129,16 @@ class CountObservation(Base):
     counted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     comment: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    lines: Mapped[list["CountLine"]] = relationship(lazy="selectin", order_by="CountLine.id")  # per SKU, for a lined snapshot
+
+
+class CountLine(Base):
+    __tablename__ = "count_lines"
+    __table_args__ = (UniqueConstraint("observation_id", "sku"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    observation_id: Mapped[int] = mapped_column(ForeignKey("count_observations.id"), index=True)
+    sku: Mapped[str] = mapped_column(String(200))
+    counted_qty: Mapped[int] = mapped_column(Integer)
 
 
 class Resolution(Base):
@@ -128,3 +156,15 @@ class Resolution(Base):
     reviewed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     approved_by: Mapped[str | None] = mapped_column(String(100))
     approved_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lines: Mapped[list["ResolutionLine"]] = relationship(lazy="selectin", order_by="ResolutionLine.id")  # per SKU, for a lined task
+
+
+class ResolutionLine(Base):
+    __tablename__ = "resolution_lines"
+    __table_args__ = (UniqueConstraint("resolution_id", "sku"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resolution_id: Mapped[int] = mapped_column(ForeignKey("resolutions.id"), index=True)
+    sku: Mapped[str] = mapped_column(String(200))
+    record_qty: Mapped[int] = mapped_column(Integer)  # 0 for a SKU found in the bin but not on the record
+    final_qty: Mapped[int] = mapped_column(Integer)
+    variance: Mapped[int] = mapped_column(Integer)  # final - record

@@ -29,6 +29,28 @@ def positive_id(value: int, what: str) -> int:
     return value
 
 
+def line_quantities(values: list[str] | None, option: str) -> dict[str, int] | None:
+    """{SKU: quantity} from repeated SKU=QTY options; None when none was given."""
+    if not values:
+        return None
+    lines: dict[str, int] = {}
+    for value in values:
+        sku, equals, qty = value.rpartition("=")
+        sku = sku.strip()
+        if not equals or not sku:
+            raise typer.BadParameter(f"{value!r}: write SKU=QTY (a SKU, an equals sign, a whole number)", param_hint=option)
+        try:
+            number = int(qty.strip())
+        except ValueError:
+            raise typer.BadParameter(f"{value!r}: the quantity {qty.strip()!r} is not a whole number", param_hint=option) from None
+        if number < 0:
+            raise typer.BadParameter(f"{value!r}: the quantity must be 0 or more", param_hint=option)
+        if sku in lines:
+            raise typer.BadParameter(f"SKU {sku!r} given twice", param_hint=option)
+        lines[sku] = number
+    return lines
+
+
 @command(audit_app, "run")
 @settings_options(AuditConfig)
 def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False):
@@ -97,19 +119,22 @@ def list_cmd(
     if not rows:
         typer.echo("no tasks" + (f" in run {run}" if run is not None else "") + (f" with status {status}" if status else ""))
         return
-    typer.echo(f"{'task':>5} {'run':>4} {'rank':>5} {'bin':<12} {'record':>6} {'pred':>5} {'score':>6}  {'why':<8} {'status':<17} assignee")
+    typer.echo(f"{'task':>5} {'run':>4} {'rank':>5} {'bin':<12} {'record':>6} {'pred':>5} {'score':>6}  {'why':<8} {'status':<17} "
+               f"{'assignee':<10} explanation")
     for t in rows:
         typer.echo(f"{t['id']:>5} {t['run_id']:>4} {t['rank']:>5} {t['bin_id'][:12]:<12} {t['record_qty']:>6} {t['predicted']:>5} "
-                   f"{t['score']:>6.3f}  {t['selected_by']:<8} {t['status']:<17} {t['assignee'] or '-'}")
+                   f"{t['score']:>6.3f}  {t['selected_by']:<8} {t['status']:<17} {t['assignee'] or '-':<10} {t['explanation'] or '-'}")
 
 
 @command(audit_app, "show")
 def show_cmd(
     task: Annotated[int, typer.Argument(help="Task id.")],
-    blind: Annotated[bool, Opt("--blind", help="Only what a counter may see (no record, no prediction, no earlier count).")] = False,
+    blind: Annotated[bool, Opt("--blind", help="Only what a counter may see (no record, no prediction, no earlier count; "
+                                               "a lined record's SKUs without their quantities).")] = False,
     db: DbOpt = None,
 ):
-    """One task as JSON: the reviewer's view (record, prediction, counts, resolution) or the counter's blind view."""
+    """One task as JSON: the reviewer's view (record, prediction, explanation, counts, per-line record, counts and final,
+    resolution) or the counter's blind view."""
     from bintally.audit import counter_view, open_store, task_detail
 
     store = open_store(db)
@@ -143,19 +168,28 @@ def assign_cmd(
 @command(audit_app, "count")
 def count_cmd(
     task: Annotated[int, typer.Argument(help="Task id.")],
-    qty: Annotated[int, Opt("--qty", min=0, help="How many items the counter found in the bin.")],
     by: Annotated[str, Opt("--by", help="Who counted.")],
+    qty: Annotated[Optional[int], Opt("--qty", min=0, help="How many items the counter found in the bin (with --line: their sum, "
+                                                           "or leave it out).")] = None,
+    line: Annotated[Optional[list[str]], Opt("--line", metavar="SKU=QTY", help="SKU=QTY: how many of a recorded SKU are in the bin (repeatable; a "
+                                                            "task whose record has SKU lines needs every line, 0 when none).")] = None,
+    found: Annotated[Optional[list[str]], Opt("--found", metavar="SKU=QTY", help="SKU=QTY: a SKU found in the bin that the record does not list "
+                                                              "(repeatable; with --line).")] = None,
     recount: Annotated[bool, Opt("--recount", help="This is the recount the task asks for (a second, independent count).")] = False,
     comment: Annotated[Optional[str], Opt(help="A note on the count.")] = None,
     db: DbOpt = None,
 ):
-    """Record a blind count; a first count that differs from the record (beyond the run's tolerance) asks for a recount."""
+    """Record a blind count, by total (--qty) or per SKU line (--line); a first count that differs from the record
+    (in total or on any line, beyond the run's tolerance) asks for a recount."""
     from bintally.audit import open_store, submit_count
     from bintally.audit.workflow import Conflict, WrongCount
 
+    lines, found_lines = line_quantities(line, "--line"), line_quantities(found, "--found")
+    if qty is None and lines is None:
+        raise typer.BadParameter("say how many items are in the bin: --qty N, or --line SKU=QTY for each SKU line", param_hint="--qty")
     store = open_store(db)
     try:
-        outcome = submit_count(store, positive_id(task, "task"), qty, by, comment, count_index=int(recount))
+        outcome = submit_count(store, positive_id(task, "task"), qty, by, comment, count_index=int(recount), lines=lines, found=found_lines)
     except WrongCount as e:
         raise Conflict(f"{e}; {'pass --recount' if e.expected == 1 else 'leave out --recount'}") from None
     finally:
@@ -163,14 +197,19 @@ def count_cmd(
     which = "count" if outcome.count_index == 0 else "recount"
     after = {"recount_requested": "it differs from the record: a recount is requested",
              "in_review": "the task waits for a review"}[outcome.status]
-    typer.echo(f"task {outcome.task_id}: {which} of {qty} recorded; {after}")
+    total = qty if lines is None else sum(lines.values()) + sum((found_lines or {}).values())
+    per_line = f" ({len(lines) + len(found_lines or {})} SKU line(s))" if lines is not None else ""
+    typer.echo(f"task {outcome.task_id}: {which} of {total}{per_line} recorded; {after}")
 
 
 @command(audit_app, "review")
 def review_cmd(
     task: Annotated[int, typer.Argument(help="Task id.")],
     approve: Annotated[Optional[bool], Opt("--approve/--reject", help="Approve the counts (they become a label) or reject them.")] = None,
-    final: Annotated[Optional[int], Opt(min=0, help="The final quantity in the bin (needed to approve).")] = None,
+    final: Annotated[Optional[int], Opt(min=0, help="The final quantity in the bin (needed to approve a task without SKU lines).")] = None,
+    final_line: Annotated[Optional[list[str]], Opt("--final-line", metavar="SKU=QTY", help="SKU=QTY: a SKU's final quantity (repeatable; approving a "
+                                                                       "task with SKU lines needs every recorded SKU, and any SKU "
+                                                                       "a count found).")] = None,
     reason: Annotated[Optional[Literal["lost", "found", "damaged", "misplaced", "data_entry", "other"]],
                       Opt(help="Why the record was wrong (needed when the final quantity differs from it).")] = None,
     outcome: Annotated[Optional[Literal["record_correct", "record_wrong", "bin_changed", "image_unusable"]],
@@ -188,12 +227,15 @@ def review_cmd(
         raise typer.BadParameter("say who reviews", param_hint="--by")
     store = open_store(db)
     try:
-        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment)
+        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment,
+                            final_lines=line_quantities(final_line, "--final-line"))
     finally:
         store.close()
     if resolution.decision == "approved":
+        off = [f"{line.sku} {line.variance:+d}" for line in resolution.lines if line.variance]
         typer.echo(f"task {task}: approved, final quantity {resolution.final_qty} against a record of {resolution.record_qty} "
-                   f"(variance {resolution.variance:+d}, {resolution.outcome})")
+                   f"(variance {resolution.variance:+d}, {resolution.outcome})"
+                   + (f"; {len(resolution.lines)} SKU line(s), off the record: {', '.join(off) or 'none'}" if resolution.lines else ""))
     else:
         typer.echo(f"task {task}: rejected")
 
@@ -223,14 +265,20 @@ def export_cmd(
 @command(audit_app, "labels")
 def labels_cmd(
     out: Annotated[Path, Opt("--out", "-o", help="The path,count CSV to write (`bintally data index` reads it).")],
+    lines: Annotated[bool, Opt("--lines", help="Instead: one row per SKU line of each approved lined recount "
+                                               "(bin_id,image,sku,final_qty,record_qty,variance,task_id,approved_at).")] = False,
     overwrite: Annotated[bool, Opt(help="Replace an existing file.")] = False,
     db: DbOpt = None,
 ):
-    """Approved recounts as training labels: a path,count CSV for `bintally data index`."""
-    from bintally.audit import open_store, write_labels
+    """Approved recounts as training labels: a path,count CSV for `bintally data index` (or, with --lines, per SKU line)."""
+    from bintally.audit import open_store, write_labels, write_line_labels
 
     store = open_store(db)
     try:
+        if lines:
+            written, n = write_line_labels(store, out, overwrite)
+            typer.echo(f"wrote {n} SKU line label(s) to {written}" + ("" if n else " (no approved per-line recounts yet)"))
+            return
         written, n, skipped = write_labels(store, out, overwrite)
     finally:
         store.close()

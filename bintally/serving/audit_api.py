@@ -3,11 +3,14 @@
     POST /v1/audit-runs                 multipart: csv (totals or SKU lines) or records (JSON) + photos -> score, worklist
     GET  /v1/audit-runs[/{id}]          runs with their metrics
     GET  /v1/audit-runs/{id}/tasks      a run's worklist (reviewer view), ?status= to filter
-    GET  /v1/tasks/{id}                 the counter's blind view: bin and photo, never the record or the prediction
-    GET  /v1/tasks/{id}/review          the reviewer's view: record, prediction, probabilities, counts, resolution
-    POST /v1/tasks/{id}/counts          {"qty", "by", "comment"?, "count_index"?} (+ Idempotency-Key header)
-    POST /v1/tasks/{id}/review          {"approve", "final"?, "reason"?, "outcome"?, "by", "comment"?}
-    GET  /v1/labels/export              approved recounts as CSV
+    GET  /v1/tasks/{id}                 the counter's blind view: bin and photo (and a lined record's SKUs with their
+                                        sizes), never a recorded quantity, the prediction or the explanation
+    GET  /v1/tasks/{id}/review          the reviewer's view: record, prediction, probabilities, explanation, counts,
+                                        per-line record, count, recount and final, resolution
+    POST /v1/tasks/{id}/counts          {"qty"?, "lines"?: {sku: qty}, "found"?: {sku: qty}, "by", "comment"?,
+                                        "count_index"?} (+ Idempotency-Key header); a lined task takes "lines"
+    POST /v1/tasks/{id}/review          {"approve", "final"?, "final_lines"?: {sku: qty}, "reason"?, "outcome"?, "by", "comment"?}
+    GET  /v1/labels/export              approved recounts as CSV (?lines=1: one row per SKU line)
     GET  /v1/snapshots/{id}/image       the photo: uploaded bytes from the store, else fetched under the allowlist
 
 The store calls are synchronous (SQLAlchemy) and run in threads. Every refusal is JSON {"error": ...}: 404 for an
@@ -39,9 +42,10 @@ MAX_PHOTOS = 10_000  # photos in one create-run request (the body limit, --max-b
 MAX_COMMENT = 2000
 RUN_FIELDS = ("csv", "records", "photos", "name", "score", "budget", "threshold", "control", "tolerance", "created_by", "lines")
 SOURCES = "a 'csv' file (bin_id,image,record_qty[,captured_at], or SKU lines bin_id,image,sku,qty[,...]) or a 'records' JSON file"
-COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count")  # nothing else, ever
-COUNT_KEYS = {"qty", "by", "comment", "count_index"}
-REVIEW_KEYS = {"approve", "final", "reason", "outcome", "by", "comment"}
+COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count", "lines")  # nothing else, ever
+COUNTER_LINE_FIELDS = ("sku", "length_in", "width_in", "height_in", "weight_lb")  # a line to count: never its recorded quantity
+COUNT_KEYS = {"qty", "lines", "found", "by", "comment", "count_index"}
+REVIEW_KEYS = {"approve", "final", "final_lines", "reason", "outcome", "by", "comment"}
 OFF = f"the audit API is off: start the server with --audit-db ({AUDIT_DB_HELP})"
 
 
@@ -415,6 +419,7 @@ def add_task_routes(router: APIRouter, service: AuditService) -> None:
     @router.get("/v1/tasks/{task_id}", summary="The counter's blind view of a task: the bin and its photo only")
     async def counter_task(task_id: int):
         view = await service.call(queries.counter_view, task_id)
+        view["lines"] = [{k: line[k] for k in COUNTER_LINE_FIELDS if k in line} for line in view.get("lines", [])]
         return with_image_url({k: view[k] for k in COUNTER_FIELDS if k in view})
 
     @router.get("/v1/tasks/{task_id}/review", summary="The reviewer's view of a task: record, prediction, counts, resolution")
@@ -425,17 +430,19 @@ def add_task_routes(router: APIRouter, service: AuditService) -> None:
     async def count(task_id: int, request: Request):
         """{"qty": N, "by": NAME, "comment"?: TEXT, "count_index"?: 0 | 1}: count_index (default 0) is the count the
         client means, as GET /v1/tasks/{id} said; a count that lost a race to another is refused (409), never stored
-        as the recount."""
+        as the recount. A task whose record has SKU lines (GET /v1/tasks/{id} lists them) takes "lines": {SKU: N}
+        for every one of them and "found": {SKU: N} for SKUs off the record; "qty", if given, must be their sum."""
         service.require()
-        doc = await json_fields(request, COUNT_KEYS, ("qty", "by"))
+        doc = await json_fields(request, COUNT_KEYS, ("by",))
         qty, by, comment = whole_number(doc, "qty"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
         key = request.headers.get("idempotency-key")
-        outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, doc.get("count_index", 0))
+        outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, doc.get("count_index", 0),
+                                     lines=doc.get("lines"), found=doc.get("found"))
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
         return JSONResponse({"task_id": outcome.task_id, "count_index": outcome.count_index, "status": outcome.status},
                             headers=headers)
 
-    @router.post("/v1/tasks/{task_id}/review", summary="Approve (with the final quantity) or reject a task in review")
+    @router.post("/v1/tasks/{task_id}/review", summary="Approve (with the final quantity, or final_lines per SKU) or reject a task in review")
     async def review(task_id: int, request: Request):
         service.require()
         doc = await json_fields(request, REVIEW_KEYS, ("approve", "by"))
@@ -443,19 +450,25 @@ def add_task_routes(router: APIRouter, service: AuditService) -> None:
             raise fail(400, "approve must be true or false")
         final, by, comment = whole_number(doc, "final"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
         reason, outcome = text(doc, "reason", 40), text(doc, "outcome", 40)
-        resolution = await service.call(workflow.review, task_id, doc["approve"], by, final, reason, outcome, comment)
+        resolution = await service.call(workflow.review, task_id, doc["approve"], by, final, reason, outcome, comment,
+                                        final_lines=doc.get("final_lines"))
         return {"task_id": task_id, "status": resolution.decision, "resolution": queries.resolution_row(resolution)}
 
 
 def add_output_routes(router: APIRouter, service: AuditService) -> None:
     from bintally.audit import queries
 
-    @router.get("/v1/labels/export", summary="Approved recounts as CSV (image, bin_id, count, record_qty, approved_at, task_id)",
+    @router.get("/v1/labels/export", summary="Approved recounts as CSV (image, bin_id, count, record_qty, approved_at, task_id); "
+                "?lines=1: per SKU line (bin_id, image, sku, final_qty, record_qty, variance, task_id, approved_at)",
                 response_class=Response, responses={200: {"content": {"text/csv": {}}}})
-    async def labels():
-        body = await service.call(lambda store: queries.labels_csv(queries.approved_labels(store)))
+    async def labels(lines: bool = False):
+        if lines:
+            body = await service.call(lambda store: queries.line_labels_csv(queries.approved_line_labels(store)))
+        else:
+            body = await service.call(lambda store: queries.labels_csv(queries.approved_labels(store)))
+        name = "bintally-line-labels.csv" if lines else "bintally-labels.csv"
         return Response(body, media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="bintally-labels.csv"', "Cache-Control": "no-store"})
+                        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
     @router.get("/v1/snapshots/{snapshot_id}/image", summary="A snapshot's photo", response_class=Response,
                 responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
