@@ -34,15 +34,20 @@ demo: $(VENV)/.installed
 	$(BIN)/bintally evaluate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --split test --json $(DEMO)/test.json --report $(DEMO)/evaluation
 	$(BIN)/bintally tune --data $(DEMO)/manifest.parquet --n-trials 10 --jobs 2 --out $(DEMO)/tune
 	$(BIN)/bintally calibrate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --overwrite
-	rm -f $(AUDIT_DB) $(AUDIT_DB)-wal $(AUDIT_DB)-shm $(DEMO)/labels.csv  # the demo's own store: a fresh model, a fresh audit
+	rm -f $(AUDIT_DB) $(AUDIT_DB)-wal $(AUDIT_DB)-shm $(DEMO)/labels.csv $(DEMO)/line-labels.csv  # the demo's own store: a fresh model, a fresh audit
 	$(BIN)/bintally audit run --model $(DEMO)/model --data bintally/sample --budget 0.10 --control 0.02 --db $(AUDIT_DB)
 	$(BIN)/bintally audit list --run 1 --limit 10 --db $(AUDIT_DB)
-	$(BIN)/bintally audit count 1 --qty 2 --by demo-counter --db $(AUDIT_DB)
+	# the counter sees task 1's SKU lines (never their quantities) and counts one of each; a totals-only task is counted as 2
+	COUNT=$$($(BIN)/bintally audit show 1 --blind --db $(AUDIT_DB) | $(BIN)/python -c 'import json, sys; \
+		lines = json.load(sys.stdin).get("lines") or []; print(" ".join(f"--line {l[\"sku\"]}=1" for l in lines) or "--qty 2")'); \
+	$(BIN)/bintally audit count 1 $$COUNT --by demo-counter --db $(AUDIT_DB) && \
 	if $(BIN)/bintally audit show 1 --blind --db $(AUDIT_DB) | grep -q recount_requested; then \
-		$(BIN)/bintally audit count 1 --qty 2 --recount --by demo-recounter --db $(AUDIT_DB); fi
-	$(BIN)/bintally audit review 1 --approve --final 2 --reason other --by demo-reviewer --db $(AUDIT_DB)
+		$(BIN)/bintally audit count 1 $$COUNT --recount --by demo-recounter --db $(AUDIT_DB); fi && \
+	$(BIN)/bintally audit review 1 --approve $$(echo $$COUNT | sed 's/--line/--final-line/g; s/--qty/--final/') --reason other \
+		--by demo-reviewer --db $(AUDIT_DB)
 	$(BIN)/bintally audit list --runs --db $(AUDIT_DB)
 	$(BIN)/bintally audit labels --out $(DEMO)/labels.csv --db $(AUDIT_DB)
+	$(BIN)/bintally audit labels --lines --out $(DEMO)/line-labels.csv --db $(AUDIT_DB)
 
 # Headless Chromium and its driver (Debian's packages) for the Selenium tests of the web page. Checked on every run
 # (cheap) rather than stamped, so a machine that lost them gets them back. CI runs as root on a fresh machine; a

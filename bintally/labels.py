@@ -23,6 +23,7 @@ OVERFLOW_WORDS = ("class", "exclude")
 DECODINGS = ("argmax", "median", "expected", "hurdle")
 HURDLE_SPLIT = 5  # the hurdle head's parts: counts 0-5, and above
 HURDLE_GATE = 0.7  # "hurdle" decoding answers above 5 when P(count > 5) reaches this (chosen on 5-fold out-of-fold predictions)
+HURDLE_WINDOW = 1  # above 5, the count whose +-1 neighbourhood is most likely: a count of 14 is useful within one, rarely exact
 
 
 def overflow_flag(word) -> bool:
@@ -133,7 +134,7 @@ class LabelSpace:
         raise ConfigError(f"unknown decoding {method!r}: use one of {', '.join(DECODINGS)}")
 
     def decode_hurdle(self, probs: np.ndarray) -> np.ndarray:
-        """The median of the part above 5 where P(count > 5) >= HURDLE_GATE, else the median of the part 0-5.
+        """Where P(count > 5) >= HURDLE_GATE, the count above 5 whose +-1 window is most likely; else the median of 0-5.
 
         The plain median of a two-part distribution drifts up whenever the gate is unsure; deciding the part first keeps
         the 0-5 counts as sharp as a 0-5 model's."""
@@ -142,7 +143,7 @@ class LabelSpace:
             return self.decode(probs, "median")
         low, high = probs[:, :split], probs[:, split:]
         gate = high.sum(-1)
-        return np.where(gate >= HURDLE_GATE, split + part_median(high), part_median(low))
+        return np.where(gate >= HURDLE_GATE, split + window_mode(high, HURDLE_WINDOW), part_median(low))
 
     def expected_counts(self, probs: np.ndarray) -> np.ndarray:
         """The mean count of each row's distribution (the overflow class counted as max_count + 1)."""
@@ -156,6 +157,13 @@ def part_median(part: np.ndarray) -> np.ndarray:
     """The median class of each row of a part of a distribution, renormalised (index within the part)."""
     cumulative = np.cumsum(part / np.maximum(part.sum(-1, keepdims=True), 1e-12), -1)
     return np.minimum((cumulative < 0.5).sum(-1), part.shape[-1] - 1)
+
+
+def window_mode(part: np.ndarray, half_width: int) -> np.ndarray:
+    """The class of each row whose window of +-half_width classes holds the most probability (index within the part)."""
+    padded = np.pad(part, ((0, 0), (half_width, half_width)))
+    windows = sum(padded[:, i:i + part.shape[-1]] for i in range(2 * half_width + 1))
+    return windows.argmax(-1)
 
 
 # P(count = max_count + k | count > max_count) = (1 - r) r^(k-1): how a model's overflow class is spread over the counts above

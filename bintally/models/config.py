@@ -31,14 +31,14 @@ class ModelConfig:
     pretrained: bool = setting(True, flag=("--pretrained/--random-init",), help="Start from shipped ImageNet weights.")
     weights: str | None = setting(None, help="Backbone weights file (.pt/.pth state dict).")  # a user's backbone weights
     dropout: float = setting(0.2, low=0, high=1, high_open=True, help="Dropout before the head's layers.")
-    decode: str = setting("auto", choices=("auto", *DECODINGS), help="Count from probabilities (auto: median for ordinal and hurdle, else argmax).")
+    decode: str = setting("auto", choices=("auto", *DECODINGS), help="Count from probabilities (auto: median for ordinal, hurdle for hurdle, else argmax).")
     members: int = setting(1, low=1, cli=False)  # an ensemble of this many models, whose probabilities are averaged
     shared_backbone: bool = setting(False, cli=False)  # ensemble members share one (frozen) backbone and differ only in their heads
 
     @property
     def decoding(self) -> str:
         if self.decode == "auto":
-            return "median" if self.head in ("ordinal", "hurdle") else "argmax"
+            return {"ordinal": "median", "hurdle": "hurdle"}.get(self.head, "argmax")
         return self.decode
 
     @property
