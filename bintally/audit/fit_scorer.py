@@ -28,16 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bintally.audit.record_scorer import (VARIANT_FEATURES, BinConstants, CountDistribution, LinearScorer, RecordScorer,
-                                          feature_matrix, features, write_scorer)
-from bintally.audit.simulate import corrupt_records, totals
+from bintally.audit.record_scorer import VARIANT_FEATURES, BinConstants, CountDistribution, LinearScorer, RecordScorer, feature_matrix, features, write_scorer
+from bintally.audit.simulate import corrupt_records
 from bintally.errors import ConfigError, DataError
 from bintally.models.artifact import MODEL_HELP
 from bintally.progress import PROGRESS_HELP
 from bintally.settings import Backend, check_settings, setting
 
 FIT_SPLITS = ("train", "val", "train+val")
-C_GRID = (0.01, 0.1, 1.0)
+C_GRID = (0.01, 0.1, 1.0, 10.0)
 EVAL_RATE = 0.05  # the share of wrong records the cross-validated metrics are measured at
 BUDGET = 0.10
 DIMS_DROPOUT = 0.2  # the share of training records stripped of sizes and weights
@@ -111,10 +110,13 @@ def developer_photos(config: FitScorerConfig) -> Developer:
     from bintally.models.artifact import read_artifact
 
     artifact = read_artifact(config.model)
+    needs = ("needs a split manifest (.parquet) with meta_path (`bintally data index` then `data split` of a bucket folder): "
+             "the scorer learns from each photo's record lines")
+    if Path(config.data).suffix.lower() != ".parquet":
+        raise DataError(config.data, needs)
     manifest = read_data(config.data, progress=False)
     if "split" not in manifest or "meta_path" not in manifest:
-        raise DataError(config.data, "needs a split manifest with meta_path (`bintally data index` then `data split` of a "
-                                     "bucket folder): the scorer learns from each photo's record lines")
+        raise DataError(config.data, needs)
     run = cross_validation_run(config.model) if artifact.model.members > 1 else None
     splits = (config.split or ("train+val" if run is not None else "val")).split("+")
     raw, photos, source = predicted_photos(config, run, splits, manifest)

@@ -77,8 +77,8 @@ def fit_scorer_cmd(settings: dict):
     show_progress(settings["progress"])
     config = FitScorerConfig(**settings)
     training = fit_scorer(config)
-    typer.echo(f"{training['photos']} developer photos ({training['probabilities']}), {training['seeds']} corrupted copies "
-               f"at {training['rate']:.0%} wrong; cross-validated at 5% wrong (mean over seeds):")
+    typer.echo(f"{training['photos']} developer photos, probabilities {training['probabilities']}; {training['seeds']} "
+               f"corrupted copies at {training['rate']:.0%} wrong. Cross-validated at 5% wrong (mean over seeds):")
     typer.echo(f"{'ranker':<16} {'AUC':>6} {'recall@10%':>11}   {'AUC shifted':>11} {'recall shifted':>14}")
     for name, row in training["cross_validation"].items():
         d, s = row["default"], row["shifted"]
