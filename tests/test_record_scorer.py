@@ -238,17 +238,24 @@ def test_explanations_say_what_is_wrong_in_plain_words():
     records = [(), (line("a", 3), line("b", 6)), (line("a", 9),), tuple(line(s, 1) for s in "abcde"),
                (line("big", 4, 14.0),), (line("a", 2, None, None),), (line("a", 3),)]
     shown = [3, 0, 2, 2, 4, 2, 3]
-    dist = CountDistribution.of(WHOLE, peaked(WHOLE, shown, 0.9))
-    text = explain(dist, records, totals(records), shown)
+    probs = peaked(WHOLE, shown, 0.9)
+    probs[3] = 0.55 * peaked(WHOLE, [2], 1.0)[0] + 0.45 * peaked(WHOLE, [5], 1.0)[0]  # 5 is likely, fewer than 5 likelier
+    text = explain(CountDistribution.of(WHOLE, probs), records, totals(records), shown)
     assert text[0].startswith("recorded empty; the photo shows about 3 items")
     assert text[1].startswith("2 SKU lines recorded (9 items); the bin looks empty")
     assert "the photo shows about 2 items; the record says 9" in text[2]
-    assert "5 SKU lines recorded; the photo shows about 2 items" in text[3]
+    assert text[3] == "5 SKU lines recorded; the photo shows about 2 items"
+    apart = explain(CountDistribution.of(WHOLE, peaked(WHOLE, [2], 0.9)), records[3:4], [5], [2])
+    assert apart == ["the photo shows about 2 items; the record says 5 on 5 SKU lines"]
+    empty = explain(CountDistribution.of(WHOLE, peaked(WHOLE, [0], 0.4)), [(line("a", 3),)], [3], [0])
+    assert empty == ["the photo shows no items; the record says 3"]
     assert "a 14-inch item recorded 4 times; at most 1 fit" in text[4]
     assert text[5].endswith("lines without dimensions: volume not checked")
     assert text[6] == "the photo agrees with the record (3 items); no strong sign of an error"
     many = explain(CountDistribution.of(WHOLE, peaked(WHOLE, [21], 0.9)), [(line("a", 2),)], [2], [21])
     assert "the photo shows more than 20 items; the record says 2" in many[0]
+    crowded = explain(CountDistribution.of(WHOLE, peaked(WHOLE, [21], 0.9)), [(line("a", 25, 1.0),)], [25], [21])
+    assert crowded == ["the photo agrees with the record (25 items); no strong sign of an error"]  # 25 reads as "21+"
 
 
 def test_score_bins_scores_lines_and_totals_only_bins_on_one_scale_and_explains_each(mirror):
