@@ -52,7 +52,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bintally.audit.run import select_tasks
-from bintally.evaluation.calibration import calibration_summary, fit_temperature
+from bintally.evaluation.calibration import calibration_summary, fit_temperature, out_of_fold_predictions
 from bintally.evaluation.evaluate import evaluation_photos, keep_readable, predict_photos, read_data
 from bintally.inference.temperature import apply_temperature
 from bintally.labels import LabelSpace
@@ -106,14 +106,8 @@ def model_arrays(name: str, args) -> dict:
             "test_seconds": np.array(time.perf_counter() - started)}
     started = time.perf_counter()
     if fit == "oof":
-        parts, labels = [], []
-        for k in range(1, 6):
-            folds = pd.read_parquet(Path(path) / "folds" / f"fold-{k}.parquet")
-            folds.attrs["info"] = {"source": f"{path}/folds/fold-{k}.parquet"}
-            p, ph = predict(Path(path) / f"fold-{k}" / "model", folds, "val", args.backend, args.batch_size, args.workers)
-            parts.append(p)
-            labels.append(ph["label"].to_numpy(dtype=int))
-        out |= {"fit_probs": np.concatenate(parts), "fit_label": np.concatenate(labels)}
+        p, ph, _ = out_of_fold_predictions(Path(path), args.backend, args.batch_size, args.workers, progress=False)
+        out |= {"fit_probs": p.astype(np.float64), "fit_label": ph["label"].to_numpy(dtype=int)}
         p, ph = predict(path, df, "val", args.backend, args.batch_size, args.workers)  # diagnostic: the ensemble on val (in-sample)
         out |= {"insample_probs": p, "insample_label": ph["label"].to_numpy(dtype=int)}
     else:

@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 
 from bintally.audit import Conflict, NotFound, list_tasks, open_store, review, select_tasks, submit_count
-from bintally.audit.scoring import discrepancy_scores
+from bintally.audit.scoring import discrepancy_scores, score_bins
+from bintally.audit.snapshots import SnapshotIn
 from bintally.errors import ConfigError
 from bintally.evaluation.calibration import apply_temperature, ece, fit_temperature
 from bintally.inference import Prediction
@@ -216,8 +217,10 @@ def test_a_run_writes_a_ranked_worklist_and_a_rerun_changes_nothing(tmp_path, ti
     assert all(t["rank"] > 4 for t in control)
     records = {f"bin-{p.stem}": record_of(p) for p in PHOTOS}
     assert all(t["record_qty"] == records[t["bin_id"]] for t in tasks)
-    for t in tasks:  # the score is 1 - P(count == record) under the stored probabilities
-        assert t["score"] == pytest.approx(1 - t["probabilities"][str(min(t["record_qty"], 6)) if t["record_qty"] <= 5 else "6+"], abs=1e-3)
+    for t in tasks:  # the default score (auto): the record-aware P(record wrong), its totals variant for a CSV of totals
+        probabilities = Prediction.of(LabelSpace.from_names(list(t["probabilities"])), np.array([list(t["probabilities"].values())]))
+        expected = score_bins(probabilities, [SnapshotIn(t["bin_id"], "photo.jpg", t["record_qty"])], "auto")["score"][0]
+        assert t["score"] == pytest.approx(expected, abs=1e-3)
     listed = run_cli("audit", "list", "--db", opened_run, "--run", "1")
     assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 1 + 6
     before = table_sizes(opened_run)
@@ -227,6 +230,14 @@ def test_a_run_writes_a_ranked_worklist_and_a_rerun_changes_nothing(tmp_path, ti
     other = audit(opened_run, tiny_artifact.path, template_csv, "--budget", "0.5", "--control", "0.1", "--name", "bins-6f")
     assert other.returncode == 0, other.stderr  # another name: a second run over the same snapshots
     assert table_sizes(opened_run)["snapshots"] == 16 and table_sizes(opened_run)["audit_runs"] == 2
+
+
+def test_a_mismatch_run_ranks_by_one_minus_p_record(tiny_artifact, template_csv, opened_run):
+    result = audit(opened_run, tiny_artifact.path, template_csv, "--score", "mismatch", "--budget", "0.25", "--control", "0")
+    assert result.returncode == 0, result.stderr
+    run_id = rows(opened_run, "SELECT max(id) FROM audit_runs")[0][0]
+    for t in list_tasks(open_store(str(opened_run)), run_id=run_id):  # 1 - P(count == record) under the stored probabilities
+        assert t["score"] == pytest.approx(1 - t["probabilities"][str(min(t["record_qty"], 6)) if t["record_qty"] <= 5 else "6+"], abs=1e-3)
 
 
 def test_a_distance_run_ranks_by_the_expected_items_between_record_and_count(tiny_artifact, template_csv, opened_run):

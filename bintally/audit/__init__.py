@@ -2,7 +2,11 @@
 feed approved recounts back as training labels.
 
     run.py        `audit_run`: score snapshots (sharded over RANK/WORLD_SIZE), select the recount worklist
-    scoring.py    p_record and the discrepancy score from the model's calibrated probabilities
+    scoring.py    `score_bins`: p_record, the score of the chosen ranker and an explanation per bin
+    record_scorer.py  the record-aware scorer: P(record wrong | photo, record lines), its features and JSON file
+    fit_scorer.py `bintally audit fit-scorer`: fit it on developer photos and simulated record errors
+    simulate.py   the record error generator (warehouse error mixes)
+    explain.py    one plain line per bin saying why its record looks wrong
     snapshots.py  where snapshots come from: a bucket-layout folder or a bin_id,image,record_qty CSV
     workflow.py   the task states, blind counts and reviews, by total or per SKU line (409-style conflicts under concurrency)
     queries.py    runs with their metrics, worklists, the counter's blind view, exports and labels
@@ -17,6 +21,7 @@ Names load on first use, so that the command line reads `AuditConfig` without im
 from importlib import import_module
 
 LAZY = {"AuditConfig": "config", "AuditResult": "run", "audit_run": "run", "select_tasks": "run", "discrepancy_scores": "scoring",
+        "score_bins": "scoring", "corrupt_records": "simulate", "load_scorer": "record_scorer",
         "Store": "store", "database_url": "store", "open_store": "store"}
 LAZY |= dict.fromkeys(["counter_view", "export_run", "get_run_summary", "list_runs", "list_tasks", "task_detail", "write_labels",
                         "write_line_labels"], "queries")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 from dataclasses import dataclass, fields
 
-from bintally.audit.scoring import SCORES
+from bintally.audit.scoring import PROBABILITY_SCORES, SCORES
 from bintally.errors import ConfigError
 from bintally.models.artifact import MODEL_HELP
 from bintally.progress import PROGRESS_HELP
@@ -34,10 +34,11 @@ class AuditConfig:
     name: str | None = setting(None, help="Run name. Default: the source's name and a digest of model and settings "
                                           "(the same command finds the same run).")
     budget: float | None = setting(None, help="Share of the bins to recount, highest scores first. Default 0.10.")
-    threshold: float | None = setting(None, help="Instead of --budget: recount every bin scoring at least this (0-1, or "
-                                                 "items with --score distance).")
-    score: str = setting("mismatch", choices=SCORES, help="Rank by 1 - P(count == record) (mismatch), or by the expected "
-                                                          "|count - record| in items (distance).")
+    threshold: float | None = setting(None, help="Instead of --budget: recount every bin scoring at least this (a "
+                                                 "probability 0-1, or items with --score distance).")
+    score: str = setting("auto", choices=SCORES, help="Rank by P(record wrong) from the photo and the record's lines or total "
+                                                      "(auto, record: the record-aware scorer), by 1 - P(count == record) "
+                                                      "(mismatch), or by the expected |count - record| in items (distance).")
     control: float = setting(0.02, help="Share of the bins recounted at random besides (estimates what the model misses).")
     tolerance: int = setting(0, low=0, help="A first count further than this from the record asks for a recount.")
     backend: Backend = setting(Backend.ONNX, help="Inference backend (a run is exported to ONNX once).")
@@ -58,7 +59,7 @@ class AuditConfig:
             self.budget = 0.10
         if self.budget is not None and not 0 < self.budget <= 1:
             raise ConfigError(f"budget must be a share of the bins above 0 and at most 1 (0.10 = 10%), got {self.budget}")
-        if self.threshold is not None and self.score == "mismatch" and not 0 <= self.threshold <= 1:
+        if self.threshold is not None and self.score in PROBABILITY_SCORES and not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be a score from 0 to 1, got {self.threshold}")
         if self.threshold is not None and not self.threshold >= 0:
             raise ConfigError(f"threshold must be a distance of 0 items or more, got {self.threshold}")

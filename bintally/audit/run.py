@@ -24,7 +24,7 @@ from sqlalchemy import func, select, update
 
 from bintally.audit.config import AuditConfig
 from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, SnapshotLine, Task, utcnow
-from bintally.audit.scoring import discrepancy_scores
+from bintally.audit.scoring import score_bins
 from bintally.audit.snapshots import PhotoReader, SnapshotIn, read_source
 from bintally.audit.store import Store, insert_ignoring_duplicates, open_store
 from bintally.audit.workflow import Conflict
@@ -205,10 +205,10 @@ def decode_photo(snapshot: SnapshotIn, data: bytes | DataError, counter) -> tupl
         return sha, None, e.problem
 
 
-def score_rows(prediction: Prediction | None, snapshots: list[SnapshotIn], score: str = "mismatch") -> list[dict]:
+def score_rows(prediction: Prediction | None, snapshots: list[SnapshotIn], score: str = "auto") -> list[dict]:
     if prediction is None:
         return []
-    scores = discrepancy_scores(prediction, [s.record_qty for s in snapshots], score)
+    scores = score_bins(prediction, snapshots, score)
     probabilities = prediction.class_probabilities(digits=5)
     explanations = scores.get("explanation")
     return [{"p_record": float(scores["p_record"][i]), "score": float(scores["score"][i]), "predicted": int(scores["predicted"][i]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -20,6 +21,9 @@ from scipy.optimize import minimize_scalar
 from bintally.errors import ConfigError, DataError
 from bintally.evaluation.metrics import calibration as reliability
 from bintally.inference.temperature import EPS, apply_temperature
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 T_BOUNDS = (0.05, 20.0)  # as model.json allows
 
@@ -61,33 +65,51 @@ def cross_validation_run(model: str | Path) -> Path | None:
     return None
 
 
-def split_probs(counter, data, split: str, batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(probabilities, labels, info) of one split's readable photos that the model's label space has a class for."""
+def split_predictions(counter, data, split: str, batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """(raw probabilities, the readable photos with their labels, info) of one split of `data`, photos above a model's
+    max_count included."""
     from bintally.evaluation.evaluate import evaluation_photos, keep_readable, predict_photos, read_data
 
     photos, info = evaluation_photos(read_data(data, progress), split, counter.labels)
     prediction, kept = predict_photos(counter, photos, batch_size, workers, progress)
-    probs = prediction.raw
-    labels = keep_readable(photos, kept, info)["label"].to_numpy(dtype=int)
+    return prediction.raw, keep_readable(photos, kept, info), info
+
+
+def split_probs(counter, data, split: str, batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(probabilities, labels, info) of one split's readable photos that the model's label space has a class for."""
+    probs, photos, info = split_predictions(counter, data, split, batch_size, workers, progress)
+    labels = photos["label"].to_numpy(dtype=int)
     keep = labels < counter.labels.n_classes  # without an overflow class, photos above max_count have no class to score
     return probs[keep], labels[keep], info
 
 
-def out_of_fold_probs(run: Path, backend: str, batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Each fold model's probabilities on its own validation fold, pooled: photos no model that scores them trained on."""
+def out_of_fold_predictions(run: Path, backend: str, batch_size: int, workers: int,
+                            progress: bool) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Each fold model's raw probabilities on its own validation fold, pooled, with those photos: photos no model that
+    scores them trained on."""
+    import pandas as pd
+
     from bintally.inference import Counter
 
     folds = sorted(run.glob("fold-*/model"), key=lambda p: int(p.parent.name.split("-")[1]))
     if not folds:
         raise DataError(run, "a cross-validation run without fold models (fold-k/model): finish it with --resume first")
-    probs, labels = [], []
+    probs, photos = [], []
     for model in folds:
         counter = Counter.load(model, backend, calibrated=False)
-        p, y, _ = split_probs(counter, run / "folds" / f"{model.parent.name}.parquet", "val", batch_size, workers, progress)
+        p, ph, _ = split_predictions(counter, run / "folds" / f"{model.parent.name}.parquet", "val", batch_size, workers, progress)
         probs.append(p)
-        labels.append(y)
-    return np.concatenate(probs), np.concatenate(labels), {"source": f"{run} (out-of-fold: {len(folds)} fold models, "
-                                                                      f"each on its own validation fold)", "split": "val"}
+        photos.append(ph)
+    return np.concatenate(probs), pd.concat(photos, ignore_index=True), {
+        "source": f"{run} (out-of-fold: {len(folds)} fold models, each on its own validation fold)", "split": "val"}
+
+
+def out_of_fold_probs(run: Path, backend: str, batch_size: int, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Each fold model's probabilities on its own validation fold, pooled, for the photos their label space has a class for."""
+    probs, photos, info = out_of_fold_predictions(run, backend, batch_size, workers, progress)
+    labels = photos["label"].to_numpy(dtype=int)
+    keep = labels < probs.shape[1]
+    return probs[keep], labels[keep], info
 
 
 def calibrate_model(model: str | Path, data: str | Path | None = None, split: str = "val", overwrite: bool = False,
