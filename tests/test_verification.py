@@ -13,7 +13,7 @@ from bintally.data import build_manifest, write_manifest
 from bintally.errors import DataError
 from bintally.evaluation import evaluate_model
 from bintally.evaluation.verification import answer_probabilities, best_threshold, renumber, verification_metrics, verification_questions
-from bintally.labels import LabelSpace, count_probability
+from bintally.labels import LabelSpace, count_probability, tail_mean_excess, tail_ratio
 from bintally.paths import SAMPLE_DIR
 from tests.cli_helpers import assert_one_line_error, run_cli
 
@@ -95,11 +95,14 @@ def test_count_probability_spreads_the_overflow_class_as_a_geometric_tail():
     space = LabelSpace(0, 5, overflow=True)
     probs = np.array([[0.1, 0.1, 0.2, 0.2, 0.1, 0.1, 0.2]])
     counts = [0, 3, 5, 6, 7, 8]
-    got = [count_probability(probs, space, [c])[0] for c in counts]
+    got = [count_probability(probs, space, [c], ratio=0.8)[0] for c in counts]
     assert got == pytest.approx([0.1, 0.2, 0.1, 0.2 * 0.2, 0.2 * 0.2 * 0.8, 0.2 * 0.2 * 0.64])
+    r = tail_ratio(5)  # the default: a mean excess of tail_mean_excess(5) items past 6
+    assert count_probability(probs, space, [7])[0] == pytest.approx(0.2 * (1 - r) * r)
+    assert 1 / (1 - r) - 1 == pytest.approx(tail_mean_excess(5))
     tail = count_probability(np.repeat(probs, 400, 0), space, np.arange(6, 406))
     assert tail.sum() == pytest.approx(0.2)  # the tail holds the overflow class's probability, no more
-    assert count_probability(probs, space, [9], tail_ratio=0.5)[0] == pytest.approx(0.2 * 0.5 * 0.5 ** 3)
+    assert count_probability(probs, space, [9], ratio=0.5)[0] == pytest.approx(0.2 * 0.5 * 0.5 ** 3)
     closed = LabelSpace(1, 5, overflow=False)
     assert count_probability(np.array([[0.2] * 5]), closed, [0])[0] == 0  # below min_count
     assert count_probability(np.array([[0.2] * 5]), closed, [6])[0] == 0  # above max_count without overflow
@@ -110,7 +113,8 @@ def test_answer_is_the_probability_of_the_asked_quantity_plus_the_rest_of_the_re
     probs = np.array([[0.05, 0.05, 0.1, 0.5, 0.1, 0.1, 0.1],
                       [0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.6]])
     questions = pd.DataFrame({"photo": [0, 0, 1, 1], "asked": [2, 4, 1, 3], "rest": [1, 1, 4, 4]})
-    assert answer_probabilities(questions, probs, space) == pytest.approx([0.5, 0.1, 0.4, 0.6 * 0.2 * 0.8])
+    r = tail_ratio(5)
+    assert answer_probabilities(questions, probs, space) == pytest.approx([0.5, 0.1, 0.4, 0.6 * (1 - r) * r])
     assert answer_probabilities(questions.iloc[:0], probs, space).shape == (0,)
 
 

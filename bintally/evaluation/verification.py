@@ -8,8 +8,8 @@ same questions whichever other photos are scored. Bins without lines (or without
 Answer: the rest of the record is taken as right, so X holds q' items exactly when the bin holds q' + rest,
 rest being the other lines' quantities: P(yes) = P(total == q' + rest) under the model's calibrated count
 distribution. The overflow class ("more than N") is spread over N+1, N+2, ... as a geometric tail,
-P(N+k) = P(overflow) (1 - r) r^(k-1) with r = TAIL_RATIO (a mean of 5 items past N; in the ABID mirror the
-counts above 5 lie on average 4.2 past 5, those above 20 9.7 past 20).
+P(N+k) = P(overflow) (1 - r) r^(k-1) with r = `bintally.labels.tail_ratio(N)`, the one tail the audit's scorer uses too
+(its mean excess follows the ABID mirror's counts above N).
 
 The answer is yes when P(yes) exceeds a threshold: the one with the best accuracy on the validation split's
 questions (of equals, the nearest to 0.5), or 0.5 when there is no validation split to choose on.
@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from bintally.data.metadata import json_type, load_json
 from bintally.data.records import SkuLine, metadata_lines
 from bintally.errors import DataError
-from bintally.labels import TAIL_RATIO, LabelSpace, count_probability
+from bintally.labels import LabelSpace, count_probability
 
 SEED = 0
 DEFAULT_THRESHOLD = 0.5
@@ -83,12 +83,12 @@ def verification_questions(photos: pd.DataFrame, seed: int = SEED) -> pd.DataFra
 
 
 def answer_probabilities(questions: pd.DataFrame, probs: np.ndarray, space: LabelSpace,
-                         tail_ratio: float = TAIL_RATIO) -> np.ndarray:
+                         ratio: float | None = None) -> np.ndarray:
     """P(yes) of each question: P(the photo's total == asked + rest)."""
     if questions.empty:
         return np.empty(0)
     rows = np.asarray(probs, dtype=np.float64)[questions["photo"].to_numpy(dtype=int)]
-    return count_probability(rows, space, questions["asked"] + questions["rest"], tail_ratio)
+    return count_probability(rows, space, questions["asked"] + questions["rest"], ratio)
 
 
 def best_threshold(p_yes: np.ndarray, truth: np.ndarray) -> float:
@@ -110,7 +110,7 @@ def verification_metrics(questions: pd.DataFrame, p_yes: np.ndarray, threshold: 
     return {"questions": int(len(truth)), "positives": int(truth.sum()), "bins": int(questions["photo"].nunique()),
             "accuracy": float(((p_yes > threshold) == truth).mean()) if answered else float("nan"),
             "roc_auc": float(roc_auc_score(truth, p_yes)) if answered and 0 < truth.sum() < len(truth) else float("nan"),
-            "threshold": float(threshold), "threshold_from": threshold_from, "tail_ratio": TAIL_RATIO}
+            "threshold": float(threshold), "threshold_from": threshold_from}
 
 
 def renumber(questions: pd.DataFrame, rows) -> pd.DataFrame:
