@@ -37,7 +37,7 @@ class AuditConfig:
     threshold: float | None = setting(None, help="Instead of --budget: recount every bin scoring at least this (a "
                                                  "probability 0-1, or items with --score distance).")
     score: str = setting("auto", choices=SCORES, help="Rank by P(record wrong) from the photo and the record's lines or total "
-                                                      "(auto, record: the record-aware scorer), by 1 - P(count == record) "
+                                                      "(auto: the record-aware scorer), by 1 - P(count == record) "
                                                       "(mismatch), or by the expected |count - record| in items (distance).")
     control: float = setting(0.02, help="Share of the bins recounted at random besides (estimates what the model misses).")
     tolerance: int = setting(0, low=0, help="A first count further than this from the record asks for a recount.")

@@ -33,7 +33,7 @@ from bintally.errors import ConfigError, DataError
 from bintally.inference.prediction import Prediction
 from bintally.progress import progress_bar
 
-SELECTION_KEYS = ("score", "budget", "threshold", "control", "tolerance", "seed", "snapshots")
+SELECTION_KEYS = ("score", "budget", "threshold", "control", "tolerance", "seed", "snapshots", "scorer")
 
 
 @dataclass
@@ -76,11 +76,19 @@ def snapshots_digest(snapshots: list[SnapshotIn]) -> str:
 def run_settings(config: AuditConfig, snapshots: list[SnapshotIn], temperature: float) -> dict:
     return {"score": config.score, "budget": config.budget, "threshold": config.threshold, "control": config.control, "tolerance": config.tolerance,
             "seed": config.seed, "snapshots": snapshots_digest(snapshots), "bins": len(snapshots), "backend": config.backend,
-            "temperature": temperature, "lines": config.lines}
+            "temperature": temperature, "lines": config.lines, "scorer": scorer_digest(config.score)}
+
+
+def scorer_digest(score: str) -> str | None:
+    """What ranks the bins besides the model: the record-aware scorer's file (a refitted scorer is another audit)."""
+    from bintally.audit.record_scorer import DEFAULT_SCORER
+
+    return hashlib.sha256(DEFAULT_SCORER.read_bytes()).hexdigest()[:16] if score == "auto" else None
 
 
 def default_name(source: str, model_version: str, settings: dict) -> str:
-    chosen = json.dumps({k: settings[k] for k in SELECTION_KEYS}, sort_keys=True)
+    # a key a run of an older bintally did not have (None) leaves its name as it was
+    chosen = json.dumps({k: settings[k] for k in SELECTION_KEYS if k in SELECTION_KEYS[:7] or settings[k] is not None}, sort_keys=True)
     digest = hashlib.sha256(f"{model_version}\x1f{chosen}".encode()).hexdigest()[:10]
     return f"{Path(source).stem or 'audit'}-{digest}"
 
@@ -102,7 +110,8 @@ def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, co
     reader = PhotoReader(config.source_policy(), uploads)
     snapshots = snapshots if snapshots is not None else read_source(config.data, config.lines)
     counter = counter or Counter.load(config.model, config.backend)
-    warn_about_records_without_class(counter.labels, snapshots)
+    if config.score != "auto":  # the record-aware scorer gives such records a tail or a floor probability
+        warn_about_records_without_class(counter.labels, snapshots)
     own_store = store is None
     store = store or open_store(config.db)
     try:

@@ -24,8 +24,8 @@ from bintally.audit.record_scorer import BinConstants, CountDistribution, Record
 from bintally.inference.prediction import Prediction
 from bintally.labels import LabelSpace
 
-SCORES = ("auto", "record", "mismatch", "distance")
-PROBABILITY_SCORES = ("auto", "record", "mismatch")  # scores that are probabilities (a --threshold from 0 to 1)
+SCORES = ("auto", "mismatch", "distance")
+PROBABILITY_SCORES = ("auto", "mismatch")  # scores that are probabilities (a --threshold from 0 to 1)
 
 
 def expected_distance(space: LabelSpace, probs: np.ndarray, records) -> np.ndarray:
@@ -59,7 +59,7 @@ def score_bins(prediction: Prediction, snapshots, score: str = "auto", scorer: R
     totals = np.array([s.record_qty for s in snapshots], dtype=np.int64)
     records = [tuple(s.lines) for s in snapshots]
     dist = CountDistribution.of(prediction.space, prediction.probabilities)
-    if score in ("auto", "record"):
+    if score == "auto":
         scorer = scorer or default_scorer()
         out = discrepancy_scores(prediction, totals) | {"score": record_scores(scorer, dist, records, totals)}
     else:

@@ -289,7 +289,7 @@ def run_config(form: RunForm, config: ServeConfig):
     settings = {k: form_number(fields, k, kind) for k, kind in
                 (("budget", float), ("threshold", float), ("control", float), ("tolerance", int))}
     audit = AuditConfig(model=str(config.model), data=form.csv_name, name=(fields.get("name") or "").strip() or None,
-                        score=(fields.get("score") or "mismatch").strip(), lines=(fields.get("lines") or "use").strip(),
+                        score=(fields.get("score") or AuditConfig.score).strip(), lines=(fields.get("lines") or "use").strip(),
                         **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
                         created_by=(fields.get("created_by") or "").strip() or "api", **asdict(config.source_policy()), progress=False)
     try:
