@@ -1,6 +1,6 @@
 """`bintally audit fit-scorer`: fit the record-aware scorer on developer photos and simulated record errors.
 
-    bintally audit fit-scorer --model runs/abid-whole --data runs/abid.parquet --out bintally/audit/scorers/default.json --overwrite
+    bintally audit fit-scorer --model runs/whole-range --data runs/abid.parquet --out bintally/audit/scorers/default.json --overwrite
 
 1. Photo probabilities of developer photos, never test: for a cross-validation run (RUN/fold-k/model and
    RUN/folds/fold-k.parquet), each fold model on its own validation fold (out-of-fold, train+val); for a single model,
