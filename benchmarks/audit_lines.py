@@ -221,6 +221,26 @@ def audit_speed(model: str, sample: str, repeats: int = 2) -> dict:
     return out | {"model": model, "data": sample, "repeats": repeats, "backend": "onnx (the audit run default)"}
 
 
+def scoring_speed(space: LabelSpace, raw: np.ndarray, temperature: float, truth: list[tuple], repeats: int = 5) -> dict:
+    """Seconds of `score_bins` alone (no photos, no store) on the test bins' true records, per --score, best of
+    `repeats`: what the ranker itself costs."""
+    from bintally.audit.scoring import score_bins
+    from bintally.audit.snapshots import SnapshotIn
+    from bintally.inference.prediction import Prediction
+
+    prediction = Prediction.of(space, raw, "argmax", temperature)
+    snapshots = [SnapshotIn(f"bin-{i}", f"bin-{i}.jpg", sum(line.qty for line in r), lines=r) for i, r in enumerate(truth)]
+    out = {}
+    for score in ("mismatch", "auto"):
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            score_bins(prediction, snapshots, score)
+            runs.append(time.perf_counter() - started)
+        out[score] = {"bins": len(snapshots), "best_seconds": round(min(runs), 4), "bins_per_second": round(len(snapshots) / min(runs))}
+    return out
+
+
 # ---------------------------------------------------------------- markdown
 
 
@@ -285,6 +305,10 @@ def speed_table(speed: dict) -> list[str]:
         s = speed[score]
         lines.append(row(score, s["bins"], ", ".join(f"{x:.1f}" for x in s["seconds"]), f"{s['best_seconds']:.1f}", f"{s['bins_per_second']:.1f}"))
     ratio = speed["auto_over_mismatch_time"]
+    if "score_bins_only" in speed:
+        alone = speed["score_bins_only"]
+        lines.append(f"\n`score_bins` alone (no photos, no store) on {alone['auto']['bins']} bins: mismatch "
+                     f"{1000 * alone['mismatch']['best_seconds']:.0f} ms, auto {1000 * alone['auto']['best_seconds']:.0f} ms.")
     lines.append(f"\n`auto` takes {ratio:.3f}x the time of `mismatch` ({100 * (ratio - 1):+.1f}%; target: at most +10%).")
     return lines
 
@@ -362,6 +386,7 @@ def run(args) -> dict:
     if args.speed:
         load = [round(x, 2) for x in os.getloadavg()]
         report["speed"] = audit_speed(args.model, args.sample) | {"load_average_before": load}
+        report["speed"]["score_bins_only"] = scoring_speed(artifact.labels, arrays["raw"], artifact.temperature, truth)
     report["seconds"] = {"probabilities_and_simulation": round(simulated, 1), "total": round(time.perf_counter() - started, 1)}
     out = REPO / args.json
     out.parent.mkdir(parents=True, exist_ok=True)
