@@ -39,7 +39,7 @@ demo: $(VENV)/.installed
 	$(BIN)/bintally audit list --run 1 --limit 10 --db $(AUDIT_DB)
 	# the counter sees task 1's SKU lines (never their quantities) and counts one of each; a totals-only task is counted as 2
 	COUNT=$$($(BIN)/bintally audit show 1 --blind --db $(AUDIT_DB) | $(BIN)/python -c 'import json, sys; \
-		lines = json.load(sys.stdin).get("lines") or []; print(" ".join(f"--line {l[\"sku\"]}=1" for l in lines) or "--qty 2")'); \
+		lines = json.load(sys.stdin).get("lines") or []; print(" ".join("--line %s=1" % l["sku"] for l in lines) or "--qty 2")'); \
 	$(BIN)/bintally audit count 1 $$COUNT --by demo-counter --db $(AUDIT_DB) && \
 	if $(BIN)/bintally audit show 1 --blind --db $(AUDIT_DB) | grep -q recount_requested; then \
 		$(BIN)/bintally audit count 1 $$COUNT --recount --by demo-recounter --db $(AUDIT_DB); fi && \

@@ -22,7 +22,8 @@ OVERFLOW_WORDS = ("class", "exclude")
 # class per photo: the most likely, the distribution's median, the rounded mean, or the hurdle's two-part median
 DECODINGS = ("argmax", "median", "expected", "hurdle")
 HURDLE_SPLIT = 5  # the hurdle head's parts: counts 0-5, and above
-HURDLE_GATE = 0.7  # "hurdle" decoding answers above 5 when P(count > 5) reaches this (chosen on 5-fold out-of-fold predictions)
+HURDLE_GATE = 0.9  # "hurdle" decoding answers above 5 when P(count > 5) reaches this: the lowest gate whose 5-fold
+# out-of-fold 0-5 accuracy is not below the 0-5 model's (benchmarks/whole_range.py; docs/benchmarks.md, "Whole count range")
 HURDLE_WINDOW = 1  # above 5, the count whose +-1 neighbourhood is most likely: a count of 14 is useful within one, rarely exact
 
 

@@ -53,8 +53,9 @@ def test_hurdle_decoding_decides_the_part_first():
     assert space.decode(unsure, "median")[0] == 7
     assert space.decode(unsure, "hurdle")[0] == 1  # ... the gate (0.6 < HURDLE_GATE) says 0-5, whose median is 1
     sure = np.zeros((1, 12))
-    sure[0, [2, 6, 9, 10, 11]] = 0.2  # P(count > 5) = 0.8 >= HURDLE_GATE
-    assert HURDLE_GATE <= 0.8
+    sure[0, 2] = 1 - HURDLE_GATE - 0.01
+    sure[0, [6, 9, 10, 11]] = [0.25, 0.25, 0.25, HURDLE_GATE + 0.01 - 0.75]  # P(count > 5) = HURDLE_GATE + 0.01
+    assert HURDLE_GATE > 0.75
     assert space.decode(sure, "hurdle")[0] == 10  # above 5: the count whose +-1 window is most likely
     assert ModelConfig(head="hurdle").decoding == "hurdle"
 
