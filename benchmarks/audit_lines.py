@@ -58,6 +58,7 @@ RANKERS = {  # name: (label, the source it reads)
     "auto_totals": ("**`auto`** on a totals-only source: `totals` variant", TOTALS_ONLY),
     "lines_no_photo": ("`lines-no-photo` (the photo left out)", LINE_AWARE),
 }
+PAIRS = (("auto_lines", "mismatch"), ("auto_totals", "mismatch"), ("auto_lines", "auto_totals"), ("auto_lines", "lines_no_photo"))
 METRICS = ("recall_at_10", "recall_at_20", "precision_at_10", "precision_at_20", "lift_at_10", "lift_at_20", "roc_auc", "pr_auc")
 
 
@@ -175,6 +176,16 @@ def summarise(per_seed: list[dict]) -> dict:
     return out
 
 
+def paired(per_seed: list[dict]) -> dict:
+    """Recall@10% differences of two rankers on the same corrupted records, seed by seed: mean, sd, seeds won."""
+    out = {}
+    for a, b in PAIRS:
+        diff = np.array([seed[a]["recall_at_10"] - seed[b]["recall_at_10"] for seed in per_seed])
+        out[f"{a} - {b}"] = {"mean": round(float(diff.mean()), 4), "sd": round(float(diff.std()), 4),
+                             "seeds_above_0": int((diff > 0).sum()), "seeds_below_0": int((diff < 0).sum()), "seeds": len(diff)}
+    return out
+
+
 def simulate(pops: list[Population], scorer: RecordScorer, seeds: int) -> dict:
     results = {}
     for pop in pops:
@@ -184,7 +195,7 @@ def simulate(pops: list[Population], scorer: RecordScorer, seeds: int) -> dict:
                 raise SystemExit(f"{pop.description}: too few bins for any error at pi = {rate}")
             per_seed = [one_seed(pop, mix, rate, seed, scorer) for seed in range(seeds)]
             entry = {"mix": mix, "rate": rate, "errors_per_seed": int(round(rate * len(pop.truth)))}
-            results[pop.name]["cases"][case_key(mix, rate)] = entry | {"rankers": summarise(per_seed)}
+            results[pop.name]["cases"][case_key(mix, rate)] = entry | {"rankers": summarise(per_seed), "paired_recall_at_10": paired(per_seed)}
             print(f"{pop.name}: {mix} pi={rate:.2f} done", flush=True)
     return results
 
@@ -299,6 +310,19 @@ def type_table(results: dict, case: str, rankers=("auto_lines", "auto_totals", "
     return lines
 
 
+def paired_table(results: dict, cases=("default@0.05", "shifted@0.05")) -> list[str]:
+    head = ["recall@10% difference, same records"] + [f"{p}: {c.replace('@', ' π = ')}" for c in cases for p in results]
+    lines = [row(*head), row(*["---"] * len(head))]
+    for a, b in PAIRS:
+        cells = []
+        for case in cases:
+            for pop in results:
+                d = results[pop]["cases"][case]["paired_recall_at_10"][f"{a} - {b}"]
+                cells.append(f"{100 * d['mean']:+.1f} ± {100 * d['sd']:.1f} ({d['seeds_above_0']} up, {d['seeds_below_0']} down)")
+        lines.append(row(f"{RANKERS[a][0]} − {RANKERS[b][0]}", *cells))
+    return lines
+
+
 def speed_table(speed: dict) -> list[str]:
     lines = [row("`--score`", "bins", "wall seconds (each run)", "best", "bins per second"), row(*["---"] * 5)]
     for score in ("mismatch", "auto"):
@@ -333,6 +357,8 @@ def markdown(report: dict) -> str:
     parts = ["#### π = 5%, `default` mix", "", *main_table(results, "default@0.05"), "",
              "#### π = 2% and π = 10%", "", *compact_table(results, ["default@0.02", "default@0.10"]), "",
              "#### The `shifted` mix at π = 5% (never fitted on)", "", *compact_table(results, ["shifted@0.05"]), "",
+             "#### Paired differences (points of recall@10%, seed by seed on the same records; seeds where the first is ahead, behind)", "",
+             *paired_table(results), "",
              "#### Recall@10% by error type (π = 5%, `default`; pooled over the seeds: caught, corrupted in the header)", "",
              *type_table(results, "default@0.05"), "#### Targets", "", *target_table(results)]
     if report.get("speed"):
