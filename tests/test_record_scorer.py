@@ -12,15 +12,19 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bintally.audit.explain import explain
-from bintally.audit.fit_scorer import Developer, fitted_variant, simulated
+from bintally.audit.fit_scorer import Developer, fit_trees, fitted_variant, logit, simulated
 from bintally.audit.record_scorer import (
     ALL_FEATURES,
     DEFAULT_SCORER,
     MAX_SCORER_BYTES,
+    MAX_TREES,
+    VARIANT_FEATURES,
     VARIANTS,
     BinConstants,
     CountDistribution,
     RecordScorer,
+    TreeScorer,
+    feature_matrix,
     features,
     load_scorer,
     write_scorer,
@@ -220,6 +224,83 @@ def test_the_scorer_file_round_trips_and_bad_files_are_refused(tmp_path, real_de
         assert str(tmp_path / "bad.json") in str(error.value) and "\n" not in str(error.value), name
 
 
+def test_a_tree_scorer_equals_sklearn_on_its_fitting_data_missing_values_included(real_developer):
+    data = simulated(real_developer, BinConstants(), range(2), 0.5, "default")
+    names = VARIANT_FEATURES["lines"]
+    x = feature_matrix(data["x"], names)
+    x[np.random.default_rng(0).random(x.shape) < 0.1] = np.nan  # the trees learn where a missing value goes
+    model = fit_trees(x, data["y"])
+    scorer = TreeScorer.of_model("lines", names, model)
+    values = {name: x[:, i] for i, name in enumerate(names)}
+    assert len(scorer.leaf) == len(model._predictors) > 1 and scorer.depth == 3
+    assert np.abs(scorer.probability(values) - model.predict_proba(x)[:, 1]).max() < 1e-9
+    shifted = TreeScorer.of_model("lines", names, model, shift=-2.0)
+    assert np.allclose(scorer.logit(values) - shifted.logit(values), 2.0, atol=1e-12)
+
+
+def tree_file(tmp_path, developer: Developer) -> tuple[RecordScorer, Path]:
+    data = simulated(developer, BinConstants(), range(2), 0.5, "default")
+    variants = {v: fitted_variant(v, data, 1.0, 0.05, kind="trees" if v != "totals" else "logistic") for v in VARIANTS}
+    scorer = RecordScorer(variants, BinConstants(), 0.05, {"note": "trees"})
+    return scorer, write_scorer(scorer, tmp_path / "trees.json")
+
+
+def test_a_tree_scorer_round_trips_through_json_exactly_beside_a_logistic_one(tmp_path, real_developer):
+    scorer, path = tree_file(tmp_path, real_developer)
+    doc = json.loads(path.read_text())
+    assert doc["format_version"] == 2 and doc["variants"]["lines"]["kind"] == "trees"
+    assert doc["variants"]["totals"]["kind"] == "logistic" and path.stat().st_size < MAX_SCORER_BYTES
+    again = load_scorer(path)
+    assert isinstance(again.variants["lines"], TreeScorer) and not isinstance(again.variants["totals"], TreeScorer)
+    dist, truth = real_developer.dist, real_developer.truth
+    for v in ("lines", "lines-no-photo"):  # trees exactly (a logistic file rounds to 6 places)
+        assert np.array_equal(again.score(v, dist, truth), scorer.score(v, dist, truth)), v
+    assert again.score("totals", dist, truth) == pytest.approx(scorer.score("totals", dist, truth), abs=1e-5)
+    data = simulated(real_developer, BinConstants(), range(2), 0.5, "default")  # the prior moved the raw score
+    share, unshifted = data["y"].mean(), fitted_variant("lines", data, None, kind="trees")
+    moved = scorer.variants["lines"].logit(data["x"]) - unshifted.logit(data["x"])
+    assert np.allclose(moved, logit(0.05) - logit(share), atol=1e-9)
+
+
+def test_a_version_1_file_of_logistic_variants_still_loads(tmp_path, real_developer):
+    doc = small_scorer(real_developer).to_json()
+    doc["format_version"] = 1
+    for variant in doc["variants"].values():
+        del variant["kind"]
+    (tmp_path / "v1.json").write_text(json.dumps(doc))
+    assert set(load_scorer(tmp_path / "v1.json").variants) == set(VARIANTS)
+
+
+def test_bad_tree_files_are_refused_in_one_line_naming_the_file(tmp_path, real_developer):
+    _, path = tree_file(tmp_path, real_developer)
+    doc = json.loads(path.read_text())
+    lines = doc["variants"]["lines"]
+    tree = lines["trees"][0]
+
+    def with_tree(**change):
+        return json.dumps(doc | {"variants": doc["variants"] | {"lines": lines | {"trees": [tree | change]}}})
+
+    def with_lines(**change):
+        return json.dumps(doc | {"variants": doc["variants"] | {"lines": lines | change}})
+
+    n = len(tree["leaf"])
+    bad = {"unknown kind": with_lines(kind="forest"),
+           "trees in a version 1 file": json.dumps(doc | {"format_version": 1}),
+           "no trees": with_lines(trees=[]), "too many trees": with_lines(trees=[tree] * (MAX_TREES + 1)),
+           "baseline NaN": with_lines(baseline=float("nan")), "tree not an object": with_lines(trees=[[1, 2]]),
+           "missing array": json.dumps(doc | {"variants": {"lines": lines | {"trees": [{"leaf": tree["leaf"]}]}}}),
+           "short array": with_tree(value=tree["value"][:-1]),
+           "feature out of range": with_tree(feature=[99] * n), "feature a bool": with_tree(feature=[True] * n),
+           "feature a float": with_tree(feature=[0.5] * n), "threshold NaN": with_tree(threshold=[float("nan")] * n),
+           "leaf not bool": with_tree(leaf=[0] * n), "a loop": with_tree(left=[0] * n),
+           "child past the end": with_tree(right=[n] * n)}
+    for name, text in bad.items():
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(DataError) as error:
+            load_scorer(tmp_path / "bad.json")
+        assert str(tmp_path / "bad.json") in str(error.value) and "\n" not in str(error.value), name
+
+
 def test_the_shipped_scorer_loads_and_scores_a_contradicted_record_higher():
     scorer = load_scorer(DEFAULT_SCORER)
     assert set(scorer.variants) == set(VARIANTS) and 0 < scorer.prior < 1
@@ -286,8 +367,14 @@ def test_fit_scorer_writes_a_scorer_that_loads(tmp_path, tiny_artifact, tiny_man
     result = run_cli("audit", "fit-scorer", "--model", tiny_artifact.path, "--data", tiny_manifest, "--out", out,
                      "--split", "train+val", "--seeds", "2", "--folds", "2", "--workers", "0", "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert "lines-no-photo" in result.stdout and "mismatch" in result.stdout
+    assert "lines-no-photo" in result.stdout and "mismatch" in result.stdout and "lines-hgb" in result.stdout
     scorer = load_scorer(out)
+    kinds = scorer.training["kinds"]
+    cv = scorer.training["cross_validation"]
+    for v in VARIANTS:  # the kind with the better AUC on the default mix was fitted
+        assert kinds[v] == ("trees" if cv[f"{v}-hgb"]["default"]["roc_auc"]["mean"] > cv[v]["default"]["roc_auc"]["mean"] else "logistic")
+        assert isinstance(scorer.variants[v], TreeScorer) == (kinds[v] == "trees")
+    assert f"{v} {kinds[v]}" in result.stdout
     assert set(scorer.variants) == set(VARIANTS) and scorer.training["splits"] == ["train", "val"]
     assert scorer.training["cross_validation"]["lines"]["default"]["roc_auc"]["mean"] > 0.5
     again = run_cli("audit", "fit-scorer", "--model", tiny_artifact.path, "--data", tiny_manifest, "--out", out)

@@ -1,6 +1,6 @@
 """`bintally audit fit-scorer`: fit the record-aware scorer on developer photos and simulated record errors.
 
-    bintally audit fit-scorer --model runs/abid-whole --data runs/abid.parquet --out bintally/audit/scorers/default.json --overwrite
+    bintally audit fit-scorer --model runs/whole-range --data runs/abid.parquet --out bintally/audit/scorers/default.json --overwrite
 
 1. Photo probabilities of developer photos, never test: for a cross-validation run (RUN/fold-k/model and
    RUN/folds/fold-k.parquet), each fold model on its own validation fold (out-of-fold, train+val); for a single model,
@@ -12,11 +12,11 @@
    fifth of the records stripped of their sizes and weights (the scorer must work without them).
 4. Cross-validation over the photos (`--folds`, every copy of a photo in one fold): each fold's scorer scores its
    photos under fresh corruptions at 5% wrong (the default mix, and the `shifted` mix for robustness); ROC AUC and the
-   recall of a 10% recount budget, beside the `mismatch` and `distance` rankers, per variant. The regularisation C of
-   each variant is the one with the best mean AUC; a small gradient-boosting model is scored beside `lines` as the check
-   that a linear model loses little.
-5. The final scorer: each variant fitted on every photo, its intercept moved from the training share of wrong records
-   to `--prior`, written as JSON.
+   recall of a 10% recount budget, beside the `mismatch` and `distance` rankers, per variant: a logistic regression
+   (the regularisation C with the best mean AUC) and a small gradient-boosting model (`<variant>-hgb`).
+5. The final scorer: each variant of the kind (logistic or trees) with the better mean AUC on the `default` mix (never
+   `shifted`: that mix is the robustness check), fitted on every photo, its raw score moved from the training share of
+   wrong records to `--prior`, written as JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bintally.audit.record_scorer import VARIANT_FEATURES, BinConstants, CountDistribution, LinearScorer, RecordScorer, feature_matrix, features, write_scorer
+from bintally.audit.record_scorer import (
+    VARIANT_FEATURES,
+    BinConstants,
+    CountDistribution,
+    LinearScorer,
+    RecordScorer,
+    TreeScorer,
+    feature_matrix,
+    features,
+    write_scorer,
+)
 from bintally.audit.simulate import corrupt_records
 from bintally.errors import ConfigError, DataError
 from bintally.models.artifact import MODEL_HELP
@@ -94,9 +104,10 @@ def fit_scorer(config: FitScorerConfig) -> dict:
     constants = estimate_constants(developer.truth)
     cv = cross_validate(developer, constants, config)
     train = simulated(developer, constants, range(config.seeds), config.rate, "default", dropout=True)
-    variants = {name: fitted_variant(name, train, cv[name]["C"], config.prior) for name in VARIANT_FEATURES}
+    kinds = chosen_kinds(cv)
+    variants = {name: fitted_variant(name, train, cv[name]["C"], config.prior, kinds[name]) for name in VARIANT_FEATURES}
     training = developer.info | {"seeds": config.seeds, "rate": config.rate, "mix": "default", "dims_dropout": DIMS_DROPOUT,
-                                 "cross_validation": cv, "seconds": round(time.perf_counter() - started, 1),
+                                 "kinds": kinds, "cross_validation": cv, "seconds": round(time.perf_counter() - started, 1),
                                  "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_scorer(RecordScorer(variants, constants, config.prior, training), out)
     return training
@@ -218,15 +229,32 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float):
     return mean, scale, model.coef_[0], float(model.intercept_[0])
 
 
-def fitted_variant(name: str, data: dict, c: float, prior: float | None = None) -> LinearScorer:
-    """One variant fitted on simulated records; with `prior`, its intercept moved from the training share of wrong
-    records to that share."""
+def fit_trees(x: np.ndarray, y: np.ndarray):
+    """A small gradient-boosting model (sklearn's HistGradientBoostingClassifier)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_depth=3, max_iter=100, learning_rate=0.1, random_state=0).fit(x, y)
+
+
+def fitted_variant(name: str, data: dict, c: float | None, prior: float | None = None,
+                   kind: str = "logistic") -> LinearScorer | TreeScorer:
+    """One variant of `kind` (logistic at regularisation C, or trees) fitted on simulated records; with `prior`, its
+    raw score moved from the training share of wrong records to that share."""
     names = VARIANT_FEATURES[name]
-    mean, scale, coef, intercept = fit_logistic(feature_matrix(data["x"], names), data["y"], c)
+    x, y = feature_matrix(data["x"], names), data["y"]
+    shift = 0.0
     if prior is not None:
-        share = float(np.clip(data["y"].mean(), 1e-6, 1 - 1e-6))
-        intercept += logit(prior) - logit(share)
-    return LinearScorer(name, names, mean, scale, coef, intercept)
+        shift = logit(prior) - logit(float(np.clip(y.mean(), 1e-6, 1 - 1e-6)))
+    if kind == "trees":
+        return TreeScorer.of_model(name, names, fit_trees(x, y), shift)
+    mean, scale, coef, intercept = fit_logistic(x, y, c)
+    return LinearScorer(name, names, mean, scale, coef, intercept + shift)
+
+
+def chosen_kinds(cv: dict) -> dict[str, str]:
+    """Per variant, trees where their cross-validated AUC on the `default` mix beats the logistic model's."""
+    auc = {name: row["default"]["roc_auc"]["mean"] for name, row in cv.items()}
+    return {name: "trees" if auc[f"{name}-hgb"] > auc[name] else "logistic" for name in VARIANT_FEATURES}
 
 
 def logit(p: float) -> float:
@@ -254,18 +282,9 @@ def cross_validate(developer: Developer, constants: BinConstants, config: FitSco
         for name in VARIANT_FEATURES:
             for c in C_GRID:
                 add_fold_scores(scores, (name, c), fitted_variant(name, train, c).probability, evaluation, fold == k)
-        add_fold_scores(scores, ("lines-hgb", None), boosted(train), evaluation, fold == k)
+            trees = fitted_variant(name, train, None, kind="trees")
+            add_fold_scores(scores, (f"{name}-hgb", None), trees.probability, evaluation, fold == k)
     return summarise(scores, evaluation, developer)
-
-
-def boosted(train: dict):
-    """A small gradient-boosting model on the `lines` features: the check that a linear model loses little."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    names = VARIANT_FEATURES["lines"]
-    model = HistGradientBoostingClassifier(max_depth=3, max_iter=100, learning_rate=0.1, random_state=0)
-    model.fit(feature_matrix(train["x"], names), train["y"])
-    return lambda x: model.predict_proba(feature_matrix(x, names))[:, 1]
 
 
 def add_fold_scores(scores: dict, key, predict, evaluation: dict, in_fold: np.ndarray) -> None:

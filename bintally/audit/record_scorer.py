@@ -33,10 +33,12 @@ from the photo and the lines together (the `lines` variant)
     lines_vs_photo      log(1 + lines) - log(1 + E[count])
 
 Variants: `lines` (photo and lines), `totals` (photo and the record's total: totals-only sources) and
-`lines-no-photo` (lines only: the benchmark's measure of what the photo adds). The model is a logistic regression on
-standardised features, kept as JSON (never pickle): feature names, means, scales, coefficients and intercept, per
-variant, with the constants above (`bintally/audit/scorers/default.json`; `fit_scorer` writes it). Scoring reads the
-record and the photo only; a true quantity is never an input.
+`lines-no-photo` (lines only: the benchmark's measure of what the photo adds). Each variant is one of two kinds, kept
+as JSON (never pickle), with the constants above (`bintally/audit/scorers/default.json`; `fit_scorer` writes it):
+`logistic` (`LinearScorer`: a logistic regression on standardised features; feature names, means, scales,
+coefficients and intercept) or `trees` (`TreeScorer`: a small gradient-boosted tree ensemble; per tree its node
+arrays, and the baseline score). Format version 1 files hold logistic variants only. Scoring reads the record and the
+photo only; a true quantity is never an input.
 """
 
 from __future__ import annotations
@@ -54,10 +56,14 @@ from bintally.errors import ConfigError, DataError
 from bintally.labels import LabelSpace, tail_mean_excess
 
 FORMAT = "bintally-record-scorer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SCORERS_DIR = Path(__file__).resolve().parent / "scorers"
 DEFAULT_SCORER = SCORERS_DIR / "default.json"
-MAX_SCORER_BYTES = 1_000_000
+MAX_SCORER_BYTES = 5_000_000
+MAX_TREES = 1000
+MAX_NODES = 1023  # per tree
+KINDS = ("logistic", "trees")
 P_FLOOR = 1e-6  # the smallest probability a log is taken of
 P_OUTSIDE = 1e-4  # P(count == record) for a record the model has no class for (a 0-5 model and a record of 9)
 VARIANTS = ("lines", "totals", "lines-no-photo")
@@ -285,8 +291,104 @@ class LinearScorer:
         return 1.0 / (1.0 + np.exp(-np.clip(self.logit(values), -40, 40)))
 
     def to_json(self) -> dict:
-        return {"features": list(self.names), "mean": rounded(self.mean), "scale": rounded(self.scale),
+        return {"kind": "logistic", "features": list(self.names), "mean": rounded(self.mean), "scale": rounded(self.scale),
                 "coef": rounded(self.coef), "intercept": round(float(self.intercept), 6)}
+
+
+TREE_ARRAYS = ("feature", "threshold", "left", "right", "leaf", "value", "missing_left")
+ROWS_PER_PASS = 8192
+
+
+@dataclass(frozen=True)
+class TreeScorer:
+    """One variant: a gradient-boosted tree ensemble -> P(record wrong) at the prior it was set to. The trees' node
+    arrays are padded to [n_trees, n_nodes]; a node goes left when its feature is at most its threshold (a NaN goes
+    where `missing_left` says), and the raw score is `baseline` plus the value of the leaf reached in every tree."""
+
+    variant: str
+    names: tuple[str, ...]
+    baseline: float
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    leaf: np.ndarray
+    value: np.ndarray
+    missing_left: np.ndarray
+    sizes: np.ndarray  # each tree's number of nodes
+    depth: int
+
+    @classmethod
+    def of_trees(cls, variant: str, names, baseline: float, trees: list[dict]) -> "TreeScorer":
+        """From per-tree node arrays (TREE_ARRAYS), each a child after its parent."""
+        width = max(len(t["leaf"]) for t in trees)
+        pad = {key: np.zeros((len(trees), width), dtype=dtype) for key, dtype in TREE_DTYPES.items()}
+        pad["leaf"][:] = True
+        for i, tree in enumerate(trees):
+            for key in TREE_ARRAYS:
+                pad[key][i, :len(tree[key])] = tree[key]
+        own = np.broadcast_to(np.arange(width), (len(trees), width))
+        for key, still in (("feature", 0), ("left", own), ("right", own)):  # a leaf stays where it is
+            pad[key] = np.where(pad["leaf"], still, pad[key])
+        sizes = np.array([len(t["leaf"]) for t in trees], dtype=np.int64)
+        return cls(variant, tuple(names), float(baseline), **pad, sizes=sizes,
+                   depth=tree_depth(pad["left"], pad["right"], pad["leaf"]))
+
+    @classmethod
+    def of_model(cls, variant: str, names, model, shift: float = 0.0) -> "TreeScorer":
+        """A fitted binary sklearn HistGradientBoostingClassifier on numeric features; `shift` is added to its raw score."""
+        if model.n_trees_per_iteration_ != 1:
+            raise ValueError("a tree scorer holds a binary classifier")
+        trees = []
+        for (predictor,) in model._predictors:
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                raise ValueError("a tree scorer holds numeric splits only")
+            threshold = np.where(np.isposinf(nodes["num_threshold"]), np.finfo(np.float64).max, nodes["num_threshold"])
+            trees.append({"feature": nodes["feature_idx"], "threshold": threshold, "left": nodes["left"],
+                          "right": nodes["right"], "leaf": nodes["is_leaf"].astype(bool), "value": nodes["value"],
+                          "missing_left": nodes["missing_go_to_left"].astype(bool)})
+        return cls.of_trees(variant, names, float(np.ravel(model._baseline_prediction)[0]) + shift, trees)
+
+    def logit(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        x = feature_matrix(values, self.names)
+        return np.concatenate([self.raw(x[i:i + ROWS_PER_PASS]) for i in range(0, len(x), ROWS_PER_PASS)] or [np.zeros(0)])
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """Every tree over every row at once, one level a pass."""
+        trees, rows = np.arange(len(self.leaf))[:, None], np.arange(len(x))[None, :]
+        node = np.zeros((len(self.leaf), len(x)), dtype=np.int64)
+        for _ in range(self.depth):
+            value = x[rows, self.feature[trees, node]]
+            go_left = np.where(np.isnan(value), self.missing_left[trees, node], value <= self.threshold[trees, node])
+            child = np.where(go_left, self.left[trees, node], self.right[trees, node])
+            node = np.where(self.leaf[trees, node], node, child)
+        return self.baseline + self.value[trees, node].sum(0)
+
+    def probability(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-np.clip(self.logit(values), -40, 40)))
+
+    def to_json(self) -> dict:
+        return {"kind": "trees", "features": list(self.names), "baseline": float(self.baseline),
+                "trees": [self.tree_json(i) for i in range(len(self.leaf))]}
+
+    def tree_json(self, i: int) -> dict:
+        """Tree i's node arrays, its padding left off (floats exact: JSON keeps a float64's repr)."""
+        return {key: getattr(self, key)[i, :self.sizes[i]].tolist() for key in TREE_ARRAYS}
+
+
+TREE_DTYPES = {"feature": np.int64, "threshold": np.float64, "left": np.int64, "right": np.int64, "leaf": bool,
+               "value": np.float64, "missing_left": bool}
+
+
+def tree_depth(left: np.ndarray, right: np.ndarray, leaf: np.ndarray) -> int:
+    """The deepest leaf's depth over all trees (children come after their parents)."""
+    depth = np.zeros(left.shape, dtype=np.int64)
+    for j in range(left.shape[1]):
+        inner = np.flatnonzero(~leaf[:, j])
+        depth[inner, left[inner, j]] = depth[inner, j] + 1
+        depth[inner, right[inner, j]] = depth[inner, j] + 1
+    return int(depth.max())
 
 
 def rounded(values) -> list[float]:
@@ -295,9 +397,9 @@ def rounded(values) -> list[float]:
 
 @dataclass(frozen=True)
 class RecordScorer:
-    """The scorer file: one `LinearScorer` per variant, the bin constants, and how it was fitted."""
+    """The scorer file: one `LinearScorer` or `TreeScorer` per variant, the bin constants, and how it was fitted."""
 
-    variants: dict[str, LinearScorer]
+    variants: dict[str, LinearScorer | TreeScorer]
     constants: BinConstants = BinConstants()
     prior: float = 0.05  # the share of wrong records the probabilities assume
     training: dict = field(default_factory=dict)
@@ -352,15 +454,17 @@ def default_scorer(path: str | Path = DEFAULT_SCORER) -> RecordScorer:
 def scorer_of(doc, path) -> RecordScorer:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DataError(path, f"not a record scorer (no \"format\": \"{FORMAT}\")")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise DataError(path, f"record scorer format_version {doc.get('format_version')!r}: this bintally reads {FORMAT_VERSION}")
+    version = doc.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise DataError(path, f"record scorer format_version {version!r}: this bintally reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
     prior = doc.get("prior")
     if not isinstance(prior, (int, float)) or isinstance(prior, bool) or not 0 < prior < 1:
         raise DataError(path, f"prior {prior!r}: give a share of wrong records above 0 and below 1")
     variants = doc.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise DataError(path, "no variants (an object of lines, totals, lines-no-photo)")
-    return RecordScorer({name: variant_of(name, v, path) for name, v in variants.items()}, constants_of(doc.get("constants"), path),
+    return RecordScorer({name: variant_of(name, v, path, version) for name, v in variants.items()}, constants_of(doc.get("constants"), path),
                         float(prior), doc.get("training") if isinstance(doc.get("training"), dict) else {})
 
 
@@ -374,22 +478,63 @@ def constants_of(values, path) -> BinConstants:
     return BinConstants(**{k: float(v) for k, v in values.items()})
 
 
-def variant_of(name: str, doc, path) -> LinearScorer:
+def variant_of(name: str, doc, path, version: int = FORMAT_VERSION) -> LinearScorer | TreeScorer:
     where = f"variant {name!r}"
     if name not in VARIANTS:
         raise DataError(path, f"unknown {where}: use {', '.join(VARIANTS)}")
     if not isinstance(doc, dict):
         raise DataError(path, f"{where} is not an object")
+    kind, kinds = doc.get("kind", "logistic"), KINDS if version >= 2 else ("logistic",)
+    if kind not in kinds:
+        raise DataError(path, f"{where}: kind {kind!r}: format_version {version} has {', '.join(kinds)}")
     names = doc.get("features")
     if not isinstance(names, list) or not names or any(n not in ALL_FEATURES for n in names) or len(set(names)) != len(names):
         raise DataError(path, f"{where}: features must be distinct names from {', '.join(ALL_FEATURES)}")
     if name == "lines-no-photo" and set(names) & set(PHOTO_FEATURES + JOINT_FEATURES):
         raise DataError(path, f"{where} uses the photo's features")
+    if kind == "trees":
+        return trees_of(name, names, doc, path)
     arrays = {key: numbers(doc.get(key), len(names), f"{where}: {key}", path) for key in ("mean", "scale", "coef")}
     if (arrays["scale"] <= 0).any():
         raise DataError(path, f"{where}: every scale must be above 0")
     intercept = numbers([doc.get("intercept")], 1, f"{where}: intercept", path)[0]
     return LinearScorer(name, tuple(names), arrays["mean"], arrays["scale"], arrays["coef"], float(intercept))
+
+
+def trees_of(name: str, names: list[str], doc: dict, path) -> TreeScorer:
+    where = f"variant {name!r}"
+    baseline = numbers([doc.get("baseline")], 1, f"{where}: baseline", path)[0]
+    trees = doc.get("trees")
+    if not isinstance(trees, list) or not 1 <= len(trees) <= MAX_TREES:
+        raise DataError(path, f"{where}: trees must be a list of 1 to {MAX_TREES:,} trees")
+    checked = [tree_of(tree, len(names), f"{where}: tree {i}", path) for i, tree in enumerate(trees)]
+    return TreeScorer.of_trees(name, names, float(baseline), checked)
+
+
+def tree_of(tree, n_features: int, where: str, path) -> dict:
+    """One tree's node arrays, checked: equal sizes, types, split features in range, every child after its parent."""
+    if not isinstance(tree, dict) or set(tree) != set(TREE_ARRAYS):
+        raise DataError(path, f"{where}: give an object of {', '.join(TREE_ARRAYS)}")
+    n = len(tree["leaf"]) if isinstance(tree["leaf"], list) else 0
+    if not 1 <= n <= MAX_NODES:
+        raise DataError(path, f"{where}: leaf must list 1 to {MAX_NODES:,} nodes")
+    out = {key: numbers(tree[key], n, f"{where}: {key}", path) for key in ("threshold", "value")}
+    for key in ("leaf", "missing_left"):
+        if not isinstance(tree[key], list) or len(tree[key]) != n or any(not isinstance(v, bool) for v in tree[key]):
+            raise DataError(path, f"{where}: {key}: give {n} true/false value(s)")
+        out[key] = np.array(tree[key], dtype=bool)
+    for key in ("feature", "left", "right"):
+        if (not isinstance(tree[key], list) or len(tree[key]) != n
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in tree[key])):
+            raise DataError(path, f"{where}: {key}: give {n} whole number(s)")
+        out[key] = np.array(tree[key], dtype=np.int64)
+    inner, index = ~out["leaf"], np.arange(n)
+    if ((out["feature"] < 0) | (out["feature"] >= n_features))[inner].any():
+        raise DataError(path, f"{where}: a split's feature index is not one of the {n_features} features")
+    for key in ("left", "right"):
+        if ((out[key] <= index) | (out[key] >= n))[inner].any():
+            raise DataError(path, f"{where}: {key}: a split's child must be a later node of the tree (below {n})")
+    return out
 
 
 def numbers(values, n: int, where: str, path) -> np.ndarray:

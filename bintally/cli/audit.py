@@ -106,6 +106,8 @@ def fit_scorer_cmd(settings: dict):
         d, s = row["default"], row["shifted"]
         typer.echo(f"{name:<16} {d['roc_auc']['mean']:>6.3f} {d['recall_at_10']['mean']:>11.3f}   "
                    f"{s['roc_auc']['mean']:>11.3f} {s['recall_at_10']['mean']:>14.3f}")
+    chosen = ", ".join(f"{name} {kind}" for name, kind in training["kinds"].items())
+    typer.echo(f"chosen by AUC on the default mix: {chosen}")
     typer.echo(f"wrote {config.out} (random selection catches 0.100 at a 10% budget)")
 
 
