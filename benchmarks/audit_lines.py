@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -297,7 +296,7 @@ def compact_table(results: dict, cases: list[str]) -> list[str]:
 def type_table(results: dict, case: str, rankers=("auto_lines", "auto_totals", "mismatch", "distance", "random")) -> list[str]:
     """Recall@10% per error type, pooled over the seeds: caught of corrupted."""
     lines = []
-    for pop, entry in results.items():
+    for entry in results.values():
         by = entry["cases"][case]["rankers"]
         errors = {k: by["random"]["recall_at_10_by_type"][k]["errors"] for k in ERRORS}
         head = ["ranker"] + [f"`{k}` ({errors[k]})" for k in ERRORS]
