@@ -1,6 +1,10 @@
-"""How many record errors does a recount budget catch? (issue 11)
+"""How many record errors does a recount budget catch? (issue 11; with --lines, issue 18)
 
     .venv/bin/python benchmarks/audit_recall.py [--data runs/abid.parquet] [--seeds 20] [--cache runs/audit-recall]
+    .venv/bin/python benchmarks/audit_recall.py --lines [--model runs/whole-range] [--speed]
+
+--lines runs the issue-18 benchmark instead (SKU lines, the record-aware scorer, the whole count range, the audit's
+speed): benchmarks/audit_lines.py says what it does. Without it, the issue-11 benchmark below.
 
 The test split's records (its counts) are taken as true. In each of `--seeds` corruption seeds a share pi of
 them is made wrong by the error model below, and every ranker orders the bins; the top 10% and 20% are the
@@ -375,9 +379,21 @@ def main() -> None:
     parser.add_argument("--backend", default="onnx", choices=("onnx", "torch"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", default="benchmarks/results/audit_recall.json")
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/audit_recall.json, with --lines audit-lines.json")
     parser.add_argument("--plot", default="docs/img/audit/recall_budget.png")
+    parser.add_argument("--lines", action="store_true", help="the issue-18 benchmark (benchmarks/audit_lines.py)")
+    parser.add_argument("--model", default="runs/whole-range", help="--lines: the model (a 5-fold run's ensemble)")
+    parser.add_argument("--scorer", default=None, help="--lines: a record scorer file (default: the shipped one)")
+    parser.add_argument("--speed", action="store_true", help="--lines: also time `bintally audit run` on --sample")
+    parser.add_argument("--sample", default="bintally/sample", help="--lines --speed: the bucket folder to audit")
     args = parser.parse_args()
+    if args.lines:
+        import audit_lines
+
+        args.json = args.json or "benchmarks/results/audit-lines.json"
+        audit_lines.run(args)
+        return
+    args.json = args.json or "benchmarks/results/audit_recall.json"
     started = time.perf_counter()
 
     models, model_info = {}, {}
