@@ -197,9 +197,9 @@ def test_a_lined_task_is_counted_and_reviewed_per_line_through_the_page(server, 
 
     real = record_lines_of(LINED_PHOTO)
     record = (replace(real[0], qty=LINED_WRONG),) + real[1:]
-    scores = run_module.discrepancy_scores
-    monkeypatch.setattr(run_module, "discrepancy_scores", lambda prediction, records, score="mismatch":
-                        scores(prediction, records, score) | {"explanation": [[EXPLANATION] for _ in records]})
+    scores = run_module.score_bins
+    monkeypatch.setattr(run_module, "score_bins", lambda prediction, snapshots, score="auto":
+                        scores(prediction, snapshots, score) | {"explanation": [[EXPLANATION] for _ in snapshots]})
     store = open_store(str(server.audit_db))
     try:
         result = lined_run(str(server.audit_db), tiny_artifact.path, [lined_snapshot(LINED_PHOTO, "BIN-LINED", record)], store=store,

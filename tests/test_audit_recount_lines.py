@@ -303,12 +303,12 @@ def test_line_labels_and_the_export_are_spreadsheet_safe(sqlite_url, tiny_artifa
 
 def explain(monkeypatch, run_module, text: str) -> None:
     """The scorer gives an explanation per bin (as the record-aware scorer will): here `text` and the record it read."""
-    scores = run_module.discrepancy_scores
+    scores = run_module.score_bins
 
-    def with_explanation(prediction, records, score="mismatch"):
-        return scores(prediction, records, score) | {"explanation": [[text, f"the record says {r}"] for r in records]}
+    def with_explanation(prediction, snapshots, score="auto"):
+        return scores(prediction, snapshots, score) | {"explanation": [[text, f"the record says {s.record_qty}"] for s in snapshots]}
 
-    monkeypatch.setattr(run_module, "discrepancy_scores", with_explanation)
+    monkeypatch.setattr(run_module, "score_bins", with_explanation)
 
 
 def test_the_scorers_explanation_is_kept_for_the_reviewer_and_never_shown_the_counter(sqlite_url, tiny_artifact, counter, tmp_path,
