@@ -43,6 +43,26 @@ def torch_threads_kept():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def process_switches_kept():
+    """Each test starts with the progress switch and bintally's log levels as the session began: a command run in this
+    process (Typer's CliRunner, say) with --no-progress switches bars off for the process, and a later test's bars and
+    its child processes' would stay off."""
+    import logging
+
+    from bintally.progress import ENV
+
+    switch = os.environ.get(ENV)
+    levels = {name: logging.getLogger(name).level for name in ("bintally", "bintally.train", "bintally.health")}
+    yield
+    if switch is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = switch
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     """The local ABID mirror beside the checkout (README.md, "Tests", says where it comes from)."""

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
 
 from bintally.audit import AuditConfig, Conflict, NotFound, audit_run, counter_view, get_run_summary, open_store, review, submit_count, task_detail
 from bintally.audit import run as run_module
@@ -22,21 +22,13 @@ from bintally.audit.store import known_revisions
 from bintally.errors import ConfigError
 from bintally.paths import SAMPLE_DIR
 from tests.conftest import copy_bucket
+from tests.lined import query
 
 TABLES = {"snapshots", "photos", "audit_runs", "run_shards", "scores", "tasks", "count_observations", "resolutions"}
 PHOTOS = 16
 BUDGET, CONTROL = 0.2, 0.1  # of 16 bins: ceil(3.2) = 4 by score and ceil(1.6) = 2 at random
 BIN = Path(sys.executable).parent
 BACKEND = "onnx"  # the default: exported once per session into the cache, then each torchrun process starts in seconds (torch: ~4x slower)
-
-
-def query(url: str, sql: str, **params) -> list[tuple]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return [tuple(r) for r in connection.execute(text(sql), params).all()]
-    finally:
-        engine.dispose()
 
 
 def execute(url: str, sql: str) -> None:

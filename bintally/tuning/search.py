@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing import connection, resource_tracker
 from pathlib import Path
@@ -176,8 +177,26 @@ def run_worker(tc: TuneConfig, data: str, target: int, threads: int, stop: StopS
     """Run trials until the study holds `target` finished trials (all workers together), time is up, or a stop comes."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its warning for a failed trial is a traceback; ours is one line
-    for name in ("bintally.train", "bintally.health"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # per-trial notes would drown the progress bar
+    with quiet_loggers("bintally.train", "bintally.health"):  # per-trial notes would drown the progress bar
+        run_trials(tc, data, target, threads, stop, worker, study, give_up)
+
+
+@contextmanager
+def quiet_loggers(*names: str):
+    """Only errors from these loggers while the block runs; their levels as they were after (the process may go on)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def run_trials(tc: TuneConfig, data: str, target: int, threads: int, stop: StopSignals, worker: int,
+               study: optuna.Study | None, give_up) -> None:
     study = study or load_study(tc, worker)
     show_progress = tc.progress and worker == 0
     bar = progress_bar(total=target, initial=finished_trials(study), desc=f"study {tc.study}", unit="trial", enabled=show_progress)
