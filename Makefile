@@ -37,13 +37,15 @@ demo: $(VENV)/.installed
 	rm -f $(AUDIT_DB) $(AUDIT_DB)-wal $(AUDIT_DB)-shm $(DEMO)/labels.csv $(DEMO)/line-labels.csv  # the demo's own store: a fresh model, a fresh audit
 	$(BIN)/bintally audit run --model $(DEMO)/model --data bintally/sample --budget 0.10 --control 0.02 --db $(AUDIT_DB)
 	$(BIN)/bintally audit list --run 1 --limit 10 --db $(AUDIT_DB)
-	# the counter sees task 1's SKU lines (never their quantities) and counts one of each; a totals-only task is counted as 2
-	COUNT=$$($(BIN)/bintally audit show 1 --blind --db $(AUDIT_DB) | $(BIN)/python -c 'import json, sys; \
+	# the first task whose record has SKU lines: the counter sees its SKUs (never their quantities) and counts one of each
+	TASK=$$($(BIN)/python -c 'from bintally.audit import open_store, counter_view, list_tasks; s = open_store("$(AUDIT_DB)"); \
+		print(next((t["id"] for t in list_tasks(s) if counter_view(s, t["id"]).get("lines")), 1))'); \
+	COUNT=$$($(BIN)/bintally audit show $$TASK --blind --db $(AUDIT_DB) | $(BIN)/python -c 'import json, sys; \
 		lines = json.load(sys.stdin).get("lines") or []; print(" ".join("--line %s=1" % l["sku"] for l in lines) or "--qty 2")'); \
-	$(BIN)/bintally audit count 1 $$COUNT --by demo-counter --db $(AUDIT_DB) && \
-	if $(BIN)/bintally audit show 1 --blind --db $(AUDIT_DB) | grep -q recount_requested; then \
-		$(BIN)/bintally audit count 1 $$COUNT --recount --by demo-recounter --db $(AUDIT_DB); fi && \
-	$(BIN)/bintally audit review 1 --approve $$(echo $$COUNT | sed 's/--line/--final-line/g; s/--qty/--final/') --reason other \
+	$(BIN)/bintally audit count $$TASK $$COUNT --by demo-counter --db $(AUDIT_DB) && \
+	if $(BIN)/bintally audit show $$TASK --blind --db $(AUDIT_DB) | grep -q recount_requested; then \
+		$(BIN)/bintally audit count $$TASK $$COUNT --recount --by demo-recounter --db $(AUDIT_DB); fi && \
+	$(BIN)/bintally audit review $$TASK --approve $$(echo $$COUNT | sed 's/--line/--final-line/g; s/--qty/--final/') --reason other \
 		--by demo-reviewer --db $(AUDIT_DB)
 	$(BIN)/bintally audit list --runs --db $(AUDIT_DB)
 	$(BIN)/bintally audit labels --out $(DEMO)/labels.csv --db $(AUDIT_DB)
