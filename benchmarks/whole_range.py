@@ -24,7 +24,7 @@ import numpy as np
 
 from bintally.evaluation.calibration import out_of_fold_predictions
 from bintally.evaluation.metrics import count_metrics
-from bintally.labels import HURDLE_SPLIT, LabelSpace, part_median, window_mode
+from bintally.labels import LabelSpace
 from bintally.models.artifact import read_artifact
 
 BEST_0_5 = 0.362  # --preset best, 5-fold mean accuracy on counts 0-5
@@ -54,12 +54,6 @@ def fold_of_rows(run: Path, photos) -> np.ndarray:
     return np.repeat(np.arange(1, len(sizes) + 1), sizes)
 
 
-def hurdle(space: LabelSpace, probs: np.ndarray, gate: float) -> np.ndarray:
-    split = HURDLE_SPLIT + 1 - space.min_count
-    low, high = probs[:, :split], probs[:, split:]
-    return np.where(high.sum(-1) >= gate, split + window_mode(high, 1), part_median(low))
-
-
 def scores(space: LabelSpace, counts: np.ndarray, classes: np.ndarray, fold: np.ndarray) -> dict:
     """Pooled metrics, and the mean and sd over folds of each."""
     predicted = space.count_of(classes)
@@ -79,7 +73,7 @@ def main() -> None:
     probs, counts, fold = oof(args.run, args.cache or args.run / "oof.npz")
     rows = {"median": scores(space, counts, space.decode(probs, "median"), fold),
             "expected": scores(space, counts, space.decode(probs, "expected"), fold)}
-    rows |= {f"hurdle, gate {g}": scores(space, counts, hurdle(space, probs, g), fold) for g in GATES}
+    rows |= {f"hurdle, gate {g}": scores(space, counts, space.decode_hurdle(probs, g), fold) for g in GATES}
     chosen = next((g for g in GATES if rows[f"hurdle, gate {g}"]["accuracy_0_5"] >= BEST_0_5), GATES[-1])
     print(f"{len(counts)} out-of-fold photos, {len(np.unique(fold))} folds; chosen gate {chosen}\n")
     print("| decoding | " + " | ".join(SHOWN) + " |\n|---|" + "---|" * len(SHOWN))

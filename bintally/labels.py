@@ -134,8 +134,8 @@ class LabelSpace:
             return self.decode_hurdle(probs)
         raise ConfigError(f"unknown decoding {method!r}: use one of {', '.join(DECODINGS)}")
 
-    def decode_hurdle(self, probs: np.ndarray) -> np.ndarray:
-        """Where P(count > 5) >= HURDLE_GATE, the count above 5 whose +-1 window is most likely; else the median of 0-5.
+    def decode_hurdle(self, probs: np.ndarray, gate: float = HURDLE_GATE) -> np.ndarray:
+        """Where P(count > 5) >= `gate`, the count above 5 whose +-1 window is most likely; else the median of 0-5.
 
         The plain median of a two-part distribution drifts up whenever the gate is unsure; deciding the part first keeps
         the 0-5 counts as sharp as a 0-5 model's."""
@@ -143,8 +143,7 @@ class LabelSpace:
         if split <= 0 or split >= probs.shape[-1]:
             return self.decode(probs, "median")
         low, high = probs[:, :split], probs[:, split:]
-        gate = high.sum(-1)
-        return np.where(gate >= HURDLE_GATE, split + window_mode(high, HURDLE_WINDOW), part_median(low))
+        return np.where(high.sum(-1) >= gate, split + window_mode(high, HURDLE_WINDOW), part_median(low))
 
     def expected_counts(self, probs: np.ndarray) -> np.ndarray:
         """The mean count of each row's distribution (the overflow class counted as max_count + 1)."""

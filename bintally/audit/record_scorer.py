@@ -53,7 +53,7 @@ import numpy as np
 
 from bintally.data.records import SkuLine
 from bintally.errors import ConfigError, DataError
-from bintally.labels import LabelSpace, tail_mean_excess
+from bintally.labels import LabelSpace, count_probability, tail_mean_excess, tail_ratio
 
 FORMAT = "bintally-record-scorer"
 FORMAT_VERSION = 2
@@ -127,8 +127,7 @@ class CountDistribution:
     @property
     def q(self) -> float:
         """The tail's ratio: P(max_count + 1 + j) is proportional to q^j."""
-        m = tail_mean_excess(self.space.max_count)
-        return m / (1 + m)
+        return tail_ratio(self.space.max_count)
 
     def mean(self) -> np.ndarray:
         m = tail_mean_excess(self.space.max_count)
@@ -140,15 +139,10 @@ class CountDistribution:
         return np.clip(self.explicit @ self.counts ** 2 + self.overflow * tail_square - self.mean() ** 2, 0, None)
 
     def p_equal(self, records: np.ndarray) -> np.ndarray:
-        """P(count == record), P_OUTSIDE where the model has no class for it."""
-        space, r = self.space, records.astype(np.float64)
-        inside = (r >= space.min_count) & (r <= space.max_count)
-        index = np.clip(r - space.min_count, 0, len(self.counts) - 1).astype(np.int64)
-        explicit = self.explicit[np.arange(len(r)), index]
-        excess = np.clip(r - space.max_count - 1, 0, None)
-        tail = self.overflow * (1 - self.q) * np.exp(excess * math.log(self.q))
-        above = np.where(space.overflow, tail, P_OUTSIDE)
-        return np.where(inside, explicit, np.where(r > space.max_count, above, P_OUTSIDE))
+        """P(count == record) (`labels.count_probability`, with its tail), P_OUTSIDE where the model has no class for it."""
+        records = np.asarray(records, dtype=np.int64)
+        known = self.space.class_of(records) >= 0
+        return np.where(known, count_probability(self.probs, self.space, records), P_OUTSIDE)
 
     def p_below(self, records: np.ndarray) -> np.ndarray:
         """P(count < record)."""

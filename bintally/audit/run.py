@@ -34,6 +34,7 @@ from bintally.inference.prediction import Prediction
 from bintally.progress import progress_bar
 
 SELECTION_KEYS = ("score", "budget", "threshold", "control", "tolerance", "seed", "snapshots", "scorer")
+NAMED_WHEN_SET = ("scorer",)  # added after runs were named: a run without it (None) keeps the name it had
 
 
 @dataclass
@@ -87,8 +88,7 @@ def scorer_digest(score: str) -> str | None:
 
 
 def default_name(source: str, model_version: str, settings: dict) -> str:
-    # a key a run of an older bintally did not have (None) leaves its name as it was
-    chosen = json.dumps({k: settings[k] for k in SELECTION_KEYS if k in SELECTION_KEYS[:7] or settings[k] is not None}, sort_keys=True)
+    chosen = json.dumps({k: settings[k] for k in SELECTION_KEYS if k not in NAMED_WHEN_SET or settings[k] is not None}, sort_keys=True)
     digest = hashlib.sha256(f"{model_version}\x1f{chosen}".encode()).hexdigest()[:10]
     return f"{Path(source).stem or 'audit'}-{digest}"
 
