@@ -1,0 +1,46 @@
+"""Text a user gives bintally (bin ids, SKUs, names, comments, numbers in files): refused, never quietly changed.
+
+`check_text` is the one check for control characters, used at every edge (CLI options, files read, HTTP bodies),
+so a NUL byte or a newline is one clear refusal whatever the database behind, and a bin id can never collide
+with another after a normalisation. `whole_number` reads a count the way a person writes it: ASCII digits only.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls but tab/newline/CR (allowed only in multi-line text), DEL, C1 controls, Unicode line/paragraph separators
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAKS = re.compile("[\t\n\r]")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+
+
+class TextError(ValueError):
+    """A text field that cannot be taken as it is; str() is one line (what, and the problem)."""
+
+
+def control_character(value: str, multiline: bool = False) -> str | None:
+    """The first character of `value` a text field must not hold, as U+XXXX, or None."""
+    match = _CONTROL.search(value) or (None if multiline else _LINE_BREAKS.search(value))
+    return None if match is None else f"U+{ord(match.group()):04X}"
+
+
+def check_text(value: str, what: str, multiline: bool = False) -> str:
+    """`value` unchanged, or TextError naming `what` and the control character it holds.
+
+    `multiline` (comments, notes) allows tab, newline and carriage return; identifiers and names never do.
+    """
+    found = control_character(value, multiline)
+    if found is not None:
+        allowed = "" if multiline else " (identifiers and names are one line)"
+        raise TextError(f"{what}: contains the control character {found}{allowed}; remove it")
+    return value
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as an int when it is written in ASCII digits (an optional sign, spaces around); else None.
+
+    Python's int() also takes '1_000' and full-width or Arabic-Indic digits: a record never means those.
+    """
+    stripped = text.strip()
+    return int(stripped) if _WHOLE.fullmatch(stripped) else None
