@@ -1,0 +1,35 @@
+"""bintally.text: control characters are refused with the character named; whole numbers are ASCII digits only."""
+
+import pytest
+
+from bintally.text import TextError, check_text, control_character, whole_number
+
+
+@pytest.mark.parametrize("value", ["bin\x00", "a\nb", "tab\there", "cr\r", "del\x7f", "c1\x85", "sep\u2028", "esc\x1b[31m"])
+def test_control_characters_in_one_line_text_are_refused_naming_the_character(value):
+    with pytest.raises(TextError) as caught:
+        check_text(value, "bin id")
+    assert str(caught.value).startswith("bin id: contains the control character U+")
+    assert control_character(value) in str(caught.value)
+
+
+def test_multiline_text_keeps_line_breaks_and_tabs_but_not_nul():
+    comment = "first line\n\tsecond line\r\n"
+    assert check_text(comment, "comment", multiline=True) == comment
+    with pytest.raises(TextError, match="U\\+0000"):
+        check_text("ok\nthen\x00", "comment", multiline=True)
+
+
+@pytest.mark.parametrize("value", ["B00-12", "ÄÖ bin ünïcode", "名前", "' =1+2", ""])
+def test_ordinary_text_passes_unchanged(value):
+    assert check_text(value, "name") is value
+
+
+@pytest.mark.parametrize("text, number", [("0", 0), ("12", 12), (" 7 ", 7), ("+3", 3), ("-2", -2), ("007", 7)])
+def test_whole_numbers_in_ascii_digits(text, number):
+    assert whole_number(text) == number
+
+
+@pytest.mark.parametrize("text", ["1_000", "１２", "١٢", "1.0", "1e3", "", " ", "0x10", "3 4", "²"])
+def test_what_python_int_would_stretch_to_is_not_a_whole_number(text):
+    assert whole_number(text) is None
