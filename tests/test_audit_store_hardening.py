@@ -179,9 +179,7 @@ def test_a_postgresql_url_without_a_driver_uses_psycopg(postgres_url):
 
 def test_unreadable_photos_of_one_bin_in_two_runs_are_two_snapshots(tmp_path, tiny_artifact):
     db = tmp_path / "audit.db"
-    for i, name in enumerate(("first.jpg", "second.jpg")):
-        (tmp_path / "photos").mkdir(exist_ok=True)
-        (tmp_path / "photos" / name).write_text(f"not a photo {i}")
+    for i, name in enumerate(("first.jpg", "second.jpg")):  # neither exists: no bytes, no digest
         data = photos_csv(tmp_path, name=f"run{i}.csv", extra=[{"bin_id": "bin-X", "image": f"photos/{name}", "record_qty": 3}])
         result = run_cli(*audit_args(tiny_artifact.path, data, db))
         assert result.returncode == 0, result.stderr
