@@ -269,3 +269,30 @@ def test_a_stopped_postgresql_is_unavailable_not_bad_input():
     finally:
         server.stop()
 
+
+
+def test_a_nul_the_server_passes_to_postgresql_is_a_400_and_the_task_is_unchanged(fresh_pg_db, tiny_artifact, tmp_path, serve):
+    import httpx
+
+    from bintally.serving.config import ServeConfig
+    from tests.servers import AUTH, API_KEY
+
+    data = photos_csv(tmp_path)
+    assert run_cli(*audit_args(tiny_artifact.path, data, fresh_pg_db, "--budget", "0.5")).returncode == 0
+    server = serve(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, api_key=API_KEY, audit_db=fresh_pg_db).validate())
+    for body in ({"qty": 1, "by": "ann\u0000"}, {"qty": 1, "by": "ann", "comment": "shelf \u0000 two"}):
+        answer = httpx.post(f"{server.url}/v1/tasks/1/counts", json=body, headers=AUTH, timeout=30)
+        assert answer.status_code == 400, answer.text
+        assert "retry" not in answer.json()["error"]  # bad input (refused by the database or before it), never "unavailable"
+    assert query_one(fresh_pg_db, "SELECT status, (SELECT count(*) FROM count_observations) FROM tasks WHERE id = 1") == ("requested", 0)
+
+
+def query_one(url: str, sql: str) -> tuple:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return tuple(connection.exec_driver_sql(sql).one())
+    finally:
+        engine.dispose()
