@@ -515,7 +515,7 @@ def test_a_run_name_taken_by_other_settings_is_never_overwritten(tiny_artifact, 
 
 
 @pytest.mark.parametrize("db, fragments", [
-    ("{tmp}/no/such/folder/a.db", ["cannot open the audit database", "does not exist"]),
+    ("{tmp}/no/such/folder/a.db", ["no audit database at", "no/such/folder/a.db", "run `bintally audit run` first"]),
     ("bogus://nowhere/db", ["cannot open the audit database bogus://nowhere/db"]),
     ("postgresql+psycopg://u:secret@127.0.0.1:1/db", ["cannot open the audit database", "u:***@127.0.0.1:1"]),
     ("{tmp}/not-a-db.db", ["cannot open the audit database", "not-a-db.db"]),

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from bintally.audit.config import AuditConfig
 from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, SnapshotLine, Task, utcnow
@@ -248,7 +248,8 @@ def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list,
 
 def upsert_snapshot(session, store: Store, snapshot: SnapshotIn, sha: str) -> int:
     """The snapshot's id, inserting it (and its record lines) unless a run (maybe another process, right now) already did."""
-    key = snapshot.key(sha)
+    check_one_photo_per_moment(session, snapshot, sha)
+    key = stored_key(snapshot, sha)
     session.execute(insert_ignoring_duplicates(store, Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
                                             captured_at=snapshot.captured_at, record_qty=snapshot.record_qty, created_at=utcnow())
                     .on_conflict_do_nothing(index_elements=["key"]))
@@ -260,6 +261,28 @@ def upsert_snapshot(session, store: Store, snapshot: SnapshotIn, sha: str) -> in
              "width_in": line.width_in, "height_in": line.height_in, "weight_lb": line.weight_lb}
             for position, line in enumerate(lines)]).on_conflict_do_nothing())
     return snapshot_id
+
+
+def stored_key(snapshot: SnapshotIn, sha: str) -> str:
+    """The snapshot's identity in the store: its bin, photo digest ("" when unreadable), record, time and lines, and the
+    photo's URI, so two photos of a bin (two unreadable ones included) are never one snapshot."""
+    return hashlib.sha256(f"{snapshot.key(sha)}\x1f{snapshot.image}".encode()).hexdigest()
+
+
+def check_one_photo_per_moment(session, snapshot: SnapshotIn, sha: str) -> None:
+    """A Conflict naming both photos when the store holds another photo of this bin at the same captured_at."""
+    if snapshot.captured_at is None:
+        return
+    other_photo = Snapshot.image_uri != snapshot.image
+    if sha:
+        other_photo = or_(other_photo, and_(Snapshot.sha256 != "", Snapshot.sha256 != sha))
+    other = session.execute(select(Snapshot.image_uri, Snapshot.sha256).where(
+        Snapshot.bin_id == snapshot.bin_id, Snapshot.captured_at == snapshot.captured_at, other_photo).limit(1)).first()
+    if other is not None:
+        changed = "" if other.image_uri != snapshot.image else f" (sha256 {other.sha256[:12]}..., now {sha[:12]}...: the file changed)"
+        raise Conflict(f"bin {snapshot.bin_id!r} captured at {snapshot.captured_at.isoformat()}: the audit store holds photo "
+                       f"{other.image_uri}{changed} of it at that time, this source {snapshot.image}; one bin has one photo "
+                       f"at one time: correct the source's image or captured_at")
 
 
 def merged_lines(lines: tuple[SkuLine, ...]) -> list[SkuLine]:

@@ -124,7 +124,7 @@ def list_cmd(
     """The runs (--runs) or the recount tasks, most suspicious first: record, prediction, score, status."""
     from bintally.audit import list_runs, list_tasks, open_store
 
-    store = open_store(db)
+    store = open_store(db, create=False)
     try:
         if runs:
             rows = list_runs(store)
@@ -162,7 +162,7 @@ def show_cmd(
     resolution) or the counter's blind view."""
     from bintally.audit import counter_view, open_store, task_detail
 
-    store = open_store(db)
+    store = open_store(db, create=False)
     try:
         view = counter_view(store, positive_id(task, "task")) if blind else task_detail(store, positive_id(task, "task"))
     finally:
@@ -182,7 +182,7 @@ def assign_cmd(
 
     if (to is None) == (not nobody):
         raise typer.BadParameter("say --to NAME or --nobody", param_hint="--to")
-    store = open_store(db)
+    store = open_store(db, create=False)
     try:
         status = assign(store, positive_id(task, "task"), to)
     finally:
@@ -212,7 +212,7 @@ def count_cmd(
     lines, found_lines = line_quantities(line, "--line"), line_quantities(found, "--found")
     if qty is None and lines is None:
         raise typer.BadParameter("say how many items are in the bin: --qty N, or --line SKU=QTY for each SKU line", param_hint="--qty")
-    store = open_store(db)
+    store = open_store(db, create=False)
     try:
         outcome = submit_count(store, positive_id(task, "task"), qty, by, comment, count_index=int(recount), lines=lines, found=found_lines)
     except WrongCount as e:
@@ -250,7 +250,7 @@ def review_cmd(
         raise typer.BadParameter("say --approve or --reject", param_hint="--approve/--reject")
     if not by.strip():
         raise typer.BadParameter("say who reviews", param_hint="--by")
-    store = open_store(db)
+    store = open_store(db, create=False)
     try:
         resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment,
                             final_lines=line_quantities(final_line, "--final-line"))
@@ -279,7 +279,7 @@ def export_cmd(
 
     if out.exists() and not overwrite:
         raise DataError(out, "exists: pass --overwrite to replace it")
-    store = open_store(db)
+    store = open_store(db, create=False)
     try:
         written = export_run(store, positive_id(run, "run"), out, format)
     finally:
@@ -298,7 +298,7 @@ def labels_cmd(
     """Approved recounts as training labels: a path,count CSV for `bintally data index` (or, with --lines, per SKU line)."""
     from bintally.audit import open_store, write_labels, write_line_labels
 
-    store = open_store(db)
+    store = open_store(db, create=False)
     try:
         if lines:
             written, n = write_line_labels(store, out, overwrite)
