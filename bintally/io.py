@@ -115,13 +115,14 @@ def check_output_folder(path: str | Path) -> Path:
 # OWASP "CSV Injection": a cell starting with = + - @ tab or CR may run as a formula; LF and NUL (ASVS 1.2.10) and the
 # full-width forms (which some spreadsheets and input methods turn into the ASCII ones) too
 FORMULA_STARTS = "=+-@\t\r\n\0\uff1d\uff0b\uff0d\uff20"
+CSV_LINE_END = "\r\n"  # RFC 4180: and so a cell holding a CR is quoted too (with "\n" alone, it is not and starts a row)
 PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # "-3", "+1.5e3": a number, never a formula
 
 
 def formula_like(text: str) -> bool:
     """Would a spreadsheet read `text` as a formula? Leading spaces do not hide one; a plain number is not one."""
-    first = text[:1] in FORMULA_STARTS or text.lstrip()[:1] in FORMULA_STARTS
-    return first and not PLAIN_NUMBER.fullmatch(text.strip())
+    starts = (text[:1], text.lstrip()[:1])
+    return any(start and start in FORMULA_STARTS for start in starts) and not PLAIN_NUMBER.fullmatch(text.strip())
 
 
 def spreadsheet_safe(value):
@@ -146,12 +147,13 @@ def safe_frame(frame):
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
-    """Rows (dicts; a missing key is an empty cell) as CSV text under a header of `columns`, every text cell spreadsheet-safe."""
+    """Rows (dicts; a missing key is an empty cell) as RFC 4180 CSV text under a header of `columns`, every text cell
+    spreadsheet-safe."""
     import csv
     import io
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator=CSV_LINE_END)
     writer.writerow([spreadsheet_safe(c) for c in columns])
     writer.writerows([spreadsheet_safe(row.get(c)) for c in columns] for row in rows)
     return buffer.getvalue()
@@ -166,10 +168,10 @@ def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> Path:
 
 
 def write_frame_csv(path: str | Path, frame) -> Path:
-    """A DataFrame as CSV (no index), written atomically, every text cell spreadsheet-safe."""
+    """A DataFrame as RFC 4180 CSV (no index), written atomically, every text cell spreadsheet-safe."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        safe_frame(frame).to_csv(tmp, index=False)
+        safe_frame(frame).to_csv(tmp, index=False, lineterminator=CSV_LINE_END)
     return path
 
 
