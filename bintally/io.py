@@ -108,3 +108,109 @@ def check_output_folder(path: str | Path) -> Path:
         raise DataError(path, "is a file; give a folder")
     check_writable_folder(path, path)
     return path
+
+
+# ---------------------------------------------------------------- CSV files a spreadsheet opens safely
+
+# OWASP "CSV Injection": a cell starting with = + - @ tab or CR may run as a formula; LF and NUL (ASVS 1.2.10) and the
+# full-width forms (which some spreadsheets and input methods turn into the ASCII ones) too
+FORMULA_STARTS = "=+-@\t\r\n\0\uff1d\uff0b\uff0d\uff20"
+CSV_LINE_END = "\r\n"  # RFC 4180: and so a cell holding a CR is quoted too (with "\n" alone, it is not and starts a row)
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # "-3", "+1.5e3": a number, never a formula
+
+
+def formula_like(text: str) -> bool:
+    """Would a spreadsheet read `text` as a formula? Leading spaces do not hide one; a plain number is not one."""
+    starts = (text[:1], text.lstrip()[:1])
+    return any(start and start in FORMULA_STARTS for start in starts) and not PLAIN_NUMBER.fullmatch(text.strip())
+
+
+def spreadsheet_safe(value):
+    """A text cell as a spreadsheet will show it but never run it: a ' before a formula-like text (and before text that
+    only looks like one after its leading 's, so that `spreadsheet_original` gives every text back). Others unchanged."""
+    return "'" + value if isinstance(value, str) and formula_like(value.lstrip("'")) else value
+
+
+def spreadsheet_original(value):
+    """The text `spreadsheet_safe` was given: a CSV cell read back, its ' taken off where spreadsheet_safe added one."""
+    if isinstance(value, str) and value.startswith("'") and formula_like(value.lstrip("'")):
+        return value[1:]
+    return value
+
+
+def safe_frame(frame):
+    """A copy of the DataFrame with every text cell (and column name) spreadsheet-safe; numbers stay numbers."""
+    from pandas.api.types import is_string_dtype
+
+    text = [c for c in frame.columns if frame[c].dtype == object or is_string_dtype(frame[c])]
+    return frame.assign(**{c: frame[c].map(spreadsheet_safe) for c in text}).rename(columns=spreadsheet_safe)
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """Rows (dicts; a missing key is an empty cell) as RFC 4180 CSV text under a header of `columns`, every text cell
+    spreadsheet-safe."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator=CSV_LINE_END)
+    writer.writerow([spreadsheet_safe(c) for c in columns])
+    writer.writerows([spreadsheet_safe(row.get(c)) for c in columns] for row in rows)
+    return buffer.getvalue()
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> Path:
+    """`csv_text(rows, columns)` written atomically to `path` as UTF-8."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(csv_text(rows, columns), encoding="utf-8", newline="")
+    return path
+
+
+def write_frame_csv(path: str | Path, frame) -> Path:
+    """A DataFrame as RFC 4180 CSV (no index), written atomically, every text cell spreadsheet-safe."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        safe_frame(frame).to_csv(tmp, index=False, lineterminator=CSV_LINE_END)
+    return path
+
+
+# ---------------------------------------------------------------- processes that must not outlive their parent
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent: int, sig: int | None = None, grace_s: float = 0.0, name: str = "watch-parent") -> None:
+    """Send this process `sig` (default SIGKILL) when process `parent` ends, even by kill -9, which the parent cannot
+    catch to stop its children: on Linux at once (the parent-death signal), elsewhere when a watching thread sees this
+    process handed to another parent; if it still runs `grace_s` seconds after that, it exits. Gone already: exits now."""
+    import signal
+    import threading
+    import time
+
+    sig = signal.SIGKILL if sig is None else sig
+    set_parent_death_signal(sig)
+    if os.getppid() != parent:  # the parent died before the signal was set
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), sig)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name=name).start()
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask Linux to send `sig` to this process when its parent ends; False where that cannot be asked."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no C library to load, or one without prctl
+        return False

@@ -5,8 +5,6 @@ Every reader (CLI, HTTP, dashboard) uses these, so each question has one answer.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -17,10 +15,9 @@ from bintally.audit.snapshots import UPLOAD_SCHEME
 from bintally.audit.store import Store
 from bintally.audit.workflow import COUNTABLE, STATUSES, get_run, get_task, record_lines
 from bintally.errors import ConfigError, DataError
-from bintally.io import atomic_path, check_output_file
+from bintally.io import atomic_path, check_output_file, csv_text, write_csv, write_frame_csv
 
 LABEL_OUTCOMES = ("record_correct", "record_wrong")  # approved counts of a usable photo of an unchanged bin
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a cell a spreadsheet would run as a formula
 LINE_LABEL_COLUMNS = ["bin_id", "image", "sku", "final_qty", "record_qty", "variance", "task_id", "approved_at"]
 LINE_SIZE = ("length_in", "width_in", "height_in", "weight_lb")
 
@@ -224,11 +221,10 @@ def export_run(store: Store, run_id: int, out: str | Path, fmt: str | None = Non
     frame = pd.DataFrame(export_rows(store, run_id), columns=EXPORT_COLUMNS)
     for column in ("count_1", "count_2", "final_qty", "variance"):  # whole numbers, empty where not counted yet
         frame[column] = frame[column].astype("Int64")
+    if fmt == "csv":
+        return write_frame_csv(out, frame)
     with atomic_path(out) as tmp:
-        if fmt == "csv":
-            spreadsheet_safe_frame(frame).to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+        frame.to_parquet(tmp, index=False)
     return out
 
 
@@ -276,30 +272,8 @@ def write_line_labels(store: Store, out: str | Path, overwrite: bool = False) ->
     if out.exists() and not overwrite:
         raise DataError(out, "exists: pass --overwrite to replace it")
     labels = approved_line_labels(store)
-    with atomic_path(out) as tmp:
-        tmp.write_text(line_labels_csv(labels), encoding="utf-8")
+    write_csv(out, labels, LINE_LABEL_COLUMNS)
     return out, len(labels)
-
-
-def spreadsheet_safe(value):
-    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) as text: a ' before it."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
-
-
-def spreadsheet_safe_frame(frame):
-    from pandas.api.types import is_string_dtype
-
-    text_columns = [c for c in frame.columns if frame[c].dtype == object or is_string_dtype(frame[c])]
-    return frame.assign(**{c: frame[c].map(spreadsheet_safe) for c in text_columns})
-
-
-def csv_text(rows: list[dict], columns: list[str]) -> str:
-    """Rows as CSV text, every text cell spreadsheet-safe."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: spreadsheet_safe(row.get(k)) for k in columns} for row in rows)
-    return buffer.getvalue()
 
 
 def write_labels(store: Store, out: str | Path, overwrite: bool = False) -> tuple[Path, int, list[str]]:
@@ -336,10 +310,7 @@ def write_labels(store: Store, out: str | Path, overwrite: bool = False) -> tupl
         elif "://" in image:
             skipped.append(image)
             continue
-        lines.append((image, label["count"]))
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "count"])
-        writer.writerows(lines)
+        lines.append({"path": image, "count": label["count"]})
+    write_csv(out, lines, ["path", "count"])
     return out, len(lines), skipped
 

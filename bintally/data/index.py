@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import codecs
 import csv
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -33,7 +31,7 @@ from bintally.data.images import IMAGE_SUFFIXES, ImageFacts, probe_image
 from bintally.data.manifest import OK, SCHEMA, usable, write_manifest
 from bintally.data.metadata import parse_count, read_metadata
 from bintally.errors import ConfigError, DataError
-from bintally.io import check_output_file, given_path
+from bintally.io import check_output_file, die_with_parent, given_path, spreadsheet_original
 from bintally.progress import progress_bar
 
 log = logging.getLogger("bintally.data")
@@ -42,7 +40,6 @@ LAYOUTS = ("bintally reads a bucket folder (bin-images/<id>.jpg with metadata/<i
            "class folders (<count>/<name>.jpg) or a CSV with columns path,count")
 POOL_MIN_PHOTOS = 200  # fewer photos are decoded in this process: starting workers would cost more than it saves
 CHUNK = 8  # photos per task: small, so that a stopped run waits little for the chunks its workers hold
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
@@ -158,7 +155,7 @@ def csv_rows(src: Path) -> list[tuple[int, dict]]:
 def csv_entries(src: Path) -> list[Entry]:
     entries = []
     for line, row in csv_rows(src):
-        path, count = (row.get("path") or "").strip(), (row.get("count") or "").strip()
+        path, count = spreadsheet_original((row.get("path") or "").strip()), (row.get("count") or "").strip()
         if not path and not count:
             continue  # a blank line of a spreadsheet
         if not path:
@@ -190,26 +187,11 @@ def find_entries(src: Path) -> tuple[str, list[Entry]]:
     return layout, entries
 
 
-def die_with_parent(parent: int) -> None:
-    """End this worker when the indexer ends, even by kill -9 (which it cannot catch to stop its workers)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the indexer was gone before the line above
-        os._exit(1)
-
-    def watch() -> None:  # for systems without prctl: a parent's death reparents its children
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="watch-indexer").start()
-
-
 def init_worker(parent: int) -> None:
     """Ctrl-C and SIGTERM are the indexer's to handle (it stops the workers); a worker only dies with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    die_with_parent(parent)
+    die_with_parent(parent, name="watch-indexer")
 
 
 def probe_all(paths: list[str], workers: int | None = None, progress: bool = True) -> list[dict]:

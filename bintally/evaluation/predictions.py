@@ -18,7 +18,7 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_string_dtype
 
 from bintally.errors import ConfigError, DataError
 from bintally.inference.prediction import Prediction
-from bintally.io import atomic_path
+from bintally.io import atomic_path, spreadsheet_original, write_frame_csv
 from bintally.labels import LabelSpace
 
 REQUIRED = ["id", "true_label", "predicted_label"]
@@ -61,11 +61,12 @@ def check_suffix(path: Path) -> str:
 
 
 def save_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
-    """CSV or Parquet by the file's suffix, written atomically."""
+    """CSV (text cells spreadsheet-safe) or Parquet by the file's suffix, written atomically."""
     path = Path(path)
-    suffix = check_suffix(path)
+    if check_suffix(path) == ".csv":
+        return write_frame_csv(path, frame)
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False) if suffix == ".parquet" else frame.to_csv(tmp, index=False)
+        frame.to_parquet(tmp, index=False)
     return path
 
 
@@ -94,9 +95,11 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(path, "empty file, expected saved predictions")
     try:
-        return pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, dtype={"id": str})
+        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, dtype={"id": str})
     except Exception as e:  # pyarrow and pandas raise many types for a damaged file
         raise DataError(path, f"cannot read predictions ({e.__class__.__name__}: {' '.join(str(e).split())})") from None
+    text = [c for c in frame.columns if suffix == ".csv" and (frame[c].dtype == object or is_string_dtype(frame[c]))]
+    return frame.assign(**{c: frame[c].map(spreadsheet_original) for c in text})  # ids and paths as they were saved
 
 
 def check_columns(path: Path, frame: pd.DataFrame) -> list[str]:

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from jinja2 import Template  # noqa: E402
 
 from bintally.evaluation.predictions import prediction_probs  # noqa: E402
+from bintally.io import write_frame_csv  # noqa: E402
 
 # accuracy and RMSE as published; None where a work did not report the figure
 PUBLISHED = [
@@ -171,7 +172,7 @@ def write_report(evaluation, out: str | Path) -> Path:
     plot_per_class(m["per_class"], out / "per_class.png")
     plot_counts(evaluation.predictions, evaluation.space, out / "counts.png")
     evaluation.write_json(out / "metrics.json")
-    evaluation.predictions.to_csv(out / "predictions.csv", index=False)
+    write_frame_csv(out / "predictions.csv", evaluation.predictions)
     plots = [("Confusion matrix", "confusion.png"), ("Calibration", "reliability.png"),
              ("Precision and recall per count", "per_class.png"), ("Count distribution", "counts.png")]
     subsets = evaluation.subset_names()

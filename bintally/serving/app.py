@@ -27,6 +27,7 @@ from bintally.serving.rest import rest_router
 from bintally.serving.security import ApiKey, BodyLimit, RequestContext
 from bintally.serving.v2 import v2_router
 from bintally.serving.web import web_router
+from bintally.serving.workers import end_with_supervisor, graceful_stop_s
 
 log = logging.getLogger("bintally.serving")
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -146,4 +147,5 @@ def add_routes(app: FastAPI, plane: DataPlane, config: ServeConfig, audit: Audit
 def create_app_from_env() -> FastAPI:
     """The factory of each uvicorn worker process (`bintally serve --workers N`)."""
     config = ServeConfig.from_env()
+    end_with_supervisor(graceful_stop_s(config))
     return create_app(config, DataPlane(config), load_on_startup=True)

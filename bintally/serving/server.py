@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from bintally.errors import ConfigError
 from bintally.serving.config import CONFIG_ENV, ServeConfig
+from bintally.serving.workers import graceful_stop_s, name_supervisor
 
 if TYPE_CHECKING:  # imported when serving starts: `bintally serve --help` stays quick
     from bintally.audit.store import Store
@@ -52,7 +53,7 @@ def uvicorn_config(app, config: ServeConfig, **extra):
     import uvicorn
 
     return uvicorn.Config(app, host=config.host, port=config.port, workers=config.workers, log_level=config.log_level,
-                          timeout_graceful_shutdown=config.timeout_s + 5, timeout_keep_alive=5, server_header=False,
+                          timeout_graceful_shutdown=graceful_stop_s(config), timeout_keep_alive=5, server_header=False,
                           date_header=True, proxy_headers=False, access_log=config.log_level == "debug", **extra)
 
 
@@ -120,6 +121,7 @@ def serve_with_workers(config: ServeConfig, sock: socket.socket, plane: DataPlan
     plane.close()  # the workers load their own; the parent only supervises
     plane.counter = plane.batcher = None
     os.environ[CONFIG_ENV] = config.to_json()
+    name_supervisor()  # the workers end with this process, even when it is killed
     supervisor = Multiprocess(uvicorn_config(FACTORY, config, factory=True), sockets=[sock])
     supervisor.run()
     if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):

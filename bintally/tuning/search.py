@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from bintally.data.manifest import write_manifest
 from bintally.errors import ConfigError, DataError
+from bintally.io import write_frame_csv
 from bintally.models.artifact import read_artifact
 from bintally.progress import progress_bar
 from bintally.training.data import training_manifest
@@ -400,7 +401,7 @@ def summarize(study: optuna.Study, tc: TuneConfig, data: str) -> TuneResult:
     out.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+    write_frame_csv(out / "trials.csv", study.trials_dataframe())
     outputs = {"trials": str(out / "trials.csv"), **write_plots(study, out)}
     best_config = None
     if complete:
