@@ -493,7 +493,7 @@ def test_bad_commands_are_one_line_errors_and_change_nothing(tmp_path, opened_ru
 
 
 @pytest.mark.parametrize("options, fragments", [
-    (["--budget", "0.1", "--threshold", "0.5"], ["either a budget or a threshold"]),
+    (["--budget", "0.1", "--threshold", "0.5"], ["budget and threshold cannot be given together", "--budget", "--threshold"]),
     (["--budget", "1.5"], ["budget must be a share", "1.5"]),
     (["--control", "1"], ["control must be a share", "1.0"]),
     (["--threshold", "2"], ["threshold must be a score", "2.0"]),
