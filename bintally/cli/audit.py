@@ -287,6 +287,9 @@ def export_cmd(
     from bintally.audit import export_run, open_store
     from bintally.errors import DataError
 
+    suffix = out.suffix.lstrip(".").lower()
+    if format is not None and suffix in ("csv", "parquet") and suffix != format:
+        raise typer.BadParameter(f"--format {format} contradicts the .{suffix} file given to --out: give one of them", param_hint="--format")
     if out.exists() and not overwrite:
         raise DataError(out, "exists: pass --overwrite to replace it")
     store = open_store(db)
