@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -322,7 +323,7 @@ def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None,
     base = base or src.parent
     text = read_text(src) if text is None else text
     try:
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # str.splitlines() would drop a quoted newline and split at U+2028
         columns = [c.strip().lower() for c in reader.fieldnames or []]
         line_csv = is_line_csv(src, columns)
         missing = [c for c in (LINE_COLUMNS if line_csv else REQUIRED_COLUMNS) if c not in columns]

@@ -260,10 +260,10 @@ def review_cmd(
 
     if not by.strip():
         raise typer.BadParameter("say who reviews", param_hint="--by")
+    final_lines = line_quantities(final_line, "--final-line")
     store = open_store(db)
     try:
-        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment,
-                            final_lines=line_quantities(final_line, "--final-line"))
+        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment, final_lines=final_lines)
     finally:
         store.close()
     if resolution.decision == "approved":

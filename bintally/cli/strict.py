@@ -23,7 +23,7 @@ from bintally.text import control_character
 
 MULTILINE = frozenset({"comment"})  # options whose text may hold line breaks (notes); every other text is one line
 GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-EMPTY_HINT = "give a value, or leave the option out (for the current folder, give '.')"
+EMPTY_HINT = "give a value, or leave the option out (for the current folder, give '.')"  # '' would mean the current folder
 
 
 def spelling(param) -> str:
@@ -63,13 +63,25 @@ def refuse_empty(ctx, found: list, args: list[str]) -> None:
     """'' (or blanks) as an option's value or as an argument: Typer would take '' as a path for the current folder."""
     for param, written, value, at in found:
         if value is not None and not value.strip():
-            if is_path(param):
-                raise UsageError(f"empty argument '' {f'in {written}=' if at is None else f'after {written}'}: {EMPTY_HINT}", ctx)
-            raise UsageError(f"{written} is empty: give a value" + ("" if param.required else ", or leave the option out"), ctx)
+            hint = EMPTY_HINT if is_path(param) else "give a value" + ("" if param.required else ", or leave the option out")
+            raise UsageError(f"empty argument '' {f'in {written}=' if at is None else f'after {written}'}: {written} is empty; {hint}", ctx)
     values = {at for *_, at in found}
     for i, arg in enumerate(args):
         if not arg.strip() and i not in values:
             raise UsageError(f"empty argument '' after {args[i - 1] if i else ctx.info_name}: {EMPTY_HINT}", ctx)
+
+
+def refuse_non_finite(ctx, found: list) -> None:
+    """nan or inf given to a number option, before its range is checked (nan is neither below nor above a bound)."""
+    for param, written, value, _ in found:
+        annotation = param.type_descriptor.annotation
+        if value is not None and float in (annotation, *typing.get_args(annotation)):
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if not math.isfinite(number):
+                raise BadParameter(f"{value} is not a finite number", ctx=ctx, param_hint=written)
 
 
 def refuse_repeated(ctx, found: list) -> None:
@@ -109,6 +121,7 @@ class StrictCommand(TyperCommand):
         found = occurrences(params, list(args))
         refuse_empty(ctx, found, list(args))
         refuse_repeated(ctx, found)
+        refuse_non_finite(ctx, found)
         rest = super().parse_args(ctx, args)
         for param in params:
             refuse_value(ctx, param, ctx.params.get(param.name))
