@@ -49,7 +49,6 @@ CONTRADICTIONS = [
     (["train", "--epochs", "1", "--epochs", "2", "--out", "{tmp}/run"], ["--epochs given twice"]),
     (["evaluate", "--predictions", "{tmp}/p.csv", "--model", "{tmp}/run"], ["--predictions and --model"]),
     (["evaluate", "--predictions", "{tmp}/p.csv", "--data", "{tmp}/m.parquet"], ["--predictions and --data"]),
-    (["evaluate", "--predictions", "{tmp}/p.csv", "--verify-quantity"], ["--predictions and --verify-quantity"]),
     (["evaluate", "--predictions", "{tmp}/p.csv", "--save-predictions", "{tmp}/q.csv"], ["--predictions and --save-predictions"]),
     (["data", "fetch", "--ids", "00523", "--id-range", "1-3", "--out", "{tmp}/abid"], ["--ids and --id-range"]),
     (["data", "fetch", "--out", "{tmp}/abid"], ["give one of --ids, --ids-file, --id-range, --file-list"]),

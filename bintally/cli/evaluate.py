@@ -17,7 +17,6 @@ from bintally.inference.config import CALIBRATE_SPLITS, EVALUATE_SPLITS, Calibra
 @command(app, "evaluate")
 @exclusive("predictions", "model")
 @exclusive("predictions", "data")
-@exclusive("predictions", "verify_quantity")
 @exclusive("predictions", "save_predictions")
 @settings_options(EvaluateConfig)
 def evaluate_cmd(settings: dict):

@@ -27,10 +27,10 @@ EMPTY_HINT = "give a value, or leave the option out (for the current folder, giv
 
 
 def spelling(param) -> str:
-    """How a person writes the parameter: --by, --approve/--reject, TASK."""
+    """How a person writes the parameter: --by, TASK."""
     if isinstance(param, TyperArgument):
         return (param.metavar or param.name).upper()
-    return "/".join(param.opts + param.secondary_opts)
+    return param.opts[0]
 
 
 def takes_value(param) -> bool:
