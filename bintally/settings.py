@@ -16,6 +16,8 @@ from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from bintally.errors import ConfigError
 
 SETTING = "bintally.setting"  # the metadata key a field's `Setting` is stored under
+MAX_WHOLE = 2**63 - 1  # the largest whole number any setting takes: SQLite and PostgreSQL store 64-bit integers
+EXCLUSIVE = "EXCLUSIVE"  # a settings class's groups of fields of which at most one may be given, e.g. (("budget", "threshold"),)
 
 
 class Backend(enum.StrEnum):
@@ -81,6 +83,7 @@ def check_settings(settings, what: str = "setting") -> None:
     """Types (`check_types`), then each field's choices and range from its `Setting` (for a list: each item's), then
     the settings of each nested settings object the same way; None is always allowed past these."""
     check_types(settings, what)
+    check_exclusive(settings)
     hints = typing.get_type_hints(type(settings))
     for f in fields(settings):
         value, spec = getattr(settings, f.name), spec_of(f)
@@ -92,6 +95,31 @@ def check_settings(settings, what: str = "setting") -> None:
                 check_choice(f.name, item, spec.choices)
             if spec.low is not None or spec.high is not None:
                 check_range(f.name, item, spec.low, spec.high, spec.low_open, spec.high_open)
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_WHOLE:
+                raise ConfigError(f"{what} {f.name}: {item} is too large (at most {MAX_WHOLE:,})")
+
+
+def option_name(f: Field) -> str:
+    """The setting's command-line spelling (--budget), as bintally.cli.options spells it."""
+    spec = spec_of(f)
+    return spec.flag[0].split("/")[0] if spec.flag else f"--{f.name.replace('_', '-')}"
+
+
+def is_given(f: Field, value) -> bool:
+    """Was the setting given, i.e. does it differ from its default (None, off, an empty list)?"""
+    default = f.default_factory() if f.default_factory is not MISSING else None if f.default is MISSING else f.default
+    return value != default and value not in (None, (), [])
+
+
+def check_exclusive(settings) -> None:
+    """One line for two settings of a group in the class's EXCLUSIVE that were both given (`--budget` with `--threshold`):
+    neither is quietly preferred."""
+    by_name = {f.name: f for f in fields(settings)}
+    for group in getattr(type(settings), EXCLUSIVE, ()):
+        given = [by_name[name] for name in group if is_given(by_name[name], getattr(settings, name))]
+        if len(given) > 1:
+            a, b = given[:2]
+            raise ConfigError(f"{a.name} and {b.name} cannot be given together ({option_name(a)}, {option_name(b)}): choose one")
 
 
 def check_choice(name: str, value, allowed) -> None:

@@ -319,7 +319,7 @@ BAD_RECORDS = [
     (one_bin(), ["give record_qty, or the record's lines"]),
     (one_bin(lines=[{"sku": f"S{i}", "qty": 1} for i in range(MAX_LINES + 1)]), [f"{MAX_LINES + 1:,} SKU lines", "limit"]),
     ({"bins": [{"bin_id": "B-1", "image": "00450.jpg", "record_qty": 1}, {"bin_id": "B-1", "image": "00450.jpg", "record_qty": 1}]},
-     ["bins[1]", "same image as bins[0]"]),
+     ["bins[1]", "also at", "bins[0]", "with the same record"]),
     ({"bins": [{"bin_id": "B-1", "image": "00450.jpg", "record_qty": 1}, {"bin_id": "B-2", "image": "other.jpg", "record_qty": 1}]},
      ["bins[1]", "not one of the uploaded photos"]),
     ({"bins": [{"bin_id": ["B"], "image": "00450.jpg", "record_qty": 1}]}, ["bins[0]", "bin_id must be text"]),

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 from bintally.audit.scoring import PROBABILITY_SCORES, SCORES
 from bintally.errors import ConfigError
 from bintally.models.artifact import MODEL_HELP
 from bintally.progress import PROGRESS_HELP
+from bintally.audit.snapshots import MAX_RECORD
 from bintally.settings import Backend, check_settings, setting
 from bintally.sources import SourcePolicy
 from bintally.sources.policy import DEFAULT_MAX_BYTES
+from bintally.text import TextError, check_text
+
+
+TEXT_SETTINGS = ("name", "created_by", "data", "model", "file_root", "allow_s3_buckets", "allow_https_hosts")
+
+
+def checked_text(value: str, what: str) -> str:
+    """`value` unchanged, or ConfigError when it holds a control character (bintally.text.check_text)."""
+    try:
+        return check_text(value, what)
+    except TextError as e:
+        raise ConfigError(str(e)) from None
 
 
 def default_user() -> str:
@@ -23,6 +37,8 @@ def default_user() -> str:
 
 @dataclass
 class AuditConfig:
+    EXCLUSIVE: ClassVar = (("budget", "threshold"),)
+
     model: str = setting(flag=("--model", "-m"), help=MODEL_HELP)
     data: str = setting(help="Bucket-layout folder (bin-images/, metadata/: the record is EXPECTED_QUANTITY and its SKU "
                              "lines), a CSV of bin_id,image,record_qty[,captured_at] or of SKU lines bin_id,image,sku,qty[,...], "
@@ -40,10 +56,10 @@ class AuditConfig:
                                                       "(auto: the record-aware scorer), by 1 - P(count == record) "
                                                       "(mismatch), or by the expected |count - record| in items (distance).")
     control: float = setting(0.02, help="Share of the bins recounted at random besides (estimates what the model misses).")
-    tolerance: int = setting(0, low=0, help="A first count further than this from the record asks for a recount.")
+    tolerance: int = setting(0, low=0, high=MAX_RECORD, help="A first count further than this from the record asks for a recount.")
     backend: Backend = setting(Backend.ONNX, help="Inference backend (a run is exported to ONNX once).")
-    batch_size: int = setting(32, low=1, help="Photos per forward pass (and per committed batch).")
-    seed: int = setting(0, help="Seed of the control slice's random draw.")
+    batch_size: int = setting(32, low=1, high=4096, help="Photos per forward pass (and per committed batch).")
+    seed: int = setting(0, low=0, high=2**32 - 1, help="Seed of the control slice's random draw.")
     created_by: str = setting(default_factory=default_user, flag=("--by",), default_text="the login name", help="Who creates the run.")
     allow_s3_buckets: tuple[str, ...] = setting((), flag=("--allow-s3-bucket",), help="Bucket whose s3:// images may be read (repeatable).")
     allow_https_hosts: tuple[str, ...] = setting((), flag=("--allow-https-host",), help="Host whose https:// images may be read (repeatable).")
@@ -52,9 +68,7 @@ class AuditConfig:
     progress: bool = setting(True, help=PROGRESS_HELP)
 
     def validate(self) -> "AuditConfig":
-        check_settings(self, "audit setting")  # types, score, backend, tolerance, batch size
-        if self.budget is not None and self.threshold is not None:
-            raise ConfigError("give either a budget or a threshold, not both")
+        check_settings(self, "audit setting")  # types, score, backend, tolerance, batch size, budget with threshold
         if self.budget is None and self.threshold is None:
             self.budget = 0.10
         if self.budget is not None and not 0 < self.budget <= 1:
@@ -67,8 +81,12 @@ class AuditConfig:
             raise ConfigError(f"control must be a share of the bins from 0 to below 1 (0.02 = 2%), got {self.control}")
         if self.name is not None and (not self.name.strip() or len(self.name) > 200):
             raise ConfigError(f"name {self.name!r}: give 1-200 characters")
-        if not self.created_by or len(self.created_by) > 100:
+        if not self.created_by.strip() or len(self.created_by) > 100:
             raise ConfigError(f"created_by {self.created_by!r}: give a name of 1-100 characters")
+        for name in TEXT_SETTINGS:
+            value = getattr(self, name)
+            for item in value if isinstance(value, (list, tuple)) else () if value is None else (value,):
+                checked_text(item, name)
         return self
 
     def source_policy(self) -> SourcePolicy:

@@ -15,17 +15,20 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import io
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from bintally.data.images import IMAGE_SUFFIXES
-from bintally.data.records import LENGTH_UNITS, MAX_LINES, WEIGHT_UNITS, SkuLine, measure, whole_quantity
+from bintally.data.records import LENGTH_UNITS, MAX_LINES, MAX_TEXT, WEIGHT_UNITS, SkuLine, measure, record_text, whole_quantity
 from bintally.errors import DataError
 from bintally.io import given_path
 from bintally.sources import SourceError, SourcePolicy, UriFetcher
+from bintally.text import whole_number
 
 REQUIRED_COLUMNS = ("bin_id", "image", "record_qty")
 LINE_COLUMNS = ("bin_id", "image", "sku", "qty")
@@ -35,9 +38,9 @@ SIZES = ("length", "width", "height")
 BIN_KEYS = ("bin_id", "image", "captured_at", "record_qty", "lines")  # a bin of a JSON records document
 LINE_KEYS = ("sku", "qty", "length", "width", "height", "unit", "weight", "weight_unit")  # one of its lines
 MAX_BINS = 100_000  # bins in one JSON records document
-MAX_TEXT = 200  # characters of a bin id or SKU
 URI_SCHEMES = ("s3://", "https://", "http://", "file://")
 MAX_RECORD = 10**6
+DECIMAL = re.compile(r"[+-]?[0-9]+\.[0-9]*")  # "3.0" as a spreadsheet writes 3 (ASCII digits only, as whole_number)
 UPLOAD_SCHEME = "upload:"  # a photo uploaded over HTTP, kept in the store's photos table by its sha256
 
 
@@ -109,6 +112,7 @@ def bucket_snapshots(src: Path, lines: str = "use") -> list[SnapshotIn]:
         raise DataError(src, "not a bucket-layout folder: expected bin-images/ (photos) and metadata/ (their JSON records)")
     snapshots, disagreeing = [], []
     for photo in sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        record_text(photo.stem, ascii(str(photo)), "bin id (the photo's name)")
         meta = meta_dir / f"{photo.stem}.json"
         if not meta.is_file():
             raise DataError(meta, f"missing: the record (EXPECTED_QUANTITY) of {photo.name}")
@@ -116,10 +120,10 @@ def bucket_snapshots(src: Path, lines: str = "use") -> list[SnapshotIn]:
         total = sum(line.qty for line in record_lines)
         if record_lines and total != expected:
             disagreeing.append((meta, total, expected))
-        snapshots.append(SnapshotIn(photo.stem, str(photo.resolve()), check_record(expected, str(meta)), lines=record_lines))
+        snapshots.append((SnapshotIn(photo.stem, str(photo.resolve()), check_record(expected, str(meta)), lines=record_lines), str(photo)))
     if disagreeing:
         raise lines_disagree(disagreeing)
-    return snapshots
+    return once_each(snapshots)
 
 
 def bucket_record(meta: Path, lines: str) -> tuple[int, tuple[SkuLine, ...]]:
@@ -161,12 +165,34 @@ def check_record(value, where: str) -> int:
 
 
 def parse_record(text: str, where: str) -> int:
-    text = (text or "").strip()
-    try:
-        value = int(text)
-    except ValueError:
-        raise DataError(where, f"record_qty {text!r} is not a whole number") from None
+    value = whole_number(text or "")
+    if value is None:
+        raise DataError(where, f"record_qty {(text or '').strip()!r} is not a whole number (digits 0-9)")
     return check_record(value, where)
+
+
+def once_each(read: list[tuple[SnapshotIn, str]]) -> list[SnapshotIn]:
+    """The snapshots of one source, each (snapshot, where it was read); a bin given twice at the same time (captured_at,
+    or none) is refused naming both places, whether the two agree or not: two records of one bin cannot both be
+    right, and the same record twice would make two tasks for one bin."""
+    first: dict[tuple, tuple[SnapshotIn, str]] = {}
+    for snapshot, where in read:
+        earlier = first.setdefault((snapshot.bin_id, snapshot.captured_at), (snapshot, where))
+        if earlier[0] is not snapshot:
+            raise DataError(where, f"bin {snapshot.bin_id!r} is also at {earlier[1]}{difference(earlier[0], snapshot)}: give each "
+                                   "bin snapshot once (a bin photographed again needs its own captured_at)")
+    return [snapshot for snapshot, _ in read]
+
+
+def difference(earlier: SnapshotIn, later: SnapshotIn) -> str:
+    """How a bin's second record differs from its first, in words (' with the same record' when it does not)."""
+    if earlier.image != later.image:
+        return " with another image"
+    if earlier.record_qty != later.record_qty:
+        return f" with record_qty {earlier.record_qty} there and {later.record_qty} here"
+    if earlier.lines_key() != later.lines_key():
+        return " with other SKU lines"
+    return " with the same record"
 
 
 def parse_time(text: str, where: str) -> datetime | None:
@@ -182,11 +208,10 @@ def parse_time(text: str, where: str) -> datetime | None:
 
 def bin_and_image(bin_id: str, image: str, where: str, base: Path, uploads: dict[str, str] | None) -> tuple[str, str]:
     """The bin id and the photo (a resolved path, a URI, or upload:<sha256>), checked."""
-    bin_id, image = bin_id.strip(), image.strip()
+    bin_id = record_text(bin_id, where, "bin_id").strip()
+    image = record_text(image, where, "image", limit=None).strip()
     if not bin_id:
         raise DataError(where, "empty bin_id")
-    if len(bin_id) > MAX_TEXT:
-        raise DataError(where, f"bin_id is longer than {MAX_TEXT} characters")
     if not image:
         raise DataError(where, "empty image")
     if not is_uri(image):
@@ -200,10 +225,9 @@ def line_qty(value, where: str) -> int:
     """A SKU line's quantity: a whole number of items from 0 (CSV text or a JSON number)."""
     number = value
     if isinstance(value, str):
-        try:
-            number = float(value.strip()) if value.strip() else math.nan
-        except ValueError:
-            number = math.nan
+        number = float(value) if DECIMAL.fullmatch(value.strip()) else whole_number(value)
+        if number is None:
+            raise DataError(where, f"qty {value!r} is not a whole number (digits 0-9)")
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
         raise DataError(where, f"qty {value!r} is not a whole number")
     if number < 0:
@@ -299,7 +323,7 @@ def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None,
     base = base or src.parent
     text = read_text(src) if text is None else text
     try:
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # str.splitlines() would drop a quoted newline and split at U+2028
         columns = [c.strip().lower() for c in reader.fieldnames or []]
         line_csv = is_line_csv(src, columns)
         missing = [c for c in (LINE_COLUMNS if line_csv else REQUIRED_COLUMNS) if c not in columns]
@@ -307,12 +331,22 @@ def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None,
             raise DataError(src, f"CSV needs columns bin_id,image,record_qty[,captured_at] (totals) or {LINE_HEADER} (SKU "
                                  f"lines); missing {','.join(missing)} (found {','.join(columns) or 'no header'})")
         reader.fieldnames = columns
-        rows = [(line, row) for line, row in enumerate(reader, start=2) if any(v.strip() if isinstance(v, str) else v for v in row.values())]
+        rows = numbered_rows(reader)
     except csv.Error as e:
         raise DataError(src, f"not a readable CSV ({e})") from None
     if line_csv:
         return line_csv_snapshots(src, rows, base, uploads)
-    return [csv_row(src, line, row, base, uploads) for line, row in rows]
+    return once_each([(csv_row(src, line, row, base, uploads), f"{src}:{line}") for line, row in rows])
+
+
+def numbered_rows(reader: csv.DictReader) -> list[tuple[int, dict]]:
+    """The rows that are not blank, each with the file line it starts on (a quoted field may span lines)."""
+    rows, start = [], reader.line_num + 1
+    for row in reader:
+        if any(v.strip() if isinstance(v, str) else v for v in row.values()):
+            rows.append((start, row))
+        start = reader.line_num + 1
+    return rows
 
 
 def read_text(src: Path) -> str:
@@ -350,24 +384,23 @@ def line_csv_snapshots(src: Path, rows: list[tuple[int, dict]], base: Path, uplo
     bins: dict[tuple[str, str], BinRecord] = {}
     for line, row in rows:
         line_csv_row(f"{src}:{line}", row, base, uploads, bins)
-    return [record.snapshot() for record in bins.values()]
+    return once_each([(record.snapshot(), record.where) for record in bins.values()])
 
 
 def line_csv_row(where: str, row: dict, base: Path, uploads: dict[str, str] | None, bins: dict) -> None:
     """Add one row of a line CSV to its bin. A row with an empty sku and qty 0 says the record lists nothing for the bin."""
     if None in row:
         raise DataError(where, "more fields than the header has columns")
+    bin_id, image = bin_and_image(row.get("bin_id") or "", row.get("image") or "", where, base, uploads)
+    raw_sku = row.get("sku") or ""
     row = {k: (v or "").strip() for k, v in row.items()}
-    bin_id, image = bin_and_image(row["bin_id"], row["image"], where, base, uploads)
     stamp = parse_time(row.get("captured_at"), where)
     record = bins.setdefault((bin_id, image), BinRecord(bin_id, image, stamp, where))
     if stamp != record.captured_at:
         raise DataError(where, f"bin {bin_id!r}: captured_at {row.get('captured_at') or '(none)'!r} differs from "
                                f"{record.captured_at.isoformat() if record.captured_at else '(none)'} at {record.where}: "
                                "the rows of one bin snapshot share one time")
-    sku = row["sku"]
-    if len(sku) > MAX_TEXT:
-        raise DataError(where, f"sku is longer than {MAX_TEXT} characters")
+    sku = record_text(raw_sku, where, "sku").strip()
     if sku:
         record.add(sku_line(row, sku, where), where)
     elif line_qty(row.get("qty"), where) == 0:
@@ -391,15 +424,8 @@ def json_snapshots(doc, where: str, uploads: dict[str, str] | None, base: Path |
         raise DataError(where, 'expected a JSON object {"bins": [{"bin_id", "image", "record_qty"?, "lines"?: [...]}]}')
     if len(bins) > MAX_BINS:
         raise DataError(where, f"{len(bins):,} bins: more than the limit of {MAX_BINS:,} in one document")
-    snapshots, seen = [], {}
-    for i, item in enumerate(bins):
-        snapshot = json_bin(item, f"{where} bins[{i}]", base or Path.cwd(), uploads)
-        if (snapshot.bin_id, snapshot.image) in seen:
-            raise DataError(f"{where} bins[{i}]", f"bin {snapshot.bin_id!r} with the same image as bins[{seen[snapshot.bin_id, snapshot.image]}]: "
-                                                 "give each bin snapshot once, with all its lines")
-        seen[snapshot.bin_id, snapshot.image] = i
-        snapshots.append(snapshot)
-    return snapshots
+    return once_each([(json_bin(item, f"{where} bins[{i}]", base or Path.cwd(), uploads), f"{where} bins[{i}]")
+                      for i, item in enumerate(bins)])
 
 
 def json_text(item: dict, key: str, where: str) -> str:
@@ -436,8 +462,8 @@ def json_bin(item, where: str, base: Path, uploads: dict[str, str] | None) -> Sn
     for j, line in enumerate(lines):
         at = f"{where} lines[{j}]"
         line = json_object(line, LINE_KEYS, at, "a SKU line")
-        sku = json_text(line, "sku", at).strip()
-        if not sku or len(sku) > MAX_TEXT:
+        sku = record_text(json_text(line, "sku", at), at, "sku").strip()
+        if not sku:
             raise DataError(at, f"sku must be 1-{MAX_TEXT} characters (a bin whose record lists nothing has \"lines\": [])")
         record.add(sku_line(line, sku, at), at)
     snapshot = record.snapshot()

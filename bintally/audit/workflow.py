@@ -31,6 +31,7 @@ from bintally.audit.schema import AuditRun, CountLine, CountObservation, Resolut
 from bintally.audit.store import Store
 from bintally.data.records import MAX_LINES
 from bintally.errors import ConfigError
+from bintally.text import TextError, check_text
 
 STATUSES = ("requested", "recount_requested", "in_review", "approved", "rejected")
 COUNTABLE = {"requested": 0, "recount_requested": 1}  # status -> the count index it waits for
@@ -64,11 +65,25 @@ class CountOutcome:
     replayed: bool = False  # the same idempotency key was seen before: nothing new was written
 
 
+def checked_text(value: str | None, what: str, multiline: bool = False) -> str | None:
+    """`value` unchanged (None stays None), or ConfigError naming `what` when it holds a control character: a name, SKU
+    or comment is stored as given or refused, never quietly changed."""
+    try:
+        return None if value is None else check_text(value, what, multiline)
+    except TextError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_person(name: str, option: str = "by") -> str:
-    name = (name or "").strip()
+    name = checked_text(name if isinstance(name, str) else "", option).strip()
     if not name or len(name) > 100:
         raise ConfigError(f"{option}: give a name of 1-100 characters")
     return name
+
+
+def check_comment(comment: str | None) -> str | None:
+    """A note on a count or review: any text, line breaks included, but no other control character."""
+    return checked_text(comment, "comment", multiline=True) if isinstance(comment, str) else comment
 
 
 def check_qty(qty, what: str = "qty") -> int:
@@ -87,7 +102,7 @@ def check_line_counts(lines, what: str, low: int = 0) -> dict[str, int]:
         raise ConfigError(f"{what}: {len(lines):,} SKUs, more than the limit of {MAX_LINES:,}")
     checked = {}
     for sku, qty in lines.items():
-        name = sku.strip() if isinstance(sku, str) else ""
+        name = checked_text(sku, f"{what}: SKU {sku[:40]!r}").strip() if isinstance(sku, str) else ""
         if not 1 <= len(name) <= MAX_SKU:
             raise ConfigError(f"{what}: a SKU must be text of 1-{MAX_SKU} characters, got {str(sku)[:40]!r}")
         if name in checked:
@@ -172,7 +187,7 @@ def submit_count(store: Store, task_id: int, qty: int | None, by: str, comment: 
     has SKU lines takes `lines` ({SKU: quantity}, every recorded SKU) and `found` (SKUs off the record); `qty`
     may then be left out (it is their sum).
     """
-    qty, by = check_qty(qty) if qty is not None else None, check_person(by)
+    qty, by, comment = check_qty(qty) if qty is not None else None, check_person(by), check_comment(comment)
     lines = check_line_counts(lines, "lines") if lines is not None else None
     found = check_line_counts(found, "found", low=1) if found is not None else None
     if qty is None and lines is None:
@@ -239,7 +254,7 @@ def review(store: Store, task_id: int, approve: bool, by: str, final: int | None
            outcome: str | None = None, comment: str | None = None, final_lines: dict | None = None) -> Resolution:
     """Approve (with the final quantity, or for a lined task each SKU's in `final_lines`) or reject the counts of a
     task in review; the resolution is written once."""
-    by = check_person(by)
+    by, comment = check_person(by), check_comment(comment)
     final = check_qty(final, "final") if final is not None else None
     final_lines = check_line_counts(final_lines, "final_lines") if final_lines is not None else None
     if reason is not None and reason not in REASONS:

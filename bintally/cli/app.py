@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from bintally.cli.strict import StrictCommand
 from bintally.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, set_max_pixels
 from bintally.progress import PROGRESS_HELP, set_progress
 
@@ -21,8 +22,9 @@ Opt = typer.Option
 
 
 def command(typer_app: typer.Typer, name: str):
-    """Register a command that takes -h as well as --help."""
-    return typer_app.command(name, context_settings=HELP)
+    """Register a command that takes -h as well as --help and refuses contradictory, empty or malformed values
+    (`StrictCommand`)."""
+    return typer_app.command(name, cls=StrictCommand, context_settings=HELP)
 
 
 def echo_err(message: str) -> None:

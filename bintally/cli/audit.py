@@ -12,6 +12,8 @@ from bintally.audit.config import AuditConfig
 from bintally.audit.fit_scorer import FitScorerConfig
 from bintally.cli.app import HELP, Opt, app, command, echo_err, echo_stopped, show_progress
 from bintally.cli.options import settings_options
+from bintally.cli.strict import exclusive
+from bintally.text import whole_number
 
 audit_app = typer.Typer(help="Reconcile bin photos with the inventory record: a ranked recount worklist, blind counts, "
                              "reviews, and approved recounts as training labels.", no_args_is_help=True, context_settings=HELP)
@@ -40,10 +42,9 @@ def line_quantities(values: list[str] | None, option: str) -> dict[str, int] | N
         sku = sku.strip()
         if not equals or not sku:
             raise typer.BadParameter(f"{value!r}: write SKU=QTY (a SKU, an equals sign, a whole number)", param_hint=option)
-        try:
-            number = int(qty.strip())
-        except ValueError:
-            raise typer.BadParameter(f"{value!r}: the quantity {qty.strip()!r} is not a whole number", param_hint=option) from None
+        number = whole_number(qty)
+        if number is None:
+            raise typer.BadParameter(f"{value!r}: the quantity {qty.strip()!r} is not a whole number (digits 0-9)", param_hint=option)
         if number < 0:
             raise typer.BadParameter(f"{value!r}: the quantity must be 0 or more", param_hint=option)
         if sku in lines:
@@ -112,6 +113,10 @@ def fit_scorer_cmd(settings: dict):
 
 
 @command(audit_app, "list")
+@exclusive("runs", "run")
+@exclusive("runs", "status")
+@exclusive("runs", "assignee")
+@exclusive("runs", "limit")
 def list_cmd(
     run: Annotated[Optional[int], Opt("--run", help="Only this run's tasks.")] = None,
     status: Annotated[Optional[STATUS_NAMES], Opt(help="Only tasks in this state.")] = None,
@@ -171,6 +176,7 @@ def show_cmd(
 
 
 @command(audit_app, "assign")
+@exclusive("to", "nobody", required=True)
 def assign_cmd(
     task: Annotated[int, typer.Argument(help="Task id.")],
     to: Annotated[Optional[str], Opt("--to", help="Who counts it (leave out with --nobody).")] = None,
@@ -180,8 +186,6 @@ def assign_cmd(
     """Give an open task to a counter (their worklist: `bintally audit list --assignee NAME`)."""
     from bintally.audit import assign, open_store
 
-    if (to is None) == (not nobody):
-        raise typer.BadParameter("say --to NAME or --nobody", param_hint="--to")
     store = open_store(db, create=False)
     try:
         status = assign(store, positive_id(task, "task"), to)
@@ -210,6 +214,9 @@ def count_cmd(
     from bintally.audit.workflow import Conflict, WrongCount
 
     lines, found_lines = line_quantities(line, "--line"), line_quantities(found, "--found")
+    if found_lines is not None and lines is None:
+        raise typer.BadParameter("a SKU found off the record is counted per SKU line: give --line SKU=QTY for each recorded "
+                                 "SKU too", param_hint="--found")
     if qty is None and lines is None:
         raise typer.BadParameter("say how many items are in the bin: --qty N, or --line SKU=QTY for each SKU line", param_hint="--qty")
     store = open_store(db, create=False)
@@ -228,9 +235,14 @@ def count_cmd(
 
 
 @command(audit_app, "review")
+@exclusive("approve", "reject", required=True)
+@exclusive("reject", "final")
+@exclusive("reject", "final_line")
+@exclusive("reject", "reason")
 def review_cmd(
     task: Annotated[int, typer.Argument(help="Task id.")],
-    approve: Annotated[Optional[bool], Opt("--approve/--reject", help="Approve the counts (they become a label) or reject them.")] = None,
+    approve: Annotated[bool, Opt("--approve", help="Approve the counts (they become a label).")] = False,
+    reject: Annotated[bool, Opt("--reject", help="Reject the counts (with --outcome, why: e.g. image_unusable).")] = False,
     final: Annotated[Optional[int], Opt(min=0, help="The final quantity in the bin (needed to approve a task without SKU lines).")] = None,
     final_line: Annotated[Optional[list[str]], Opt("--final-line", metavar="SKU=QTY", help="SKU=QTY: a SKU's final quantity (repeatable; approving a "
                                                                        "task with SKU lines needs every recorded SKU, and any SKU "
@@ -246,14 +258,12 @@ def review_cmd(
     """Approve or reject a counted task; approved record_correct/record_wrong resolutions become training labels."""
     from bintally.audit import open_store, review
 
-    if approve is None:
-        raise typer.BadParameter("say --approve or --reject", param_hint="--approve/--reject")
     if not by.strip():
         raise typer.BadParameter("say who reviews", param_hint="--by")
+    final_lines = line_quantities(final_line, "--final-line")
     store = open_store(db, create=False)
     try:
-        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment,
-                            final_lines=line_quantities(final_line, "--final-line"))
+        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment, final_lines=final_lines)
     finally:
         store.close()
     if resolution.decision == "approved":
@@ -277,6 +287,9 @@ def export_cmd(
     from bintally.audit import export_run, open_store
     from bintally.errors import DataError
 
+    suffix = out.suffix.lstrip(".").lower()
+    if format is not None and suffix in ("csv", "parquet") and suffix != format:
+        raise typer.BadParameter(f"--format {format} contradicts the .{suffix} file given to --out: give one of them", param_hint="--format")
     if out.exists() and not overwrite:
         raise DataError(out, "exists: pass --overwrite to replace it")
     store = open_store(db, create=False)

@@ -10,6 +10,7 @@ import typer
 
 from bintally.cli.app import Opt, ProgressOpt, command, data_app, default_manifest, echo_err, show_progress
 from bintally.cli.options import settings_options
+from bintally.cli.strict import exclusive
 from bintally.data.config import DEFAULT_SOURCE, CheckConfig, FetchConfig, IndexConfig
 from bintally.data.split_config import SplitConfig
 from bintally.errors import DataError
@@ -108,6 +109,9 @@ def report_cmd(
 
 
 @command(data_app, "fetch")
+@exclusive("ids", "ids_file", "id_range", "file_list", required=True)
+@exclusive("source", "bucket")
+@exclusive("source", "endpoint_url")
 @settings_options(FetchConfig)
 def fetch_cmd(
     settings: dict,
@@ -123,9 +127,6 @@ def fetch_cmd(
     """Download ABID photos and metadata (default: the public bucket over anonymous HTTPS). Resumable."""
     from bintally.data import fetch as f
 
-    chosen = [x for x in (ids, ids_file, id_range, file_list) if x is not None]
-    if len(chosen) != 1:
-        raise typer.BadParameter("give exactly one of --ids, --ids-file, --id-range, --file-list")
     check_output_folder(settings["out"])
     if ids is not None:
         id_list = [i.strip() for i in ids.split(",") if i.strip()]

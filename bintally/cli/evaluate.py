@@ -10,10 +10,14 @@ import typer
 
 from bintally.cli.app import app, command, echo_err, show_progress
 from bintally.cli.options import settings_options
+from bintally.cli.strict import exclusive
 from bintally.inference.config import CALIBRATE_SPLITS, EVALUATE_SPLITS, CalibrateConfig, EvaluateConfig, PredictConfig
 
 
 @command(app, "evaluate")
+@exclusive("predictions", "model")
+@exclusive("predictions", "data")
+@exclusive("predictions", "save_predictions")
 @settings_options(EvaluateConfig)
 def evaluate_cmd(settings: dict):
     """Score a trained model: accuracy, RMSE, per-class metrics, calibration and confidence intervals (and, with

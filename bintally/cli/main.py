@@ -65,22 +65,6 @@ def raise_stopped(signum, frame) -> None:
 stopped_by: str | None = None
 
 
-def empty_argument(argv: list[str]) -> str | None:
-    """A message for the first empty value on the command line (`--out ''`, `--out=`, a bare ''), else None.
-
-    Typer turns '' into Path('.'), the current folder: a run, report or download would land there unasked.
-    """
-    hint = "give a value, or leave the option out (for the current folder, give '.')"
-    for i, arg in enumerate(argv):
-        option, sep, value = arg.partition("=")
-        if arg.startswith("--") and sep and not value.strip():
-            return f"empty argument '' in {option}=: {hint}"
-        if not arg.strip():
-            after = f" after {argv[i - 1]}" if i else ""
-            return f"empty argument ''{after}: {hint}"
-    return None
-
-
 def run(argv: list[str]) -> int:
     """Run one command line; return the exit code (0 done, 1 partly failed, 2 bad input, 130 stopped).
 
@@ -109,10 +93,6 @@ def run_command(argv: list[str]) -> int:
         os.environ[DEBUG_ENV] = "1"
     else:
         quiet_third_party_warnings()
-    empty = empty_argument(argv)
-    if empty:
-        echo_err(f"error: {empty}")
-        return EXIT_BAD_INPUT
     try:
         code = app(args=argv, prog_name="bintally", standalone_mode=False)
         return code if isinstance(code, int) else 0

@@ -10,11 +10,15 @@ import typer
 
 from bintally.cli.app import Opt, app, command, echo_stopped, show_progress
 from bintally.cli.options import settings_options
+from bintally.cli.strict import exclusive
 from bintally.training.config import TrainConfig
 from bintally.tuning.config import TuneConfig
 
 
 @command(app, "train")
+@exclusive("resume", "overwrite")
+@exclusive("resume", "out")
+@exclusive("resume", "preset")
 @settings_options(TrainConfig, given_only=True)
 def train_cmd(
     settings: dict,

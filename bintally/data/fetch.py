@@ -31,7 +31,7 @@ from bintally.progress import progress_bar
 FOLDERS = ("bin-images", "metadata")
 PART_GLOB = ".*.part-*"
 ID_PATTERN = re.compile(r"\d+")
-RANGE_PATTERN = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+RANGE_PATTERN = re.compile(r"\s*([0-9]+)\s*-\s*([0-9]+)\s*")
 MAX_RANGE = 1_000_000  # the whole dataset is about 536,000 ids
 MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 MAX_WAIT = 30.0  # seconds: cap on one backoff wait

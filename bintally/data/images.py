@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bintally.errors import DataError
+from bintally.text import whole_number
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -42,7 +43,8 @@ Image.MAX_IMAGE_PIXELS = None  # the limit below replaces PIL's warning, which n
 
 def max_pixels() -> int:
     value = os.environ.get(MAX_PIXELS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+    number = whole_number(value)
+    return number if number is not None and number > 0 else DEFAULT_MAX_PIXELS
 
 
 def set_max_pixels(limit: int) -> None:

@@ -11,7 +11,7 @@ from bintally.errors import DataError
 
 # no bin holds this many items: a larger count is a typo, and would not fit the manifest's 64-bit column
 MAX_COUNT = 1_000_000
-WHOLE_NUMBER_TEXT = re.compile(r"\s*\d+(\.0*)?\s*")
+WHOLE_NUMBER_TEXT = re.compile(r"\s*[0-9]+(\.0*)?\s*")  # ASCII digits: int() also takes "1_000" and "１２"
 
 
 @dataclass(frozen=True)

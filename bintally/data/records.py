@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass
 
 from bintally.errors import DataError
+from bintally.text import TextError, check_text, whole_number
 
+MAX_TEXT = 200  # characters of a bin id or SKU
 MAX_LINES = 1000  # SKU lines in one bin; a record with more is refused (a bin holds tens, not thousands)
 LENGTH_UNITS = {"in": 1.0, "inch": 1.0, "inches": 1.0, "cm": 1 / 2.54, "mm": 1 / 25.4, "m": 100 / 2.54}
 WEIGHT_UNITS = {"lb": 1.0, "lbs": 1.0, "pound": 1.0, "pounds": 1.0, "oz": 1 / 16, "kg": 2.2046226218, "g": 0.0022046226218}
@@ -45,12 +47,26 @@ class SkuLine:
                 "height_in": self.height_in, "weight_lb": self.weight_lb}
 
 
+def record_text(value, where: str, what: str, limit: int | None = MAX_TEXT) -> str:
+    """A bin id, SKU or image reference as the record gives it: one line of text, at most `limit` characters; DataError
+    naming `where` for a control character (a newline would be dropped somewhere and collide with another id) or
+    for more characters (never cut short)."""
+    text = value if isinstance(value, str) else str(value)
+    try:
+        check_text(text, what)
+    except TextError as e:
+        raise DataError(where, str(e)) from None
+    if limit is not None and len(text) > limit:
+        raise DataError(where, f"{what} is longer than {limit} characters")
+    return text
+
+
 def whole_quantity(value, where: str, what: str = "quantity") -> int:
     """A line's quantity: a whole number from 0 (JSON int, or text such as "3"); DataError naming `where` otherwise."""
     from bintally.data.metadata import MAX_COUNT
 
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str) and whole_number(value) is not None:
+        value = whole_number(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -87,9 +103,9 @@ def metadata_lines(doc: dict, where) -> tuple[SkuLine, ...]:
     for key, item in skus.items():
         if not isinstance(item, dict):
             raise DataError(where, f"SKU line {key!r} is not an object")
-        at = f"{where} (SKU {str(key)[:40]})"
+        at = f"{where} (SKU {str(key)[:40]!r})"
         size = {name: measure_field(item.get(name), LENGTH_UNITS, at, name) for name in ("length", "width", "height")}
-        lines.append(SkuLine(str(item.get("asin") or key)[:200], whole_quantity(item.get("quantity"), at),
+        lines.append(SkuLine(record_text(item.get("asin") or key, at, "SKU"), whole_quantity(item.get("quantity"), at),
                              size["length"], size["width"], size["height"], measure_field(item.get("weight"), WEIGHT_UNITS, at, "weight")))
     return tuple(lines)
 

@@ -10,6 +10,7 @@ from bintally.data.metadata import load_json
 from bintally.errors import ConfigError, DataError
 from bintally.labels import LABEL_SETTINGS, OVERFLOW_WORDS, LabelSpace, overflow_flag, overflow_word
 from bintally.settings import check_range, described_settings, setting
+from bintally.text import whole_number
 
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 # pHash Hamming distance at or under which two photos count as the same bin scene. Measured on the
@@ -93,6 +94,7 @@ def read_file_list(path: str | Path) -> set[str]:
 def file_list_counts(path: str | Path) -> list[int]:
     """The counts a file list is keyed by (the capstones' list has 1..5)."""
     keys = list(read_file_list_doc(path))
-    if not all(k.strip().isdigit() for k in keys):
+    counts = [whole_number(k) for k in keys]
+    if any(c is None or c < 0 for c in counts):
         raise DataError(path, f"file list keys must be counts such as \"1\", found {keys[:5]}")
-    return sorted(int(k) for k in keys)
+    return sorted(counts)
