@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from bintally.data.images import IMAGE_SUFFIXES
+from bintally.data.images import IMAGE_SUFFIXES, max_image_bytes, read_photo
 from bintally.data.records import LENGTH_UNITS, MAX_LINES, WEIGHT_UNITS, SkuLine, measure, whole_quantity
 from bintally.errors import DataError
-from bintally.io import given_path
+from bintally.io import MAX_SOURCE_BYTES, given_path, read_regular
 from bintally.sources import SourceError, SourcePolicy, UriFetcher
 
 REQUIRED_COLUMNS = ("bin_id", "image", "record_qty")
@@ -110,7 +110,7 @@ def bucket_snapshots(src: Path, lines: str = "use") -> list[SnapshotIn]:
     snapshots, disagreeing = [], []
     for photo in sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         meta = meta_dir / f"{photo.stem}.json"
-        if not meta.is_file():
+        if not meta.exists():
             raise DataError(meta, f"missing: the record (EXPECTED_QUANTITY) of {photo.name}")
         expected, record_lines = bucket_record(meta, lines)
         total = sum(line.qty for line in record_lines)
@@ -317,9 +317,7 @@ def csv_snapshots(src: Path, text: str | None = None, base: Path | None = None,
 
 def read_text(src: Path) -> str:
     try:
-        return src.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise DataError(src, f"cannot read ({e.strerror or e})") from None
+        return read_regular(src, MAX_SOURCE_BYTES, "CSV").decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(src, "not a UTF-8 text CSV") from None
 
@@ -482,16 +480,17 @@ class PhotoReader:
         return results
 
     def read_local(self, image: str) -> bytes | DataError:
+        """A photo file's bytes (`read_photo`: a regular file within the byte limit) or an upload's; else the DataError."""
+        limit = min(self.policy.max_bytes, max_image_bytes())
         if image.startswith(UPLOAD_SCHEME):
             data = self.uploads.get(image[len(UPLOAD_SCHEME):])
+            if data is not None and len(data) > limit:
+                return DataError(image, f"larger than the limit of {limit:,} bytes ({len(data):,} bytes)")
             return data if data is not None else DataError(image, "no uploaded photo with this digest")
         try:
-            size = Path(image).stat().st_size
-            if size > self.policy.max_bytes:
-                return DataError(image, f"larger than the limit of {self.policy.max_bytes:,} bytes")
-            return Path(image).read_bytes()
-        except OSError as e:
-            return DataError(image, f"cannot read ({e.strerror or e})")
+            return read_photo(image, limit=limit)
+        except DataError as e:
+            return e
 
     async def fetch_all(self, uris: list[str]) -> list[bytes | DataError]:
         fetcher = UriFetcher(self.policy)
