@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -75,7 +76,7 @@ def read_source(src: str | Path, lines: str = "use") -> list[SnapshotIn]:
     """The snapshots of a bucket-layout folder, a CSV or a JSON records file, sorted by bin id and image (every shard
     sees the same order); with lines="ignore" the record's totals only."""
     src = given_path(src, "audit source")
-    if not src.exists():
+    if not src.exists() and not src.is_symlink():  # a link loop or a broken link: its reader says which
         raise DataError(src, "no such file or folder: give a bucket-layout folder (bin-images/, metadata/), a CSV "
                              f"of bin_id,image,record_qty[,captured_at] or of {LINE_HEADER}, or a JSON records file")
     if src.is_dir():
@@ -116,7 +117,7 @@ def bucket_snapshots(src: Path, lines: str = "use") -> list[SnapshotIn]:
         total = sum(line.qty for line in record_lines)
         if record_lines and total != expected:
             disagreeing.append((meta, total, expected))
-        snapshots.append(SnapshotIn(photo.stem, str(photo.resolve()), check_record(expected, str(meta)), lines=record_lines))
+        snapshots.append(SnapshotIn(photo.stem, local_path(photo), check_record(expected, str(meta)), lines=record_lines))
     if disagreeing:
         raise lines_disagree(disagreeing)
     return snapshots
@@ -192,8 +193,16 @@ def bin_and_image(bin_id: str, image: str, where: str, base: Path, uploads: dict
     if not is_uri(image):
         if "://" in image:
             raise DataError(where, f"image {image!r}: unsupported URI scheme; use a path, s3://, https:// or file://")
-        image = uploaded(image, uploads, where) if uploads is not None else str((base / image).resolve())
+        image = uploaded(image, uploads, where) if uploads is not None else local_path(base / image)
     return bin_id, image
+
+
+def local_path(path: Path) -> str:
+    """A photo's path with links resolved; a symbolic link loop as given (its reader then says what it is)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError, ValueError):  # a loop (RuntimeError before Python 3.13), a NUL byte
+        return os.path.abspath(path)
 
 
 def line_qty(value, where: str) -> int:
@@ -480,15 +489,16 @@ class PhotoReader:
         return results
 
     def read_local(self, image: str) -> bytes | DataError:
-        """A photo file's bytes (`read_photo`: a regular file within the byte limit) or an upload's; else the DataError."""
-        limit = min(self.policy.max_bytes, max_image_bytes())
+        """A photo file's bytes (`read_photo`: a regular file within the photo byte limit, as every command reads photos)
+        or an upload's (within the same limit); else the DataError. URIs keep the policy's limit too (`fetch_all`)."""
+        limit = max_image_bytes()
         if image.startswith(UPLOAD_SCHEME):
             data = self.uploads.get(image[len(UPLOAD_SCHEME):])
             if data is not None and len(data) > limit:
                 return DataError(image, f"larger than the limit of {limit:,} bytes ({len(data):,} bytes)")
             return data if data is not None else DataError(image, "no uploaded photo with this digest")
         try:
-            return read_photo(image, limit=limit)
+            return read_photo(image)
         except DataError as e:
             return e
 
