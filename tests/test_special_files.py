@@ -322,3 +322,17 @@ def test_audit_run_over_http_skips_special_file_uris_and_refuses_an_upload_over_
         too_large = client.post("/v1/audit-runs", files=big, data={"name": "big"})
         assert too_large.status_code == 413 and "larger than the limit" in too_large.json()["error"], too_large.text
         assert client.get("/ping").status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_special_file_as_a_list_of_ids_or_of_counts_is_one_line(tmp_path, tiny_manifest, kind):
+    special = make_specials(tmp_path / "specials")[f"{kind}.jpg"]
+    problem = {"fifo": FIFO, "zero": DEVICE}[kind]
+    result, took = timed("data", "fetch", "--ids-file", special, "--out", tmp_path / "out", "--no-progress")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and took < QUICK and len(lines) == 1 and f"{special}: {problem}" in lines[0], result.stderr
+    listing = special.rename(tmp_path / "file_list.json")
+    manifest = Path(shutil.copy(tiny_manifest, tmp_path / "m.parquet"))
+    result, took = timed("data", "split", manifest, "--file-list", listing, "--out", tmp_path / "split.parquet")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and took < QUICK and len(lines) == 1 and f"{listing}: {problem}" in lines[0], result.stderr
