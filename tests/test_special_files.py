@@ -336,3 +336,21 @@ def test_a_special_file_as_a_list_of_ids_or_of_counts_is_one_line(tmp_path, tiny
     result, took = timed("data", "split", manifest, "--file-list", listing, "--out", tmp_path / "split.parquet")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and took < QUICK and len(lines) == 1 and f"{listing}: {problem}" in lines[0], result.stderr
+
+
+def test_a_photo_replaced_by_a_fifo_or_a_device_link_after_indexing_is_stale_not_a_hang(mirror, tmp_path):
+    bucket = tmp_path / "bucket"
+    good = copy_good(mirror, bucket / "bin-images")
+    (bucket / "metadata").mkdir()
+    for photo in good:
+        shutil.copy(mirror / "metadata" / f"{photo.stem}.json", bucket / "metadata")
+    manifest = tmp_path / "m.parquet"
+    assert timed("data", "index", bucket, "--out", manifest, "--no-progress")[0].returncode == 0
+    good[0].unlink()
+    os.mkfifo(good[0])
+    good[1].unlink()
+    os.symlink("/dev/zero", good[1])
+    result, took = timed("data", "check", manifest, "--verify-hashes")
+    assert result.returncode == 1 and took < QUICK, (took, result.stdout, result.stderr)
+    assert f"{good[0].name}: changed since indexing (now a FIFO, not a regular file)" in result.stdout
+    assert f"{good[1].name}: changed since indexing (now a character device, not a regular file)" in result.stdout
