@@ -49,8 +49,8 @@ MAX_IMAGE_BYTES_ENV = "BINTALLY_MAX_IMAGE_BYTES"
 
 
 def max_image_bytes() -> int:
-    value = os.environ.get(MAX_IMAGE_BYTES_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_IMAGE_BYTES
+    value = os.environ.get(MAX_IMAGE_BYTES_ENV, "").strip()
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else DEFAULT_MAX_IMAGE_BYTES
 
 
 def read_photo(path: str | Path, follow_symlinks: bool = True, limit: int | None = None) -> bytes:
