@@ -1,9 +1,12 @@
-"""Files a user keeps: written atomically, and their locations checked before any work starts."""
+"""Files a user keeps: written atomically, and their locations checked before any work starts; files a user gives:
+read only when they are regular files, and never past a byte limit (`read_regular`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -11,6 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bintally.errors import DataError
+
+# a CSV or JSON source a user gives (an audit's records, an index's path,count CSV); photos and metadata have their own
+MAX_SOURCE_BYTES = 1_000_000_000
+READ_CHUNK = 1 << 20
+OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
 
 # .<name>.<pid>.<random>.tmp: what atomic_path writes before the rename
 TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -214,3 +224,105 @@ def set_parent_death_signal(sig: int) -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):  # no C library to load, or one without prctl
         return False
+
+class NoSuchFile(DataError):
+    """`read_regular`'s refusal of a path that names nothing."""
+
+
+class TooLarge(DataError):
+    """`read_regular`'s refusal of a file over its byte limit (by its size, or by what it gave while being read)."""
+
+
+def kind_of(mode: int) -> str:
+    return next((kind for is_kind, kind in KINDS if is_kind(mode)), "not a regular file")
+
+
+def not_regular(mode: int) -> str:
+    """The problem of a file with `mode` that is not a regular file ("" for a regular one)."""
+    return "" if stat.S_ISREG(mode) else f"is {kind_of(mode)}, not a regular file"
+
+
+def os_problem(e: OSError | ValueError, what: str, follow_symlinks: bool = True) -> str:
+    """One line for why opening or examining a file failed."""
+    if isinstance(e, ValueError):  # os functions refuse a path with a NUL byte
+        return "the path contains a NUL byte"
+    if e.errno == errno.ENOENT:
+        return f"no such {what}"
+    if e.errno == errno.ENOTDIR:
+        return f"no such {what} (a part of its path is not a folder)"
+    if e.errno == errno.ELOOP:
+        return "a symbolic link loop (or too many links)" if follow_symlinks else "is a symbolic link, which is not followed here"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read the {what} (permission denied)"
+    if e.errno == errno.EISDIR:
+        return "is a folder, not a regular file"
+    if e.errno == errno.ENXIO:
+        return "is a socket or a device, not a regular file"
+    return f"cannot read the {what} ({e.strerror or e})"
+
+
+def refusal(path: str | Path, problem: str, what: str) -> DataError:
+    return (NoSuchFile if problem.startswith(f"no such {what}") else DataError)(path, problem)
+
+
+def regular_problem(path: str | Path, what: str = "file", follow_symlinks: bool = True) -> str:
+    """Why `path` is not a regular file that can be read ("" when it is), from its status alone: nothing is opened.
+
+    For folder walks, so that a FIFO, a device or a socket among the photos is reported, never opened."""
+    try:
+        info = os.stat(path) if follow_symlinks else os.lstat(path)
+    except (OSError, ValueError) as e:
+        return os_problem(e, what, follow_symlinks)
+    return not_regular(info.st_mode)
+
+
+def open_regular(path: str | Path, what: str = "file", follow_symlinks: bool = True) -> int:
+    """A file descriptor of the regular file `path`, or DataError (NoSuchFile when it is missing) saying what it is.
+
+    A FIFO, a device or a socket is refused by its status before it is opened, and again by the open descriptor's (it may
+    have been swapped in between); the open never waits (O_NONBLOCK) nor takes a terminal (O_NOCTTY)."""
+    problem = regular_problem(path, what, follow_symlinks)
+    if problem:
+        raise refusal(path, problem, what)
+    try:
+        fd = os.open(path, OPEN_FLAGS | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)))
+    except (OSError, ValueError) as e:
+        raise refusal(path, os_problem(e, what, follow_symlinks), what) from None
+    problem = not_regular(os.fstat(fd).st_mode)
+    if problem:
+        os.close(fd)
+        raise DataError(path, problem)
+    return fd
+
+
+def read_regular(path: str | Path, limit: int, what: str = "file", follow_symlinks: bool = True, hint: str = "") -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them; else DataError naming the file and the problem.
+
+    Refused: a folder, a FIFO, a device, a socket (nothing of theirs is read), a symbolic link loop, a file over `limit`
+    bytes by its size, or by what it gives while being read (a file that grows, a /proc file whose size says 0): no
+    more than `limit` + 1 bytes are ever read. `hint` follows the too-large refusal (how to raise the limit)."""
+    fd = open_regular(path, what, follow_symlinks)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise TooLarge(path, f"larger than the limit of {limit:,} bytes ({size:,} bytes){hint}")
+        data = read_at_most(fd, limit + 1)
+    except OSError as e:
+        raise DataError(path, os_problem(e, what, follow_symlinks)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise TooLarge(path, f"grew past the limit of {limit:,} bytes while it was read{hint}")
+    return data
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """What `fd` gives up to its end or `limit` bytes, whichever comes first."""
+    chunks, total = [], 0
+    while total < limit:
+        chunk = os.read(fd, min(READ_CHUNK, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)

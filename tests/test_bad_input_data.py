@@ -276,7 +276,7 @@ def test_csv_rows_pointing_nowhere_are_unusable_rows(bucket):
     (bucket / "labels.csv").write_text("\n".join(lines) + "\n")
     df = build_manifest(bucket / "labels.csv", progress=False)
     assert df["status"].tolist() == ["ok", "missing: no such file", "missing: no such file",
-                                     "unreadable: Is a directory", "bad-row: no path"]
+                                     "unreadable: is a folder, not a regular file", "bad-row: no path"]
     assert df["path"].iloc[-1] == f"{bucket / 'labels.csv'}:6"
 
 
@@ -367,7 +367,7 @@ def test_decompression_bomb_is_an_unusable_row_naming_the_file(bucket, tmp_path)
     result = run_cli("data", "index", bucket, "--out", tmp_path / "m.parquet", "--no-progress")
     assert result.returncode == 0 and "11 usable photos, 1 unusable" in result.stdout
     line = next(line for line in result.stderr.splitlines() if "00107" in line)
-    assert line.startswith(f"{bomb.resolve()}: ") and "image too large: 30000x30000 pixels" in line
+    assert line.startswith(f"skipped {bomb.resolve()}: ") and "image too large: 30000x30000 pixels" in line
 
 
 def test_huge_jpeg_is_indexed_in_draft_mode_with_its_true_size(mirror, bucket):

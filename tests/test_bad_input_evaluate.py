@@ -278,7 +278,7 @@ def test_cli_predict_reports_each_bad_photo_counts_the_rest_and_exits_1(run, tmp
     lines = result.stderr.splitlines()
     assert len(lines) == len(bad) + 1
     for line, (path, problem) in zip(lines, bad.values()):
-        assert line.startswith(f"{path}: ") and problem in line
+        assert line.startswith(f"skipped {path}: ") and problem in line
     assert lines[-1] == f"2 photo(s) counted, {len(bad)} could not be read"
 
 

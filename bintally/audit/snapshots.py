@@ -18,15 +18,16 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from bintally.data.images import IMAGE_SUFFIXES
+from bintally.data.images import IMAGE_SUFFIXES, max_image_bytes, read_photo
 from bintally.data.records import LENGTH_UNITS, MAX_LINES, MAX_TEXT, WEIGHT_UNITS, SkuLine, measure, record_text, whole_quantity
 from bintally.errors import DataError
-from bintally.io import given_path
+from bintally.io import MAX_SOURCE_BYTES, given_path, read_regular
 from bintally.sources import SourceError, SourcePolicy, UriFetcher
 from bintally.text import whole_number
 
@@ -78,7 +79,7 @@ def read_source(src: str | Path, lines: str = "use") -> list[SnapshotIn]:
     """The snapshots of a bucket-layout folder, a CSV or a JSON records file, sorted by bin id and image (every shard
     sees the same order); with lines="ignore" the record's totals only."""
     src = given_path(src, "audit source")
-    if not src.exists():
+    if not src.exists() and not src.is_symlink():  # a link loop or a broken link: its reader says which
         raise DataError(src, "no such file or folder: give a bucket-layout folder (bin-images/, metadata/), a CSV "
                              f"of bin_id,image,record_qty[,captured_at] or of {LINE_HEADER}, or a JSON records file")
     if src.is_dir():
@@ -114,13 +115,13 @@ def bucket_snapshots(src: Path, lines: str = "use") -> list[SnapshotIn]:
     for photo in sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         record_text(photo.stem, ascii(str(photo)), "bin id (the photo's name)")
         meta = meta_dir / f"{photo.stem}.json"
-        if not meta.is_file():
+        if not meta.exists():
             raise DataError(meta, f"missing: the record (EXPECTED_QUANTITY) of {photo.name}")
         expected, record_lines = bucket_record(meta, lines)
         total = sum(line.qty for line in record_lines)
         if record_lines and total != expected:
             disagreeing.append((meta, total, expected))
-        snapshots.append((SnapshotIn(photo.stem, str(photo.resolve()), check_record(expected, str(meta)), lines=record_lines), str(photo)))
+        snapshots.append((SnapshotIn(photo.stem, local_path(photo), check_record(expected, str(meta)), lines=record_lines), str(photo)))
     if disagreeing:
         raise lines_disagree(disagreeing)
     return once_each(snapshots)
@@ -217,8 +218,16 @@ def bin_and_image(bin_id: str, image: str, where: str, base: Path, uploads: dict
     if not is_uri(image):
         if "://" in image:
             raise DataError(where, f"image {image!r}: unsupported URI scheme; use a path, s3://, https:// or file://")
-        image = uploaded(image, uploads, where) if uploads is not None else str((base / image).resolve())
+        image = uploaded(image, uploads, where) if uploads is not None else local_path(base / image)
     return bin_id, image
+
+
+def local_path(path: Path) -> str:
+    """A photo's path with links resolved; a symbolic link loop as given (its reader then says what it is)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError, ValueError):  # a loop (RuntimeError before Python 3.13), a NUL byte
+        return os.path.abspath(path)
 
 
 def line_qty(value, where: str) -> int:
@@ -351,9 +360,7 @@ def numbered_rows(reader: csv.DictReader) -> list[tuple[int, dict]]:
 
 def read_text(src: Path) -> str:
     try:
-        return src.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise DataError(src, f"cannot read ({e.strerror or e})") from None
+        return read_regular(src, MAX_SOURCE_BYTES, "CSV").decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(src, "not a UTF-8 text CSV") from None
 
@@ -508,16 +515,18 @@ class PhotoReader:
         return results
 
     def read_local(self, image: str) -> bytes | DataError:
+        """A photo file's bytes (`read_photo`: a regular file within the photo byte limit, as every command reads photos)
+        or an upload's (within the same limit); else the DataError. URIs keep the policy's limit too (`fetch_all`)."""
+        limit = max_image_bytes()
         if image.startswith(UPLOAD_SCHEME):
             data = self.uploads.get(image[len(UPLOAD_SCHEME):])
+            if data is not None and len(data) > limit:
+                return DataError(image, f"larger than the limit of {limit:,} bytes ({len(data):,} bytes)")
             return data if data is not None else DataError(image, "no uploaded photo with this digest")
         try:
-            size = Path(image).stat().st_size
-            if size > self.policy.max_bytes:
-                return DataError(image, f"larger than the limit of {self.policy.max_bytes:,} bytes")
-            return Path(image).read_bytes()
-        except OSError as e:
-            return DataError(image, f"cannot read ({e.strerror or e})")
+            return read_photo(image)
+        except DataError as e:
+            return e
 
     async def fetch_all(self, uris: list[str]) -> list[bytes | DataError]:
         fetcher = UriFetcher(self.policy)

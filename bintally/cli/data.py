@@ -38,7 +38,7 @@ def index_cmd(
     df = index_to_manifest(src or SAMPLE_DIR, config.out, workers=config.workers, progress=show_progress(config.progress))
     bad = df[df["status"] != "ok"]
     for row in bad.itertuples():
-        echo_err(f"{row.path}: {row.status}")
+        echo_err(f"skipped {row.path}: {row.status}")
     typer.echo(f"{len(df) - len(bad)} usable photos, {len(bad)} unusable; manifest written to {config.out}")
 
 

@@ -65,9 +65,10 @@ def verification_line(v: dict) -> str:
 @settings_options(PredictConfig)
 def predict_cmd(
     settings: dict,
-    images: Annotated[list[Path], typer.Argument(help="Photos to count.")],
+    images: Annotated[list[Path], typer.Argument(help="Photos to count, or folders of them.")],
 ):
-    """Count the items in each photo. Photos that cannot be read are reported one per line (exit 1)."""
+    """Count the items in each photo (a folder: each photo under it). Photos that cannot be read are skipped, one line
+    each (exit 1)."""
     from bintally.inference import Counter
 
     config = PredictConfig(**settings)
@@ -79,7 +80,7 @@ def predict_cmd(
         for r in results:
             typer.echo(f"{r['image']}\t{r['label']}\t(p={r['confidence']:.2f}, expected {r['expected_count']:.2f})")
     for failure in failures:
-        echo_err(f"{failure}")
+        echo_err(f"skipped {failure}")
     if failures:
         echo_err(f"{len(results)} photo(s) counted, {len(failures)} could not be read")
         raise typer.Exit(1)

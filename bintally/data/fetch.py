@@ -26,6 +26,7 @@ from bintally import __version__
 from bintally.data.config import FetchConfig
 from bintally.data.split_config import read_file_list
 from bintally.errors import DataError
+from bintally.io import MAX_SOURCE_BYTES, read_regular
 from bintally.progress import progress_bar
 
 FOLDERS = ("bin-images", "metadata")
@@ -95,10 +96,8 @@ def ids_from_text_file(path: str | Path) -> list[str]:
     """Ids, one per line, kept as text; blank lines and # comments are skipped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM, as Notepad writes it, is not part of an id
-    except FileNotFoundError:
-        raise DataError(path, "no such ids file") from None
-    except (UnicodeDecodeError, IsADirectoryError):
+        lines = read_regular(path, MAX_SOURCE_BYTES, "ids file").decode("utf-8-sig").splitlines()  # a BOM is not part of an id
+    except UnicodeDecodeError:
         raise DataError(path, "not a text file of ids") from None
     ids = []
     for number, line in enumerate(lines, 1):

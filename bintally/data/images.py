@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bintally.errors import DataError
+from bintally.io import read_regular
 from bintally.text import whole_number
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -41,6 +42,56 @@ DRAFT_SIZE = 2048
 Image.MAX_IMAGE_PIXELS = None  # the limit below replaces PIL's warning, which names no file
 
 
+# one byte limit for every photo read from a file (index, train, evaluate, predict, audit, the server's file:// and
+# uploads): enforced while reading, so that /dev/zero or a file growing under the reader is never read past it.
+# 50 MB holds any JPEG within the pixel limit; an uncompressed BMP of 50 megapixels needs it raised.
+DEFAULT_MAX_IMAGE_BYTES = 50_000_000
+MAX_IMAGE_BYTES_ENV = "BINTALLY_MAX_IMAGE_BYTES"
+
+
+def max_image_bytes() -> int:
+    number = whole_number(os.environ.get(MAX_IMAGE_BYTES_ENV, ""))
+    return number if number is not None and number > 0 else DEFAULT_MAX_IMAGE_BYTES
+
+
+def read_photo(path: str | Path, follow_symlinks: bool = True, limit: int | None = None) -> bytes:
+    """The bytes of the photo file `path`: a regular file within the photo byte limit (or `limit`, when smaller); else
+    DataError naming the file: no such image, a folder, a FIFO, a device, a socket, a symbolic link loop, too large."""
+    limit = max_image_bytes() if limit is None else min(limit, max_image_bytes())
+    return read_regular(path, limit, "image", follow_symlinks, hint=f" (raise it with {MAX_IMAGE_BYTES_ENV})")
+
+
+def photo_paths(paths: list[str | Path]) -> list[str | Path | DataError]:
+    """The photos to read for `paths`, in order: a file as given, a folder as the photos under it (`photos_under`), or
+    a DataError for a folder that holds none or cannot be listed."""
+    found: list[str | Path | DataError] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        photos, problems = photos_under(Path(path))
+        found += photos + problems
+        if not photos and not problems:
+            found.append(DataError(path, f"is a folder with no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in it"))
+    return found
+
+
+def photos_under(folder: Path) -> tuple[list[Path], list[DataError]]:
+    """The files under `folder` named as photos, sorted, and why a folder could not be listed. Hidden files and folders
+    are left out and linked folders not entered; a FIFO, device or socket named as a photo is listed (its reader refuses
+    it by its status, unopened, in one line)."""
+    photos, problems = [], []
+
+    def unlisted(e: OSError) -> None:
+        problems.append(DataError(e.filename, f"cannot list the folder ({e.strerror or e})"))
+
+    for root, folders, files in os.walk(folder, onerror=unlisted):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        photos += [Path(root, name) for name in sorted(files)
+                   if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")]
+    return photos, problems
+
+
 def max_pixels() -> int:
     value = os.environ.get(MAX_PIXELS_ENV, "")
     number = whole_number(value)
@@ -64,12 +115,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def decode_image(source: str | Path | bytes, name: str | Path | None = None) -> Image.Image:
     """The one image decoder: a path or bytes to a fully decoded RGB image, within the pixel limit.
 
-    Raises DataError naming the file (or `name`) and the problem: missing, not an image, truncated,
-    too many pixels.
+    Raises DataError naming the file (or `name`) and the problem: missing, not a regular file (`read_photo`), over the
+    byte limit, not an image, truncated, too many pixels.
     """
     name = name or ("<image bytes>" if isinstance(source, bytes) else source)
+    data = source if isinstance(source, bytes) else read_photo(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if img.format == "JPEG" and max(width, height) > DRAFT_SIZE:
                 img.draft("RGB", (DRAFT_SIZE, DRAFT_SIZE))
@@ -79,12 +131,6 @@ def decode_image(source: str | Path | bytes, name: str | Path | None = None) -> 
                                       f"(raise it with --max-pixels or {MAX_PIXELS_ENV})")
             img.load()
             return to_rgb(img)
-    except FileNotFoundError:
-        raise DataError(name, "no such image") from None
-    except IsADirectoryError:
-        raise DataError(name, "is a folder, not an image") from None
-    except PermissionError:
-        raise DataError(name, "cannot read the image (permission denied)") from None
     except UnidentifiedImageError:
         raise DataError(name, "not an image (or a format PIL cannot read)") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
@@ -95,9 +141,9 @@ def probe_image(path: str | Path) -> ImageFacts:
     """Hash, decode and summarise one photo; never raises for a bad file, records why instead."""
     facts = ImageFacts()
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        facts.problem = f"unreadable: {e.strerror or e}"
+        data = read_photo(path)
+    except DataError as e:
+        facts.problem = f"unreadable: {e.problem}"
         return facts
     facts.bytes = len(data)
     facts.sha256 = hashlib.sha256(data).hexdigest()

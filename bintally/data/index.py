@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import logging
 import multiprocessing
 import os
@@ -31,7 +32,7 @@ from bintally.data.images import IMAGE_SUFFIXES, ImageFacts, probe_image
 from bintally.data.manifest import OK, SCHEMA, usable, write_manifest
 from bintally.data.metadata import parse_count, read_metadata
 from bintally.errors import ConfigError, DataError
-from bintally.io import check_output_file, die_with_parent, given_path, spreadsheet_original
+from bintally.io import MAX_SOURCE_BYTES, check_output_file, die_with_parent, given_path, read_regular, regular_problem, spreadsheet_original
 from bintally.progress import progress_bar
 
 log = logging.getLogger("bintally.data")
@@ -64,9 +65,12 @@ def absolute(path: Path) -> str:
 
 
 def missing_file_problem(path: str) -> str:
-    if os.path.exists(path):
-        return ""
-    return "missing: broken or looping link" if os.path.islink(path) else "missing: no such file"
+    """Why the photo at `path` is not tried ("" when it is a regular file): missing, or a folder, FIFO, device or socket,
+    found from its status alone (such a file is never opened)."""
+    if not os.path.exists(path):
+        return "missing: broken or looping link" if os.path.islink(path) else "missing: no such file"
+    problem = regular_problem(path, "image")
+    return f"unreadable: {problem}" if problem else ""
 
 
 def photo_files(folder: Path) -> list[Path]:
@@ -127,17 +131,16 @@ def class_folder_entries(src: Path) -> list[Entry]:
     return loose + entries
 
 
-def csv_encoding(src: Path) -> str:
+def csv_encoding(data: bytes) -> str:
     """UTF-8 (with or without a byte-order mark), or UTF-16 when a spreadsheet marked it so."""
-    with open(src, "rb") as f:
-        start = f.read(2)
-    return "utf-16" if start in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    return "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
 
 
 def csv_rows(src: Path) -> list[tuple[int, dict]]:
     """(line number, row) of a path,count CSV, as a spreadsheet may save it: BOM, CRLF, padded or capitalised headers."""
+    data = read_regular(src, MAX_SOURCE_BYTES, "CSV")
     try:
-        with open(src, newline="", encoding=csv_encoding(src)) as f:
+        with io.StringIO(data.decode(csv_encoding(data)), newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 raise DataError(src, "CSV is empty; expected a header line path,count and one line per photo")

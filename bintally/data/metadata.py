@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bintally.errors import DataError
+from bintally.io import MAX_SOURCE_BYTES, read_regular
 
 # no bin holds this many items: a larger count is a typo, and would not fit the manifest's 64-bit column
 MAX_COUNT = 1_000_000
 WHOLE_NUMBER_TEXT = re.compile(r"\s*[0-9]+(\.0*)?\s*")  # ASCII digits: int() also takes "1_000" and "１２"
+# an ABID metadata file is a few kB; MAX_LINES (data/records.py) lines of long names stay well under this
+MAX_METADATA_BYTES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -37,17 +40,15 @@ def parse_count(value, path) -> int:
     return value
 
 
-def load_json(path: str | Path, what: str):
-    """A JSON document, or a DataError naming the file: missing (`no such <what>`), unreadable or malformed."""
+def load_json(path: str | Path, what: str, limit: int | None = None):
+    """A JSON document, or a DataError naming the file: missing (`no such <what>`), not a regular file, over `limit`
+    bytes (a metadata file's by default MAX_METADATA_BYTES, any other's MAX_SOURCE_BYTES) or malformed."""
     path = Path(path)
+    if limit is None:
+        limit = MAX_METADATA_BYTES if what == "metadata file" else MAX_SOURCE_BYTES
+    data = read_regular(path, limit, what)
     try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise DataError(path, f"no such {what}") from None
-    except IsADirectoryError:
-        raise DataError(path, f"is a folder, expected a {what} (JSON)") from None
-    except OSError as e:
-        raise DataError(path, f"cannot read the {what} ({e.strerror or e})") from None
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(path, f"malformed JSON ({e})") from None
     except RecursionError:

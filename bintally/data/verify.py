@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 
 import pandas as pd
 
 from bintally.data.manifest import OK, manifest_name, usable
+from bintally.errors import DataError
+from bintally.io import kind_of, open_regular
 
 log = logging.getLogger("bintally.data")
 STALE = "stale"
@@ -17,17 +20,24 @@ STALE = "stale"
 def file_problem(path: str, size: int | None, sha256: str | None = None) -> str:
     """Why the file no longer matches its manifest row ('' when it does)."""
     try:
-        actual = os.stat(path).st_size
+        info = os.stat(path)
     except FileNotFoundError:
         return "missing since indexing"
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
+    except ValueError:
+        return "unreadable (the path contains a NUL byte)"
+    if not stat.S_ISREG(info.st_mode):
+        return f"changed since indexing (now {kind_of(info.st_mode)}, not a regular file)"
+    actual = info.st_size
     if size is not None and not pd.isna(size) and actual != int(size):
         return f"changed since indexing (size {actual} bytes, manifest says {int(size)})"
     if sha256:
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(open_regular(path, "photo"), "rb") as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except DataError as e:
+            return f"unreadable ({e.problem})"
         except OSError as e:
             return f"unreadable ({e.strerror or e})"
         if digest != sha256:

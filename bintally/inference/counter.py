@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bintally.data.images import decode_image
+from bintally.data.images import decode_image, photo_paths
 from bintally.data.transforms import preprocess, preprocess_batch
 from bintally.errors import ConfigError, DataError
 from bintally.inference.prediction import Prediction
@@ -96,7 +96,9 @@ class Counter:
         return self.predict(preprocess_batch(images, self.artifact.transform)).rows()
 
     def count_paths(self, paths: list[str | Path], batch_size: int = 32, progress: bool = True) -> tuple[list[dict], list[str]]:
-        """(results, failures): a result per readable photo, in order, each with its "image"; "path: problem" per photo that is not."""
+        """(results, failures): a result per readable photo, in order, each with its "image"; "path: problem" per photo that is not.
+
+        A folder stands for the photos under it (`photo_paths`)."""
         results, failures, names, batch = [], [], [], []
 
         def flush() -> None:
@@ -104,7 +106,10 @@ class Counter:
             names.clear()
             batch.clear()
 
-        for path in progress_bar(paths, desc="counting", unit="img", enabled=progress):
+        for path in progress_bar(photo_paths(paths), desc="counting", unit="img", enabled=progress):
+            if isinstance(path, DataError):
+                failures.append(str(path))
+                continue
             try:
                 batch.append(self.preprocess(decode_image(path)))
                 names.append(str(path))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from urllib.parse import SplitResult, unquote
 
+from bintally.data.images import max_image_bytes, read_photo
+from bintally.errors import DataError
+from bintally.io import NoSuchFile, TooLarge
 from bintally.sources.errors import SourceError, SourceProblem, invalid, refused, too_large
 from bintally.sources.policy import SourcePolicy
 
@@ -42,18 +44,14 @@ def path_under_root(uri: str, parts: SplitResult, root: Path) -> Path:
 
 
 def read_capped(uri: str, path: Path, limit: int) -> bytes:
-    """A regular file's bytes, opened without following a last-moment symbolic link; at most `limit` bytes."""
+    """A regular file's bytes (`read_photo`: never a FIFO, device or socket), opened without following a last-moment
+    symbolic link; at most `limit` bytes, or the photo byte limit when it is smaller."""
+    limit = min(limit, max_image_bytes())
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise invalid(f"{uri}: cannot be read ({e.strerror or e})") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise invalid(f"{uri}: not a regular file")
-        if info.st_size > limit:
-            raise too_large(uri, limit)
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise too_large(uri, limit)
-    return data
+        return read_photo(path, follow_symlinks=False, limit=limit)
+    except TooLarge:
+        raise too_large(uri, limit) from None
+    except NoSuchFile:
+        raise SourceError(SourceProblem.MISSING, f"{uri}: no such file") from None
+    except DataError as e:
+        raise invalid(f"{uri}: {e.problem}") from None
