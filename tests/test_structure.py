@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bintally"
 
 # Bottom to top: a module may import from its own layer or any layer below it, never above.
 LAYERS = [
-    {"bintally", "errors", "io", "paths", "progress", "settings", "labels"},
+    {"bintally", "errors", "io", "paths", "progress", "settings", "labels", "text"},
     {"data"},
     {"models"},
     {"sources"},
