@@ -267,8 +267,8 @@ class SameOrigin:
         if kind in FORGEABLE_TYPES:
             self.metrics.reject("forbidden")
             return await send_json(send, 415, error_body(
-                f"Content-Type {kind} is not taken (any web page can send it): send application/json, "
-                "multipart/form-data or the photo's own type"))
+                f"Content-Type {kind} is not taken here (any web page can send it): send application/json, "
+                "multipart/form-data or the photo's own type (image/jpeg, image/png, ...)"))
         return await self.app(scope, receive, send)
 
 
