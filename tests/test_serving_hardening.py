@@ -148,6 +148,48 @@ def test_forged_cross_site_requests_are_403_and_store_nothing(open_server, robot
     assert robot.get("/v1/audit-runs").json()["runs"] == runs_before
 
 
+EVIL_PAGE = """<!doctype html><html><body>
+<form id="plain" method="POST" enctype="text/plain" action="{server}/v1/tasks/{task}/counts">
+<input name='{{"qty": 9, "by": "mallory", "x": "' value='"}}'></form>
+<script>
+const body = new FormData();
+body.append("csv", new Blob(["bin_id,image,record_qty\\nb,https://x/a.jpg,1\\n"]), "s.csv");
+Promise.allSettled([
+  fetch("{server}/v1/tasks/{task}/review", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+        body: JSON.stringify({{approve: true, final: 9, by: "mallory", reason: "lost", outcome: "record_wrong"}})}}),
+  fetch("{server}/v1/audit-runs", {{method: "POST", mode: "no-cors", body: body}}),
+  fetch("{server}/v1/count", {{method: "POST", mode: "no-cors", body: new Blob(["x"], {{type: "image/jpeg"}})}}),
+]).then(() => document.getElementById("plain").submit());
+</script></body></html>"""
+
+
+@needs_chromium
+def test_a_page_of_another_site_cannot_make_chromium_count_review_or_upload(open_server, robot, tasks, tmp_path):
+    """The issue's attack in a real browser: a page on another origin posts a text/plain form and no-cors fetches."""
+    import functools
+    import http.server
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    task = tasks[0]["id"]
+    (tmp_path / "evil.html").write_text(EVIL_PAGE.format(server=open_server.url, task=task))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    runs_before = robot.get("/v1/audit-runs").json()["runs"]
+    before = metric_value(robot.get("/metrics").text, "bintally_inference_rejected_total", reason="forbidden")
+    try:
+        with headless_chromium() as driver:
+            driver.get(f"http://127.0.0.1:{evil.server_address[1]}/evil.html")
+            WebDriverWait(driver, 60).until(lambda d: metric_value(robot.get("/metrics").text, "bintally_inference_rejected_total",
+                                                                    reason="forbidden") - before >= 4)
+            WebDriverWait(driver, 30).until(lambda d: "refused" in d.page_source)  # where the form's submission landed
+    finally:
+        evil.shutdown()
+    assert robot.get(f"/v1/tasks/{task}/review").json()["counts"] == []
+    assert robot.get("/v1/audit-runs").json()["runs"] == runs_before
+
+
 def test_forged_requests_are_refused_with_an_api_key_too(audit_server):
     """Even with the key (a page cannot have it, but the check must not depend on that), and without it."""
     with httpx.Client(base_url=audit_server.url, timeout=60) as client:
