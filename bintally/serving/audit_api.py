@@ -15,7 +15,9 @@
 
 The store calls are synchronous (SQLAlchemy) and run in threads. Every refusal is JSON {"error": ...}: 404 for an
 unknown run, task or snapshot (and for every route when the server has no --audit-db), 409 for a transition the
-task's state does not allow or one lost to a concurrent writer, 400 for a bad body, 503 when the database is busy.
+task's state does not allow or one lost to a concurrent writer, 400 for a bad body (a control character in any of
+its text included, checked before the database sees it) or a value the database cannot store, 503 only when the
+database is busy or unreachable.
 """
 
 from __future__ import annotations
