@@ -24,7 +24,7 @@ from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError, error_response
 from bintally.serving.rest import rest_router
-from bintally.serving.security import ApiKey, BodyLimit, RequestContext
+from bintally.serving.security import ApiKey, BodyLimit, Failures, RequestContext, SameOrigin, SecurityHeaders
 from bintally.serving.v2 import v2_router
 from bintally.serving.web import web_router
 from bintally.serving.workers import end_with_supervisor, graceful_stop_s
@@ -79,9 +79,12 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
     app.state.plane, app.state.config, app.state.audit = plane, config, audit
     add_error_handlers(app, plane)
     add_routes(app, plane, config, audit)
-    # added last = outermost: RequestContext, then ApiKey, then BodyLimit
+    # added last = outermost: RequestContext, SecurityHeaders, Failures, SameOrigin, ApiKey, then BodyLimit
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=plane.metrics)
     app.add_middleware(ApiKey, key=config.api_key, metrics=plane.metrics)
+    app.add_middleware(SameOrigin, allowed_origins=config.allowed_origins, metrics=plane.metrics)
+    app.add_middleware(Failures)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestContext, metrics=plane.metrics)
     return app
 
@@ -126,7 +129,7 @@ def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
         return error_response(400, f"invalid request: {problems}")
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:  # what the Failures middleware did not see
         log.error("unexpected %s: %s (request %s)", e.__class__.__name__, e, getattr(request.state, "request_id", "?"))
         return error_response(500, f"internal error ({e.__class__.__name__}); request id {getattr(request.state, 'request_id', '?')}")
 

@@ -15,7 +15,9 @@
 
 The store calls are synchronous (SQLAlchemy) and run in threads. Every refusal is JSON {"error": ...}: 404 for an
 unknown run, task or snapshot (and for every route when the server has no --audit-db), 409 for a transition the
-task's state does not allow or one lost to a concurrent writer, 400 for a bad body, 503 when the database is busy.
+task's state does not allow or one lost to a concurrent writer, 400 for a bad body (a control character in any of
+its text included, checked before the database sees it) or a value the database cannot store, 503 only when the
+database is busy or unreachable.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from bintally.errors import ConfigError, DataError
-from bintally.serving.bodies import json_object, media_type, read_form
+from bintally.serving.bodies import json_object, media_type, read_form, text_field
 from bintally.serving.config import AUDIT_DB_HELP, ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError
@@ -96,8 +98,7 @@ class AuditService:
         try:
             return await asyncio.to_thread(fn, store, *args, **kwargs)
         except StoreError as e:
-            log.warning("%s", e)
-            raise fail(503, f"{e}; retry", {"Retry-After": "1"}) from None
+            raise refused_by_database(e) or unavailable(str(e)) from None
         except NotFound as e:
             raise fail(404, str(e)) from None
         except Conflict as e:
@@ -105,16 +106,55 @@ class AuditService:
         except (ConfigError, DataError) as e:
             raise fail(400, str(e)) from None
         except SQLAlchemyError as e:
-            from bintally.audit.store import one_line
+            raise refused_by_database(e) or unavailable(f"the audit database is busy or unreachable ({e.__class__.__name__})") from None
 
-            log.warning("audit store error: %s", one_line(e))
-            raise fail(503, f"the audit database is busy or unreachable ({e.__class__.__name__}); retry", {"Retry-After": "1"}) from None
+
+def unavailable(message: str) -> RequestError:
+    """503 + Retry-After: the database is unreachable, locked or failing, which may pass."""
+    log.warning("%s", message)
+    return fail(503, f"{message}; retry", {"Retry-After": "1"})
+
+
+def causes(e: BaseException):
+    """`e` and the exceptions it was raised from or while handling (a StoreError hides the database's own)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def refused_by_database(e: BaseException) -> RequestError | None:
+    """The refusal of a request whose value the database will never take, whatever the retries: 400 for a value it
+    cannot store (PostgreSQL: a NUL byte, a string too long, a number out of range, a byte sequence invalid in its
+    encoding), 409 for a constraint the write breaks. None when the database itself failed (503)."""
+    from sqlalchemy.exc import DataError as DatabaseDataError
+    from sqlalchemy.exc import IntegrityError
+
+    from bintally.audit.store import one_line
+
+    for inner in causes(e):
+        if isinstance(inner, DatabaseDataError) or dbapi_data_error(inner):
+            return fail(400, f"the audit database cannot store a value of this request: {one_line(inner)}")
+        if isinstance(inner, IntegrityError):
+            return fail(409, f"the request conflicts with what the audit database holds: {one_line(inner)}")
+    return None
+
+
+def dbapi_data_error(e: BaseException) -> bool:
+    """A driver's DataError (psycopg.DataError and its subclasses, sqlite3.DataError), not wrapped by SQLAlchemy."""
+    return any(c.__name__ == "DataError" and c.__module__.split(".")[0] in ("psycopg", "psycopg2", "sqlite3")
+               for c in type(e).__mro__)
 
 
 # ---------------------------------------------------------------- request bodies
 
 
 async def json_fields(request: Request, allowed: set[str], required: tuple[str, ...]) -> dict:
+    """The JSON body, sent as application/json (a type no page of another site can send without asking first), every
+    text in it checked for control characters."""
+    if not is_json(media_type(request)):
+        raise fail(415, f"send Content-Type: application/json, not {media_type(request) or 'none'}")
     doc = json_object(await request.body(), f"expected a JSON object with {', '.join(sorted(allowed))}")
     unknown = sorted(set(doc) - allowed)
     if unknown:
@@ -123,6 +163,10 @@ async def json_fields(request: Request, allowed: set[str], required: tuple[str, 
     if missing:
         raise fail(400, f"missing field(s) {', '.join(missing)}")
     return doc
+
+
+def is_json(kind: str) -> bool:
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 def whole_number(doc: dict, key: str) -> int | None:
@@ -215,10 +259,14 @@ class RunForm:
         self.names[name], self.photos[digest] = digest, data
 
     def csv_text(self) -> str:
+        """The CSV as text; a 400 naming its line when a control character other than a line break or tab is in it."""
         try:
-            return self.csv_data.decode("utf-8-sig")
+            text = self.csv_data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise fail(400, f"{self.csv_name}: not a UTF-8 text CSV") from None
+        for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): it splits at some control characters too
+            text_field(line, f"{self.csv_name} line {number}", multiline=True)
+        return text
 
 
 async def read_run_form(request: Request) -> RunForm:
@@ -276,7 +324,7 @@ def records_document(form: RunForm):
     from bintally.serving.bodies import parse_json
 
     try:
-        return parse_json(form.records_data, f"{form.csv_name} (the 'records' part)")
+        return parse_json(form.records_data, f"{form.csv_name} (the 'records' part)", where=f"{form.csv_name}: ")
     except RequestError as e:
         raise fail(e.status, e.message) from None
 
@@ -436,6 +484,8 @@ def add_task_routes(router: APIRouter, service: AuditService) -> None:
         doc = await json_fields(request, COUNT_KEYS, ("by",))
         qty, by, comment = whole_number(doc, "qty"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
         key = request.headers.get("idempotency-key")
+        if key is not None:
+            text_field(key, "the Idempotency-Key header")
         outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, doc.get("count_index", 0),
                                      lines=doc.get("lines"), found=doc.get("found"))
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}

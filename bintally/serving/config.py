@@ -39,6 +39,16 @@ def default_port() -> int:
     return int(value)
 
 
+def allowed_origins(origins) -> tuple[str, ...]:
+    """Each --allowed-origin as scheme://host:port; ConfigError for one that is not a web origin."""
+    from bintally.serving.security import checked_origin
+
+    try:
+        return tuple(checked_origin(o) for o in origins)
+    except ValueError as e:
+        raise ConfigError(f"--allowed-origin: {e}") from None
+
+
 @dataclass
 class ServeConfig:
     model: str | None = setting(None, flag=("--model", "-m"), default_text=f"{SAGEMAKER_MODEL_DIR} if it exists",
@@ -64,6 +74,9 @@ class ServeConfig:
                                                 help="A bucket whose s3:// URIs may be fetched (repeat for more).")
     allow_https_hosts: tuple[str, ...] = setting((), flag=("--allow-https-host",), default_text="none",
                                                  help="A host whose https:// URIs may be fetched (repeat for more).")
+    allowed_origins: tuple[str, ...] = setting((), flag=("--allowed-origin",), default_text="none",
+                                               help="A web origin (https://host[:port]) besides the server's own whose pages may send "
+                                                    "POST requests, e.g. the public address of a proxy that rewrites Host (repeat for more).")
     file_root: str | None = setting(None, default_text="none", help="A folder whose file:// URIs may be read (nothing outside it).")
     name: str | None = setting(None, default_text="the model's name", help="The model name in answers and in /v2/models/{name}.")
     shutdown_delay_s: float = setting(0.0, low=0, flag=("--shutdown-delay",),
@@ -77,6 +90,7 @@ class ServeConfig:
     def __post_init__(self):
         self.allow_s3_buckets = tuple(self.allow_s3_buckets)
         self.allow_https_hosts = tuple(self.allow_https_hosts)  # lower-cased by the SourcePolicy
+        self.allowed_origins = tuple(self.allowed_origins)
 
     def validate(self) -> "ServeConfig":
         """Raise ConfigError (one line) for a setting that cannot work; resolve the port, the model folder and the audit store."""
@@ -92,6 +106,7 @@ class ServeConfig:
         if self.name is not None and (not self.name.strip() or "/" in self.name):
             raise ConfigError(f"--name {self.name!r} is not a model name (no '/', not empty)")
         self.file_root = self.source_policy().checked().file_root
+        self.allowed_origins = allowed_origins(self.allowed_origins)
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty")
         if self.audit_db is not None:

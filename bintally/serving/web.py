@@ -1,7 +1,8 @@
 """The web page at GET /: drop a bin photo (or pick a bundled sample) and see the count.
 
-The page is one static file (static/index.html: HTML, CSS and JavaScript, no CDN, no build step) that posts
-the photo to POST /v1/count. GET /samples lists the bundled ABID sample photos (with the quantity their
+The page is static files (static/index.html, its index.css and index.js: no CDN, no build step, no inline script,
+so its Content-Security-Policy can say script-src 'self') that post the photo to POST /v1/count. GET /static/{name}
+serves the pages' own script and style files, only those. GET /samples lists the bundled ABID sample photos (with the quantity their
 metadata records) and GET /samples/{name} serves one; only names in that folder are served.
 """
 
@@ -25,6 +26,8 @@ PAGE = STATIC_DIR / "index.html"
 CONFIG_MARK = "/*PAGE_CONFIG*/{}"
 SAMPLE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.(jpg|jpeg|png)$")
 MEDIA_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+STATIC_FILES = {p.name: p for p in STATIC_DIR.iterdir() if p.suffix in STATIC_TYPES}  # fixed at import: no path from a request
 
 
 @lru_cache(maxsize=4)
@@ -76,6 +79,14 @@ def web_router(plane: DataPlane, config: ServeConfig) -> APIRouter:
     @router.get("/", response_class=HTMLResponse, summary="The web page: drop a bin photo, see the count")
     async def index():
         return page_response(PAGE, page_config(plane, config))
+
+    @router.get("/static/{name}", summary="The web pages' own script and style files", response_class=FileResponse,
+                include_in_schema=False)
+    async def static_file(name: str):
+        path = STATIC_FILES.get(name)
+        if path is None:
+            raise RequestError(404, f"no static file named {name[:100]!r}", counted=False)
+        return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 
     @router.get("/samples", summary="The bundled sample photos (ABID, CC BY-NC-SA 3.0 US)")
     async def samples():
