@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
-# C0 controls but tab/newline/CR (allowed only in multi-line text), DEL, C1 controls, Unicode line/paragraph separators
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 controls but tab/newline/CR (allowed only in multi-line text), DEL, C1 controls, Unicode line/paragraph separators,
+# and the bidirectional embeddings, overrides and isolates, which make a text display as another ("Trojan Source")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _LINE_BREAKS = re.compile("[\t\n\r]")
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 

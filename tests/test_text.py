@@ -5,12 +5,17 @@ import pytest
 from bintally.text import TextError, check_text, control_character, whole_number
 
 
-@pytest.mark.parametrize("value", ["bin\x00", "a\nb", "tab\there", "cr\r", "del\x7f", "c1\x85", "sep\u2028", "esc\x1b[31m"])
+@pytest.mark.parametrize("value", ["bin\x00", "a\nb", "tab\there", "cr\r", "del\x7f", "c1\x85", "sep\u2028", "esc\x1b[31m", "bin\u202e21", "iso\u2066x\u2069"])
 def test_control_characters_in_one_line_text_are_refused_naming_the_character(value):
     with pytest.raises(TextError) as caught:
         check_text(value, "bin id")
     assert str(caught.value).startswith("bin id: contains the control character U+")
     assert control_character(value) in str(caught.value)
+
+
+def test_bidi_overrides_are_refused_even_in_comments():
+    with pytest.raises(TextError, match="U\\+202E"):
+        check_text("fine\nthen \u202egnp.exe", "comment", multiline=True)
 
 
 def test_multiline_text_keeps_line_breaks_and_tabs_but_not_nul():

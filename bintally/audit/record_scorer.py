@@ -53,6 +53,7 @@ import numpy as np
 
 from bintally.data.records import SkuLine
 from bintally.errors import ConfigError, DataError
+from bintally.io import read_regular
 from bintally.labels import LabelSpace, count_probability, tail_mean_excess, tail_ratio
 
 FORMAT = "bintally-record-scorer"
@@ -420,11 +421,7 @@ def load_scorer(path: str | Path = DEFAULT_SCORER) -> RecordScorer:
     """A scorer file, checked (size, format, every variant's arrays); DataError naming the file otherwise."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_SCORER_BYTES:
-            raise DataError(path, f"larger than the limit of {MAX_SCORER_BYTES:,} bytes for a record scorer")
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise DataError(path, f"cannot read the record scorer ({e.strerror or e})") from None
+        doc = json.loads(read_regular(path, MAX_SCORER_BYTES, "record scorer").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(path, f"not a record scorer: not JSON ({e})") from None
     return scorer_of(doc, path)

@@ -249,7 +249,7 @@ def save_batch(store: Store, run_id: int, batch: list[SnapshotIn], loaded: list,
 def upsert_snapshot(session, store: Store, snapshot: SnapshotIn, sha: str) -> int:
     """The snapshot's id, inserting it (and its record lines) unless a run (maybe another process, right now) already did."""
     check_one_photo_per_moment(session, snapshot, sha)
-    key = stored_key(snapshot, sha)
+    key = snapshot.key(sha)
     session.execute(insert_ignoring_duplicates(store, Snapshot).values(key=key, bin_id=snapshot.bin_id, image_uri=snapshot.image, sha256=sha,
                                             captured_at=snapshot.captured_at, record_qty=snapshot.record_qty, created_at=utcnow())
                     .on_conflict_do_nothing(index_elements=["key"]))
@@ -261,12 +261,6 @@ def upsert_snapshot(session, store: Store, snapshot: SnapshotIn, sha: str) -> in
              "width_in": line.width_in, "height_in": line.height_in, "weight_lb": line.weight_lb}
             for position, line in enumerate(lines)]).on_conflict_do_nothing())
     return snapshot_id
-
-
-def stored_key(snapshot: SnapshotIn, sha: str) -> str:
-    """The snapshot's identity in the store: its bin, photo digest ("" when unreadable), record, time and lines, and the
-    photo's URI, so two photos of a bin (two unreadable ones included) are never one snapshot."""
-    return hashlib.sha256(f"{snapshot.key(sha)}\x1f{snapshot.image}".encode()).hexdigest()
 
 
 def check_one_photo_per_moment(session, snapshot: SnapshotIn, sha: str) -> None:

@@ -56,13 +56,13 @@ class SnapshotIn:
     lines: tuple[SkuLine, ...] = ()  # the record's SKU lines; () for a source with totals only
 
     def key(self, sha256: str) -> str:
-        """The snapshot's identity: the same bin, photo bytes, record (with its lines) and time are the same snapshot on
-        every re-run. A snapshot without lines keeps the identity it had before records had lines."""
+        """The snapshot's identity: the same bin, photo (URI and bytes; "" when unreadable), record (with its lines) and
+        time are the same snapshot on every re-run; two photos of a bin, two unreadable ones included, never are."""
         stamp = self.captured_at.isoformat() if self.captured_at else ""
         identity = f"{self.bin_id}\x1f{sha256}\x1f{self.record_qty}\x1f{stamp}"
         if self.lines:
             identity += f"\x1f{self.lines_key()}"
-        return hashlib.sha256(identity.encode()).hexdigest()
+        return hashlib.sha256(f"{identity}\x1f{self.image}".encode()).hexdigest()
 
     def lines_key(self) -> str:
         """The lines as text that is the same for the same lines in any order ("" without lines); sizes to 1e-4 in and lb."""

@@ -10,17 +10,24 @@ import typer
 
 from bintally.cli.app import Opt, app, command
 from bintally.cli.options import settings_options
+from bintally.errors import DataError
+from bintally.io import read_regular
 from bintally.serving.config import API_KEY_ENV, ServeConfig
 from bintally.sources.policy import DEFAULT_MAX_BYTES
+
+
+MAX_KEY_FILE_BYTES = 64_000  # a key is one line; a bigger file is not a key file
 
 
 def read_api_key(api_key_file: Optional[Path]) -> str | None:
     """The key from --api-key-file (first line), else from BINTALLY_API_KEY, else None (no key needed)."""
     if api_key_file is not None:
         try:
-            text = api_key_file.read_text().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise typer.BadParameter(f"cannot read {api_key_file}: {getattr(e, 'strerror', None) or e}", param_hint="--api-key-file") from None
+            text = read_regular(api_key_file, MAX_KEY_FILE_BYTES, "API key file").decode("utf-8").strip()
+        except DataError as e:
+            raise typer.BadParameter(e.problem, param_hint="--api-key-file") from None
+        except UnicodeDecodeError:
+            raise typer.BadParameter(f"{api_key_file} is not UTF-8 text", param_hint="--api-key-file") from None
         if not text:
             raise typer.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
         return text.splitlines()[0].strip()
