@@ -128,11 +128,13 @@ def legacy_key(s: SnapshotIn, sha: str) -> str:
     return hashlib.sha256(f"{s.bin_id}\x1f{sha}\x1f{s.record_qty}\x1f{stamp}".encode()).hexdigest()
 
 
-def test_a_snapshots_key_and_digest_include_its_lines_and_stay_as_they_were_without():
+def test_a_snapshots_key_and_digest_include_its_lines_and_its_photo():
     a, b = SkuLine("A", 2, 10.0, 5.0, 1.0, 0.5), SkuLine("B", 1)
     totals = SnapshotIn("bin-1", "x.jpg", 3)
     lined = SnapshotIn("bin-1", "x.jpg", 3, lines=(a, b))
-    assert totals.key("f00") == legacy_key(totals, "f00")
+    assert totals.key("f00") != legacy_key(totals, "f00")  # issue 19: the photo's URI is part of the identity
+    assert totals.key("") != SnapshotIn("bin-1", "y.jpg", 3).key("")  # two unreadable photos of one bin are two snapshots
+    assert totals.key("f00") != totals.key("f01")
     assert lined.key("f00") != totals.key("f00")
     assert lined.key("f00") == SnapshotIn("bin-1", "x.jpg", 3, lines=(b, a)).key("f00")  # the order of lines does not matter
     assert lined.key("f00") != SnapshotIn("bin-1", "x.jpg", 3, lines=(SkuLine("A", 2, 10.0, 5.0, 1.5, 0.5), b)).key("f00")

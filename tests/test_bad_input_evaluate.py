@@ -502,8 +502,9 @@ def test_evaluate_mistakes_are_one_line_and_leave_earlier_output_alone(run, tiny
         ([*model, "--data", tiny_manifest, "--save-predictions", tmp_path / "x.txt"], "x.txt", "unsupported file type"),
         ([*model, "--data", tiny_manifest, "--json", out], "out.json", "is a folder"),
         (["--model", tmp_path / "nope", "--data", tiny_manifest, *save], "nope", "no such model"),
-        (["--predictions", tmp_path, *save], tmp_path.name, "is a folder"),
-        (["--predictions", out / "p.csv", "--model", run, *save], "", "either --model"),
+        (["--predictions", tmp_path, "--json", out / "m.json"], tmp_path.name, "is a folder"),
+        (["--predictions", out / "p.csv", "--model", run, "--json", out / "m.json"], "--model", "cannot be given together"),
+        (["--predictions", out / "p.csv", *save], "--save-predictions", "cannot be given together"),
     ]
     for args, name, problem in cases:
         assert_one_line_error(run_cli("evaluate", *args, *FAST), name, problem)

@@ -116,8 +116,12 @@ def test_bad_text_on_the_command_line_is_one_line(tmp_path, args, fragments):
 
 def test_a_multi_line_comment_is_kept_as_given(tmp_path):
     """Comments may hold line breaks (they are notes); the refusal above is for other control characters only."""
+    from bintally.audit import open_store
+
+    open_store(tmp_path / "a.db").close()  # an empty store: the count gets past the option checks to the missing task
     result = run_cli("audit", "count", "1", "--qty", "3", "--by", "ann", "--comment", "first\nsecond", "--db", tmp_path / "a.db")
     assert "control character" not in result.stderr and "comment" not in result.stderr
+    assert "task 1" in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------- class 9: numbers on the command line

@@ -39,9 +39,9 @@ FIRST_RUN = "run `bintally audit run` first"
 UPGRADE_LOCK = 0x62696E74  # a PostgreSQL advisory lock id: one process at a time upgrades the schema
 
 
-def database_url(db: str | None = None) -> str:
+def database_url(db: str | Path | None = None) -> str:
     """A SQLAlchemy URL from --db: a URL as given, a plain path as a SQLite file; default $BINTALLY_AUDIT_DB or ./audit.db."""
-    db = db or os.environ.get(DB_ENV) or DEFAULT_DB
+    db = str(db or os.environ.get(DB_ENV) or DEFAULT_DB)
     if "://" in db:
         return db
     return f"sqlite:///{Path(db).expanduser().resolve()}"
@@ -287,7 +287,7 @@ def upgrade_schema(store: Store, create: bool = True) -> str:
     return head
 
 
-def open_store(db: str | None = None, create: bool = True) -> Store:
+def open_store(db: str | Path | None = None, create: bool = True) -> Store:
     """The audit store at --db (see `database_url`), schema upgraded; ConfigError in one line if it cannot be opened.
 
     `create=True` (what writes runs: `audit run`, `serve --audit-db`) makes a new SQLite file or the schema in an
