@@ -168,3 +168,58 @@ class ResolutionLine(Base):
     record_qty: Mapped[int] = mapped_column(Integer)  # 0 for a SKU found in the bin but not on the record
     final_qty: Mapped[int] = mapped_column(Integer)
     variance: Mapped[int] = mapped_column(Integer)  # final - record
+
+
+# ---------------------------------------------------------------- people (migration 0003): users, roles, tokens, events
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    roles: Mapped[str] = mapped_column(String(100))  # comma-separated, sorted: "counter,reviewer"
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(100))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    lookup: Mapped[str] = mapped_column(String(32), unique=True)  # the token's public part: finds the row, proves nothing
+    salt: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(128))  # scrypt of the secret part (hex)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AuditEvent(Base):
+    """Append-only (triggers refuse UPDATE and DELETE): who changed what, when, from where."""
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    actor_kind: Mapped[str] = mapped_column(String(20))  # token | local | proxy
+    origin: Mapped[str] = mapped_column(String(200))  # "cli pid P on HOST (os user U)" or "http 127.0.0.1:5342"
+    action: Mapped[str] = mapped_column(String(40))  # run.create, task.count, task.review, task.assign, user.add, ...
+    target: Mapped[str | None] = mapped_column(String(100))  # "task 7", "run 2", "user ann"
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+class StoreSetting(Base):
+    __tablename__ = "store_settings"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class DashboardSession(Base):
+    __tablename__ = "dashboard_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the cookie's secret
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"))  # the token it was opened with: rotating it ends the session
+    csrf: Mapped[str] = mapped_column(String(64))  # sent back in X-CSRF-Token by the dashboard's state-changing requests
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
