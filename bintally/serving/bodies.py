@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 
 from fastapi import Request
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
+from bintally.io import loads_json
 from bintally.serving.errors import RequestError
 from bintally.text import TextError, check_text
 
@@ -33,7 +33,7 @@ def parse_json(body: bytes, what: str = "the body", where: str = ""):
     """`body` as JSON, every text in it checked (`checked_texts`, its fields named after `where`); a 400 saying why
     `what` is not valid JSON."""
     try:
-        doc = json.loads(body)
+        doc = loads_json(body)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise RequestError(400, f"{what} is not valid JSON ({e})") from None
     except RecursionError:
