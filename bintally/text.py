@@ -12,7 +12,9 @@ import re
 # C0 controls but tab/newline/CR (allowed only in multi-line text), DEL, C1 controls, Unicode line/paragraph separators,
 # and the bidirectional embeddings, overrides and isolates, which make a text display as another ("Trojan Source")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_LINE_BREAKS = re.compile("[\t\n\r]")
+# in one-line text also the invisible characters that make two ids or names look the same: zero-width space, word
+# joiner and invisible operators, the byte order mark, the left-to-right/right-to-left/Arabic letter marks
+_LINE_BREAKS = re.compile("[\t\n\r\u061c\u200b\u200e\u200f\u2060-\u2064\ufeff]")
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 
 
@@ -36,6 +38,17 @@ def check_text(value: str, what: str, multiline: bool = False) -> str:
         allowed = "" if multiline else " (identifiers and names are one line)"
         raise TextError(f"{what}: contains the control character {found}{allowed}; remove it")
     return value
+
+
+def identifier_problem(value: str) -> str | None:
+    """Why `value` cannot be an identifier (a bin id, a SKU) beside `control_character`: not written in Unicode's
+    composed form (NFC), so that 'é' as one character and as 'e' with a combining accent are never two bins that look
+    alike. None when it can."""
+    import unicodedata
+
+    if not unicodedata.is_normalized("NFC", value):
+        return "is not in Unicode's composed form NFC (an accent written as a separate combining mark); write it composed"
+    return None
 
 
 def whole_number(text: str) -> int | None:
