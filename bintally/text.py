@@ -13,6 +13,9 @@ import re
 # and the bidirectional embeddings, overrides and isolates, which make a text display as another ("Trojan Source")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _LINE_BREAKS = re.compile("[\t\n\r]")
+# half a UTF-16 surrogate pair: what JSON's "\\ud800", or a byte that is not UTF-8 in argv, decodes to; no database
+# or UTF-8 writer takes it (a file name may hold one: paths are not checked for it)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 
 
@@ -26,8 +29,14 @@ def control_character(value: str, multiline: bool = False) -> str | None:
     return None if match is None else f"U+{ord(match.group()):04X}"
 
 
+def lone_surrogate(value: str) -> str | None:
+    """The first half of a UTF-16 surrogate pair in `value` (not text: nothing can encode it), as U+XXXX, or None."""
+    match = _SURROGATE.search(value)
+    return None if match is None else f"U+{ord(match.group()):04X}"
+
+
 def check_text(value: str, what: str, multiline: bool = False) -> str:
-    """`value` unchanged, or TextError naming `what` and the control character it holds.
+    """`value` unchanged, or TextError naming `what` and the control character (or lone surrogate) it holds.
 
     `multiline` (comments, notes) allows tab, newline and carriage return; identifiers and names never do.
     """
@@ -35,6 +44,9 @@ def check_text(value: str, what: str, multiline: bool = False) -> str:
     if found is not None:
         allowed = "" if multiline else " (identifiers and names are one line)"
         raise TextError(f"{what}: contains the control character {found}{allowed}; remove it")
+    found = lone_surrogate(value)
+    if found is not None:
+        raise TextError(f"{what}: contains {found}, half of a UTF-16 surrogate pair, which is not text; remove it")
     return value
 
 

@@ -30,15 +30,36 @@ def media_type(request: Request) -> str:
 
 
 def parse_json(body: bytes, what: str = "the body", where: str = ""):
-    """`body` as JSON, every text in it checked (`checked_texts`, its fields named after `where`); a 400 saying why
-    `what` is not valid JSON."""
+    """`body` as strict JSON, every text in it checked (`checked_texts`, its fields named after `where`); a 400 saying
+    why `what` is not: malformed, nested too deeply, a key given twice in one object (which value was meant?), or
+    NaN/Infinity (not JSON, though Python writes them)."""
     try:
-        doc = json.loads(body)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        doc = json.loads(body, object_pairs_hook=unique_keys, parse_constant=not_json_number)
+    except NotStrictJson as e:
         raise RequestError(400, f"{what} is not valid JSON ({e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4,300 digits
+        problem = "a number of more than 4,300 digits" if "integer string conversion" in str(e) else e
+        raise RequestError(400, f"{what} is not valid JSON ({problem})") from None
     except RecursionError:
         raise RequestError(400, f"{what} is not valid JSON (nested too deeply)") from None
     return checked_texts(doc, where)
+
+
+class NotStrictJson(Exception):
+    """What Python's json module takes and RFC 8259 JSON does not mean: its str() says which."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    doc = dict(pairs)
+    if len(doc) < len(pairs):
+        seen = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise NotStrictJson(f"the key {twice[:100]!r} is given twice in one object")
+    return doc
+
+
+def not_json_number(literal: str):
+    raise NotStrictJson(f"{literal} is not a JSON number")
 
 
 def text_field(value: str, what: str, multiline: bool = False) -> str:
