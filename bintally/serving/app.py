@@ -126,7 +126,8 @@ def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg', '').removeprefix('Value error, ')}" for err in e.errors()[:5])
+        problems = "; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg', '').removeprefix('Value error, ')}"
+                             for err in e.errors()[:5])
         return error_response(400, f"invalid request: {problems}")
 
     @app.exception_handler(Exception)
