@@ -20,7 +20,7 @@ from typer._click.globals import get_current_context
 from typer.core import TyperArgument, TyperCommand
 
 from bintally.settings import MAX_WHOLE
-from bintally.text import control_character, whole_number
+from bintally.text import control_character, lone_surrogate, whole_number
 
 MULTILINE = frozenset({"comment"})  # options whose text may hold line breaks (notes); every other text is one line
 GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
@@ -128,6 +128,9 @@ def refuse_value(ctx, param, value) -> None:
             found = control_character(str(item), multiline=param.name in MULTILINE)
             if found is not None:
                 raise BadParameter(f"contains the control character {found}; remove it", ctx=ctx, param_hint=spelling(param))
+            if isinstance(item, str) and lone_surrogate(item):
+                raise BadParameter(f"contains {lone_surrogate(item)}, a byte that is not UTF-8 text; remove it", ctx=ctx,
+                                   param_hint=spelling(param))
             if isinstance(item, str) and not item.strip() and item:
                 raise BadParameter("is blank: give a value", ctx=ctx, param_hint=spelling(param))
         elif isinstance(item, float) and not math.isfinite(item):
