@@ -190,6 +190,40 @@ def write_frame_csv(path: str | Path, frame) -> Path:
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
+class JsonError(ValueError):
+    """A JSON text Python's parser would take but the standard does not mean: a key twice in one object, NaN or
+    Infinity, a number too large for a float."""
+
+
+def json_object(pairs: list[tuple[str, object]]) -> dict:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise JsonError(f"the key {twice[:40]!r} is given twice in one object")
+    return doc
+
+
+def json_constant(name: str):
+    raise JsonError(f"{name} is not a JSON number")
+
+
+def json_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise JsonError(f"the number {text[:40]} is too large")
+    return number
+
+
+def loads_json(data: bytes | str):
+    """A JSON document, read strictly: every reader of JSON a user gives (sources, metadata, request bodies) goes
+    through this, so that no value is quietly chosen (Python keeps the last of two equal keys) or made up (NaN, inf).
+    JsonError, json.JSONDecodeError (both ValueError) or RecursionError otherwise."""
+    import json
+
+    return json.loads(data, object_pairs_hook=json_object, parse_constant=json_constant, parse_float=json_float)
+
+
 def die_with_parent(parent: int, sig: int | None = None, grace_s: float = 0.0, name: str = "watch-parent") -> None:
     """Send this process `sig` (default SIGKILL) when process `parent` ends, even by kill -9, which the parent cannot
     catch to stop its children: on Linux at once (the parent-death signal), elsewhere when a watching thread sees this

@@ -143,8 +143,9 @@ def test_audit_photo_byte_limit_comes_from_the_environment_and_is_kept_while_rea
     source = write_totals_csv(tmp_path / "bins.csv", [specials["zero.jpg"], good[0], good[1]])
     result, took = timed("audit", "run", "--model", tiny_artifact.path, "--data", source, "--db", tmp_path / "a.db",
                          "--backend", "torch", "--no-progress", env={MAX_IMAGE_BYTES_ENV: "1000"})
-    assert result.returncode == 0 and took < QUICK, (took, result.stderr)
+    assert result.returncode == 1 and took < QUICK, (took, result.stderr)  # done, but nothing could be read
     assert "scored 0 of 3 bin(s), 3 unreadable photo(s) skipped" in result.stdout
+    assert result.stderr.splitlines()[-1] == "no photo of the source could be read (3 skipped): nothing was scored"
     skipped = skipped_lines(result.stderr)
     assert skipped["zero"] == DEVICE
     for photo in good[:2]:

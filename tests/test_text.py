@@ -38,3 +38,10 @@ def test_whole_numbers_in_ascii_digits(text, number):
 @pytest.mark.parametrize("text", ["1_000", "１２", "١٢", "1.0", "1e3", "", " ", "0x10", "3 4", "²"])
 def test_what_python_int_would_stretch_to_is_not_a_whole_number(text):
     assert whole_number(text) is None
+
+
+@pytest.mark.parametrize("value", ["a\ud800", "\udfffb", "name\udcff"])  # JSON's "\ud800"; a byte not UTF-8 in argv
+def test_a_lone_surrogate_is_refused_as_not_text(value):
+    with pytest.raises(TextError, match="U\\+D[89A-F][0-9A-F]{2}, half of a UTF-16 surrogate pair"):
+        check_text(value, "by")
+    assert check_text("ok 😀", "by") == "ok 😀"  # a pair, decoded, is one character

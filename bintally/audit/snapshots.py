@@ -210,7 +210,7 @@ def parse_time(text: str, where: str) -> datetime | None:
 def bin_and_image(bin_id: str, image: str, where: str, base: Path, uploads: dict[str, str] | None) -> tuple[str, str]:
     """The bin id and the photo (a resolved path, a URI, or upload:<sha256>), checked."""
     bin_id = record_text(bin_id, where, "bin_id").strip()
-    image = record_text(image, where, "image", limit=None).strip()
+    image = record_text(image, where, "image", limit=None, identifier=False).strip()
     if not bin_id:
         raise DataError(where, "empty bin_id")
     if not image:

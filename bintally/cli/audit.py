@@ -72,9 +72,10 @@ def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False):
         raise
     for problem in result.unreadable:
         echo_err(f"skipped {problem}")
+    nothing_read = bool(result.unreadable) and not result.scored and not result.reused
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))
-        return
+        raise typer.Exit(1 if nothing_read else 0)
     if result.reused and not result.scored:
         typer.echo(f"audit run {result.run_id} ({result.name}) already holds these snapshots: nothing to do")
     else:
@@ -86,6 +87,9 @@ def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False):
     else:
         typer.echo(f"audit run {result.run_id} ({result.name}): this shard is done; the worklist is written when every "
                    f"shard has finished")
+    if nothing_read:
+        echo_err(f"no photo of the source could be read ({len(result.unreadable)} skipped): nothing was scored")
+        raise typer.Exit(1)
 
 
 @command(audit_app, "fit-scorer")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import typing
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from typer._click.globals import get_current_context
 from typer.core import TyperArgument, TyperCommand
 
 from bintally.settings import MAX_WHOLE
-from bintally.text import control_character
+from bintally.text import control_character, lone_surrogate, whole_number
 
 MULTILINE = frozenset({"comment"})  # options whose text may hold line breaks (notes); every other text is one line
 GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+DECIMAL = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*|\s*[+-]?(nan|inf|infinity)\s*", re.IGNORECASE)
 EMPTY_HINT = "give a value, or leave the option out (for the current folder, give '.')"  # '' would mean the current folder
 
 
@@ -84,6 +86,27 @@ def refuse_non_finite(ctx, found: list) -> None:
                 raise BadParameter(f"{value} is not a finite number", ctx=ctx, param_hint=written)
 
 
+def number_kind(param) -> type | None:
+    """int or float when the parameter takes a number (or a list of them), else None."""
+    annotation = param.type_descriptor.annotation
+    written = (annotation, *typing.get_args(annotation))
+    return next((kind for kind in (int, float) if kind in written), None) if takes_value(param) or isinstance(param, TyperArgument) else None
+
+
+def refuse_unusual_numbers(ctx, params: list, raw: dict) -> None:
+    """A number written otherwise than in ASCII digits: Python (and so Typer) reads '1_000' as 1000, '4.0' as the whole
+    number 4, and full-width or Arabic-Indic digits as digits; a person typing those meant something else."""
+    for param in params:
+        kind, given = number_kind(param), raw.get(param.name)
+        for value in given if isinstance(given, (list, tuple)) else (given,):
+            if kind is None or not isinstance(value, str) or not value.strip():
+                continue
+            if kind is int and whole_number(value) is None:
+                raise BadParameter(f"{value!r} is not a whole number (digits 0-9)", ctx=ctx, param_hint=spelling(param))
+            if kind is float and not DECIMAL.fullmatch(value):
+                raise BadParameter(f"{value!r} is not a number (digits 0-9, a '.', an exponent)", ctx=ctx, param_hint=spelling(param))
+
+
 def refuse_repeated(ctx, found: list) -> None:
     """An option (or a switch pair such as --approve/--reject) given twice with different values; the same twice is one."""
     first: dict[str, tuple[str, str | None]] = {}
@@ -105,6 +128,9 @@ def refuse_value(ctx, param, value) -> None:
             found = control_character(str(item), multiline=param.name in MULTILINE)
             if found is not None:
                 raise BadParameter(f"contains the control character {found}; remove it", ctx=ctx, param_hint=spelling(param))
+            if isinstance(item, str) and lone_surrogate(item):
+                raise BadParameter(f"contains {lone_surrogate(item)}, a byte that is not UTF-8 text; remove it", ctx=ctx,
+                                   param_hint=spelling(param))
             if isinstance(item, str) and not item.strip() and item:
                 raise BadParameter("is blank: give a value", ctx=ctx, param_hint=spelling(param))
         elif isinstance(item, float) and not math.isfinite(item):
@@ -122,6 +148,7 @@ class StrictCommand(TyperCommand):
         refuse_empty(ctx, found, list(args))
         refuse_repeated(ctx, found)
         refuse_non_finite(ctx, found)
+        refuse_unusual_numbers(ctx, params, self.make_parser(ctx).parse_args(args=list(args))[0])
         rest = super().parse_args(ctx, args)
         for param in params:
             refuse_value(ctx, param, ctx.params.get(param.name))

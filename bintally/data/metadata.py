@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bintally.errors import DataError
-from bintally.io import MAX_SOURCE_BYTES, read_regular
+from bintally.io import MAX_SOURCE_BYTES, loads_json, read_regular
 
 # no bin holds this many items: a larger count is a typo, and would not fit the manifest's 64-bit column
 MAX_COUNT = 1_000_000
@@ -48,8 +47,8 @@ def load_json(path: str | Path, what: str, limit: int | None = None):
         limit = MAX_METADATA_BYTES if what == "metadata file" else MAX_SOURCE_BYTES
     data = read_regular(path, limit, what)
     try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return loads_json(data)
+    except ValueError as e:  # JSONDecodeError, JsonError, UnicodeDecodeError
         raise DataError(path, f"malformed JSON ({e})") from None
     except RecursionError:
         raise DataError(path, "malformed JSON (nested too deeply)") from None

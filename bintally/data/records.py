@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from bintally.errors import DataError
-from bintally.text import TextError, check_text, whole_number
+from bintally.text import TextError, check_text, identifier_problem, whole_number
 
 MAX_TEXT = 200  # characters of a bin id or SKU
 MAX_LINES = 1000  # SKU lines in one bin; a record with more is refused (a bin holds tens, not thousands)
@@ -47,10 +47,10 @@ class SkuLine:
                 "height_in": self.height_in, "weight_lb": self.weight_lb}
 
 
-def record_text(value, where: str, what: str, limit: int | None = MAX_TEXT) -> str:
+def record_text(value, where: str, what: str, limit: int | None = MAX_TEXT, identifier: bool = True) -> str:
     """A bin id, SKU or image reference as the record gives it: one line of text, at most `limit` characters; DataError
     naming `where` for a control character (a newline would be dropped somewhere and collide with another id) or
-    for more characters (never cut short)."""
+    for more characters (never cut short); an `identifier` (bin id, SKU) also for a form that looks like another id."""
     text = value if isinstance(value, str) else str(value)
     try:
         check_text(text, what)
@@ -58,6 +58,9 @@ def record_text(value, where: str, what: str, limit: int | None = MAX_TEXT) -> s
         raise DataError(where, str(e)) from None
     if limit is not None and len(text) > limit:
         raise DataError(where, f"{what} is longer than {limit} characters")
+    problem = identifier_problem(text) if identifier else None
+    if problem is not None:
+        raise DataError(where, f"{what} {text[:40]!r} {problem}")
     return text
 
 

@@ -24,7 +24,7 @@ from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError, error_response
 from bintally.serving.rest import rest_router
-from bintally.serving.security import ApiKey, BodyLimit, Failures, RequestContext, SameOrigin, SecurityHeaders
+from bintally.serving.security import ApiKey, BodyLimit, Failures, OneOfEach, RequestContext, SameOrigin, SecurityHeaders
 from bintally.serving.v2 import v2_router
 from bintally.serving.web import web_router
 from bintally.serving.workers import end_with_supervisor, graceful_stop_s
@@ -79,10 +79,11 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
     app.state.plane, app.state.config, app.state.audit = plane, config, audit
     add_error_handlers(app, plane)
     add_routes(app, plane, config, audit)
-    # added last = outermost: RequestContext, SecurityHeaders, Failures, SameOrigin, ApiKey, then BodyLimit
+    # added last = outermost: RequestContext, SecurityHeaders, Failures, OneOfEach, SameOrigin, ApiKey, then BodyLimit
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=plane.metrics)
     app.add_middleware(ApiKey, key=config.api_key, metrics=plane.metrics)
     app.add_middleware(SameOrigin, allowed_origins=config.allowed_origins, metrics=plane.metrics)
+    app.add_middleware(OneOfEach, metrics=plane.metrics)
     app.add_middleware(Failures)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestContext, metrics=plane.metrics)
@@ -125,7 +126,8 @@ def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg', '')}" for err in e.errors()[:5])
+        problems = "; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg', '').removeprefix('Value error, ')}"
+                             for err in e.errors()[:5])
         return error_response(400, f"invalid request: {problems}")
 
     @app.exception_handler(Exception)

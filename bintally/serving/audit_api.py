@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BeforeValidator
 from starlette.datastructures import UploadFile
 
 from bintally.errors import ConfigError, DataError
@@ -398,6 +401,22 @@ async def snapshot_photo(service: AuditService, snapshot_id: int) -> tuple[bytes
     return data, media_type_of(data)
 
 
+ROW_ID = re.compile(r"0|[1-9][0-9]{0,18}")
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(value) -> int:
+    """A run, task or snapshot id in a path, as written: ASCII digits only. Pydantic's int would also take '1_0' (10),
+    '+1', ' 1', '1.0' and '01', so another spelling of a number could name another row."""
+    if isinstance(value, str) and ROW_ID.fullmatch(value) and int(value) <= MAX_ROW_ID:
+        return int(value)
+    raise ValueError(f"an id is a whole number written in ASCII digits (no sign, spaces, '_', '.' or leading 0), "
+                     f"at most {MAX_ROW_ID}")
+
+
+RowId = Annotated[int, BeforeValidator(row_id)]
+
+
 # ---------------------------------------------------------------- the router
 
 CREATE_RUN_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -452,11 +471,11 @@ def add_run_routes(router: APIRouter, service: AuditService) -> None:
         return {"runs": await service.call(queries.list_runs)}
 
     @router.get("/v1/audit-runs/{run_id}", summary="One audit run with its metrics")
-    async def run(run_id: int):
+    async def run(run_id: RowId):
         return await service.call(queries.get_run_summary, run_id)
 
     @router.get("/v1/audit-runs/{run_id}/tasks", summary="A run's recount worklist (reviewer view: record, prediction, score)")
-    async def tasks(run_id: int, status: str | None = None):
+    async def tasks(run_id: RowId, status: str | None = None):
         rows = await service.call(queries.list_tasks, run_id, status)
         return {"run_id": run_id, "status": status, "tasks": [with_image_url(r) for r in rows]}
 
@@ -465,17 +484,17 @@ def add_task_routes(router: APIRouter, service: AuditService) -> None:
     from bintally.audit import queries, workflow
 
     @router.get("/v1/tasks/{task_id}", summary="The counter's blind view of a task: the bin and its photo only")
-    async def counter_task(task_id: int):
+    async def counter_task(task_id: RowId):
         view = await service.call(queries.counter_view, task_id)
         view["lines"] = [{k: line[k] for k in COUNTER_LINE_FIELDS if k in line} for line in view.get("lines", [])]
         return with_image_url({k: view[k] for k in COUNTER_FIELDS if k in view})
 
     @router.get("/v1/tasks/{task_id}/review", summary="The reviewer's view of a task: record, prediction, counts, resolution")
-    async def reviewer_task(task_id: int):
+    async def reviewer_task(task_id: RowId):
         return with_image_url(await service.call(queries.task_detail, task_id))
 
     @router.post("/v1/tasks/{task_id}/counts", summary="Submit a blind count (Idempotency-Key: a retry gets the first answer)")
-    async def count(task_id: int, request: Request):
+    async def count(task_id: RowId, request: Request):
         """{"qty": N, "by": NAME, "comment"?: TEXT, "count_index"?: 0 | 1}: count_index (default 0) is the count the
         client means, as GET /v1/tasks/{id} said; a count that lost a race to another is refused (409), never stored
         as the recount. A task whose record has SKU lines (GET /v1/tasks/{id} lists them) takes "lines": {SKU: N}
@@ -493,7 +512,7 @@ def add_task_routes(router: APIRouter, service: AuditService) -> None:
                             headers=headers)
 
     @router.post("/v1/tasks/{task_id}/review", summary="Approve (with the final quantity, or final_lines per SKU) or reject a task in review")
-    async def review(task_id: int, request: Request):
+    async def review(task_id: RowId, request: Request):
         service.require()
         doc = await json_fields(request, REVIEW_KEYS, ("approve", "by"))
         if not isinstance(doc["approve"], bool):
@@ -522,6 +541,6 @@ def add_output_routes(router: APIRouter, service: AuditService) -> None:
 
     @router.get("/v1/snapshots/{snapshot_id}/image", summary="A snapshot's photo", response_class=Response,
                 responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-    async def image(snapshot_id: int):
+    async def image(snapshot_id: RowId):
         data, media = await snapshot_photo(service, snapshot_id)
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 
 from fastapi import Request
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
+from bintally.io import loads_json
 from bintally.serving.errors import RequestError
 from bintally.text import TextError, check_text
 
@@ -30,12 +30,14 @@ def media_type(request: Request) -> str:
 
 
 def parse_json(body: bytes, what: str = "the body", where: str = ""):
-    """`body` as JSON, every text in it checked (`checked_texts`, its fields named after `where`); a 400 saying why
-    `what` is not valid JSON."""
+    """`body` as strict JSON, every text in it checked (`checked_texts`, its fields named after `where`); a 400 saying
+    why `what` is not: malformed, nested too deeply, a key given twice in one object (which value was meant?), or
+    NaN/Infinity (not JSON, though Python writes them)."""
     try:
-        doc = json.loads(body)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise RequestError(400, f"{what} is not valid JSON ({e})") from None
+        doc = loads_json(body)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4,300 digits
+        problem = "a number of more than 4,300 digits" if "integer string conversion" in str(e) else e
+        raise RequestError(400, f"{what} is not valid JSON ({problem})") from None
     except RecursionError:
         raise RequestError(400, f"{what} is not valid JSON (nested too deeply)") from None
     return checked_texts(doc, where)

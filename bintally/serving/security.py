@@ -3,7 +3,8 @@ forged cross-site requests, API key, body size limit.
 
 Order, outermost first: `RequestContext` (X-Request-ID on every answer, inference requests counted in
 /metrics), `SecurityHeaders` (CSP, nosniff, no referrer, no framing; no-store on the audit API), `Failures`
-(a client gone mid-request, or an unexpected exception: one log line, never a traceback), `SameOrigin` (403 for
+(a client gone mid-request, or an unexpected exception: one log line, never a traceback), `OneOfEach` (400 for a
+header such as Host or Origin, or a query parameter, given twice), `SameOrigin` (403 for
 a state-changing request from a page of another site, 415 for the body types any page can send), `ApiKey` (401
 before any body is read), `BodyLimit` (413 on a declared Content-Length over the limit, and while streaming a
 chunked body).
@@ -19,7 +20,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 from starlette.requests import ClientDisconnect
@@ -159,6 +160,43 @@ class BodyLimit:
             self.metrics.reject("too_large")
             if not seen["started"]:
                 await send_json(send, 413, error_body(e.message), {"Connection": "close"})
+
+
+# ---------------------------------------------------------------- headers and parameters given twice
+
+# each read as one value; given twice, a check could read one copy and a handler (or a proxy) the other
+SINGLE_HEADERS = (b"host", b"origin", b"referer", b"sec-fetch-site", b"authorization", b"content-type", b"content-length",
+                  b"transfer-encoding", b"idempotency-key", b"x-request-id")
+
+
+def given_twice(scope) -> str | None:
+    """What a request gives twice that it may give once: a header of SINGLE_HEADERS or a query parameter (no route
+    takes a list), else None."""
+    names = [key.lower() for key, _ in scope.get("headers", ())]
+    twice = next((name for name in SINGLE_HEADERS if names.count(name) > 1), None)
+    if twice is not None:
+        return f"the header {twice.decode().title()}"
+    params = [name for name, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)]
+    seen: set[str] = set()  # the names as the app reads them (Starlette's parse): ?a=1&%61=2 repeats a
+    repeated = next((p for p in params if p in seen or seen.add(p)), None)
+    return None if repeated is None else f"the query parameter {repeated[:40]!r}"
+
+
+class OneOfEach:
+    """400 for a request that gives a header that means one thing (Host, Origin, Authorization, Content-Type, ...), or
+    a query parameter, more than once: which copy counts is not guessed (RFC 9112 says so of Host)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        twice = given_twice(scope)
+        if twice is None:
+            return await self.app(scope, receive, send)
+        self.metrics.reject("bad_input")
+        await send_json(send, 400, error_body(f"{twice} is given more than once: give it once"), {"Connection": "close"})
 
 
 # ---------------------------------------------------------------- forged cross-site requests

@@ -24,6 +24,9 @@ def path_under_root(uri: str, parts: SplitResult, root: Path) -> Path:
     """The resolved path a file:// URI names (symbolic links followed); refused when it is outside `root`."""
     if parts.netloc not in ("", "localhost"):
         raise refused(f"{uri}: file:// URIs must name a local path (file:///path)")
+    if "?" in uri or "#" in uri:
+        raise invalid(f"{uri}: a file:// URI names a file alone, with no query or fragment "
+                      "(write a '?' or '#' in a file name as %3F or %23)")
     raw = unquote(parts.path)
     if "\x00" in raw:
         raise invalid(f"{uri}: the path contains a NUL byte")
