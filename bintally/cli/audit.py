@@ -93,14 +93,17 @@ def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False, token_f
 
 
 def run_actor(config: AuditConfig, token_file):
-    """Who creates the run (an auditor): --by names the local owner; a token its user. The store is opened (and made)
-    only to read the token's user."""
-    from bintally.audit import open_store
-    from bintally.audit.people import require
-
+    """Who creates the run (an auditor): the local owner (--by) of a SQLite store without a token, else the token's
+    user, or the owner of a PostgreSQL store that has no users yet (the store is opened only for these)."""
+    from bintally.audit import database_url, open_store
     from bintally.audit.config import default_user
+    from bintally.audit.people import local_owner, require
+    from bintally.cli.identity import read_token
 
+    config.validate()
     by = None if config.created_by == default_user() else config.created_by  # with a token, --by left out signs as its user
+    if read_token(token_file) is None and database_url(config.db).startswith("sqlite"):
+        return require(local_owner(config.created_by), "auditor")
     store = open_store(config.db)
     try:
         return require(cli_principal(store, by, token_file), "auditor")
