@@ -34,19 +34,26 @@ demo: $(VENV)/.installed
 	$(BIN)/bintally evaluate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --split test --json $(DEMO)/test.json --report $(DEMO)/evaluation
 	$(BIN)/bintally tune --data $(DEMO)/manifest.parquet --n-trials 10 --jobs 2 --out $(DEMO)/tune
 	$(BIN)/bintally calibrate --model $(DEMO)/model --data $(DEMO)/manifest.parquet --overwrite
-	rm -f $(AUDIT_DB) $(AUDIT_DB)-wal $(AUDIT_DB)-shm $(DEMO)/labels.csv $(DEMO)/line-labels.csv  # the demo's own store: a fresh model, a fresh audit
+	rm -f $(AUDIT_DB) $(AUDIT_DB)-wal $(AUDIT_DB)-shm $(DEMO)/labels.csv $(DEMO)/line-labels.csv $(DEMO)/*.token  # the demo's own store: a fresh model, a fresh audit
 	$(BIN)/bintally audit run --model $(DEMO)/model --data bintally/sample --budget 0.10 --control 0.02 --db $(AUDIT_DB)
 	$(BIN)/bintally audit list --run 1 --limit 10 --db $(AUDIT_DB)
+	# people: the owner of the store file adds a counter, a second counter (for a recount) and a reviewer; each token is shown once
+	for who in demo-counter:counter demo-recounter:counter demo-reviewer:reviewer; do \
+		$(BIN)/bintally audit user add $${who%%:*} --role $${who#*:} --db $(AUDIT_DB) > $(DEMO)/$${who%%:*}.token || exit 1; done
+	chmod 600 $(DEMO)/*.token
 	# the first task whose record has SKU lines: the counter sees its SKUs (never their quantities) and counts one of each
 	TASK=$$($(BIN)/python -c 'from bintally.audit import open_store, counter_view, list_tasks; s = open_store("$(AUDIT_DB)"); \
 		print(next((t["id"] for t in list_tasks(s) if counter_view(s, t["id"]).get("lines")), 1))'); \
-	COUNT=$$($(BIN)/bintally audit show $$TASK --blind --db $(AUDIT_DB) | $(BIN)/python -c 'import json, sys; \
+	COUNT=$$(BINTALLY_TOKEN=$$(cat $(DEMO)/demo-counter.token) $(BIN)/bintally audit show $$TASK --blind --db $(AUDIT_DB) | $(BIN)/python -c 'import json, sys; \
 		lines = json.load(sys.stdin).get("lines") or []; print(" ".join("--line %s=1" % l["sku"] for l in lines) or "--qty 2")'); \
-	$(BIN)/bintally audit count $$TASK $$COUNT --by demo-counter --db $(AUDIT_DB) && \
+	BINTALLY_TOKEN=$$(cat $(DEMO)/demo-counter.token) $(BIN)/bintally audit count $$TASK $$COUNT --db $(AUDIT_DB) && \
 	if $(BIN)/bintally audit show $$TASK --blind --db $(AUDIT_DB) | grep -q recount_requested; then \
-		$(BIN)/bintally audit count $$TASK $$COUNT --recount --by demo-recounter --db $(AUDIT_DB); fi && \
-	$(BIN)/bintally audit review $$TASK --approve $$(echo $$COUNT | sed 's/--line/--final-line/g; s/--qty/--final/') --reason other \
-		--by demo-reviewer --db $(AUDIT_DB)
+		$(BIN)/bintally audit count $$TASK $$COUNT --recount --db $(AUDIT_DB) --token-file $(DEMO)/demo-recounter.token; fi && \
+	FINAL=$$(echo $$COUNT | sed 's/--line/--final-line/g; s/--qty/--final/'); \
+	echo "the counter tries to approve their own count (refused: exit 2):"; \
+	! BINTALLY_TOKEN=$$(cat $(DEMO)/demo-counter.token) $(BIN)/bintally audit review $$TASK --approve $$FINAL --reason other --db $(AUDIT_DB) && \
+	$(BIN)/bintally audit review $$TASK --approve $$FINAL --reason other --db $(AUDIT_DB) --token-file $(DEMO)/demo-reviewer.token
+	$(BIN)/bintally audit events --limit 8 --db $(AUDIT_DB)
 	$(BIN)/bintally audit list --runs --db $(AUDIT_DB)
 	$(BIN)/bintally audit labels --out $(DEMO)/labels.csv --db $(AUDIT_DB)
 	$(BIN)/bintally audit labels --lines --out $(DEMO)/line-labels.csv --db $(AUDIT_DB)

@@ -31,6 +31,7 @@ from bintally.inference import Prediction
 from bintally.labels import LabelSpace
 from bintally.paths import SAMPLE_DIR
 from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.people_helpers import person
 
 PHOTOS = sorted((SAMPLE_DIR / "bin-images").glob("*.jpg"))[:16]
 
@@ -306,8 +307,8 @@ def test_count_recount_review_and_labels_that_data_index_reads(tmp_path, opened_
 def test_only_approved_resolutions_become_labels(tmp_path, opened_run):
     store = open_store(str(opened_run))
     task = list_tasks(store)[0]
-    submit_count(store, task["id"], task["record_qty"], "ann")
-    review(store, task["id"], approve=False, by="bo", comment="photo blurred")
+    submit_count(store, task["id"], task["record_qty"], person("ann"))
+    review(store, task["id"], approve=False, actor=person("bo"), comment="photo blurred")
     assert run_cli("audit", "labels", "--out", tmp_path / "l.csv", "--db", opened_run).stdout.startswith("wrote 0 label(s)")
     assert (tmp_path / "l.csv").read_text() == "path,count\n"
 
@@ -322,15 +323,15 @@ def test_tasks_are_assigned_and_listed_per_person_until_they_close(opened_run):
     assert run_cli("audit", "assign", first["id"], "--nobody", "--db", opened_run).returncode == 0
     assert list_tasks(store, assignee="ann") == []
     assert_one_line_error(run_cli("audit", "assign", first["id"], "--db", opened_run), "--to or --nobody")
-    submit_count(store, second["id"], second["record_qty"], "bo")
-    review(store, second["id"], approve=True, by="cy", final=second["record_qty"])
+    submit_count(store, second["id"], second["record_qty"], person("bo"))
+    review(store, second["id"], approve=True, actor=person("cy"), final=second["record_qty"])
     assert_one_line_error(run_cli("audit", "assign", second["id"], "--to", "ann", "--db", opened_run), "closed task")
 
 
 def test_the_counter_view_is_blind(opened_run):
     store = open_store(str(opened_run))
     task = list_tasks(store)[0]
-    submit_count(store, task["id"], task["record_qty"] + 1, "ann")
+    submit_count(store, task["id"], task["record_qty"] + 1, person("ann"))
     view = json.loads(run_cli("audit", "show", task["id"], "--blind", "--db", opened_run).stdout)
     assert view["status"] == "recount_requested" and view["count_index"] == 1
     assert not {"record_qty", "predicted", "expected", "score", "p_record", "probabilities", "counts"} & set(view)
@@ -342,20 +343,20 @@ def test_wrong_transitions_are_refused_and_change_nothing(opened_run):
     store = open_store(str(opened_run))
     task = list_tasks(store)[0]["id"]
     with pytest.raises(Conflict, match="only a task in_review"):
-        review(store, task, approve=True, by="bo", final=1)
-    submit_count(store, task, list_tasks(store)[0]["record_qty"], "ann")
+        review(store, task, approve=True, actor=person("bo"), final=1)
+    submit_count(store, task, list_tasks(store)[0]["record_qty"], person("ann"))
     with pytest.raises(Conflict, match="waits for a review"):
-        submit_count(store, task, 3, "cy")
+        submit_count(store, task, 3, person("cy"))
     with pytest.raises(ConfigError, match="needs the final quantity"):
-        review(store, task, approve=True, by="bo")
-    review(store, task, approve=True, by="bo", final=list_tasks(store)[0]["record_qty"])
+        review(store, task, approve=True, actor=person("bo"))
+    review(store, task, approve=True, actor=person("bo"), final=list_tasks(store)[0]["record_qty"])
     before = table_sizes(opened_run)
     closed = run_cli("audit", "count", task, "--qty", 2, "--by", "cy", "--db", opened_run)
     assert_one_line_error(closed, f"task {task} is approved", "closed")
     again = run_cli("audit", "review", task, "--reject", "--by", "cy", "--db", opened_run)
     assert_one_line_error(again, "only a task in_review")
     with pytest.raises(NotFound):
-        submit_count(store, 999, 1, "ann")
+        submit_count(store, 999, 1, person("ann"))
     assert table_sizes(opened_run) == before
 
 
@@ -367,7 +368,7 @@ def test_two_counts_at_once_give_one_success_and_one_conflict(opened_run):
         def count(who: str, task_id=task["id"], barrier=barrier, outcomes=outcomes):
             barrier.wait()
             try:
-                outcomes.append(submit_count(store, task_id, 1, who).status)
+                outcomes.append(submit_count(store, task_id, 1, person(who)).status)
             except Conflict as e:
                 outcomes.append(f"conflict: {e}")
 
@@ -383,11 +384,11 @@ def test_two_counts_at_once_give_one_success_and_one_conflict(opened_run):
 def test_a_retried_count_with_the_same_idempotency_key_is_recorded_once(opened_run):
     store = open_store(str(opened_run))
     task = list_tasks(store)[0]["id"]
-    first = submit_count(store, task, 7, "ann", idempotency_key="k-1")
-    replay = submit_count(store, task, 7, "ann", idempotency_key="k-1")
+    first = submit_count(store, task, 7, person("ann"), idempotency_key="k-1")
+    replay = submit_count(store, task, 7, person("ann"), idempotency_key="k-1")
     assert replay.replayed and (replay.task_id, replay.count_index, replay.status) == (first.task_id, first.count_index, first.status)
     with pytest.raises(Conflict, match="already used"):
-        submit_count(store, task, 8, "ann", idempotency_key="k-1")
+        submit_count(store, task, 8, person("ann"), idempotency_key="k-1")
     assert rows(opened_run, f"SELECT count(*) FROM count_observations WHERE task_id = {task}") == [(1,)]
 
 

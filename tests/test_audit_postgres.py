@@ -22,6 +22,7 @@ from bintally.audit.store import known_revisions
 from bintally.errors import ConfigError
 from bintally.paths import SAMPLE_DIR
 from tests.conftest import copy_bucket
+from tests.people_helpers import person
 from tests.lined import query
 
 TABLES = {"snapshots", "photos", "audit_runs", "run_shards", "scores", "tasks", "count_observations", "resolutions"}
@@ -200,7 +201,7 @@ def test_two_counts_of_one_task_at_once_give_one_count_and_one_conflict(worklist
     for i, task_id in enumerate(tasks[:4] if both_read_first else tasks[4:8]):
         # agreeing with the record the task goes to review; off by one it asks for a recount, which a late first count must not become
         qty, status = (record_of(url, task_id), "in_review") if i % 2 else (record_of(url, task_id) + 1, "recount_requested")
-        results = race(url, lambda store, who, t=task_id, q=qty: submit_count(store, t, q, who), both_read_first, monkeypatch)
+        results = race(url, lambda store, who, t=task_id, q=qty: submit_count(store, t, q, person(who)), both_read_first, monkeypatch)
         one_winner(results)
         assert query(url, "SELECT count(*), min(count_index) FROM count_observations WHERE task_id = :t", t=task_id) == [(1, 0)]
         assert query(url, "SELECT status, version FROM tasks WHERE id = :t", t=task_id) == [(status, 1)]
@@ -212,8 +213,8 @@ def test_two_reviews_of_one_task_at_once_give_one_resolution_and_one_conflict(wo
     for task_id in tasks[8:12] if both_read_first else tasks[12:16]:
         qty = record_of(url, task_id)
         with opened(url) as store:
-            submit_count(store, task_id, qty, "counter")
-        results = race(url, lambda store, who, t=task_id, q=qty: review(store, t, True, who, final=q), both_read_first, monkeypatch)
+            submit_count(store, task_id, qty, person("counter"))
+        results = race(url, lambda store, who, t=task_id, q=qty: review(store, t, True, person(who), final=q), both_read_first, monkeypatch)
         one_winner(results)
         winner = next(r for r in results if not isinstance(r, Exception))
         assert query(url, "SELECT count(*), min(reviewed_by), min(decision) FROM resolutions WHERE task_id = :t", t=task_id) == [
@@ -225,7 +226,7 @@ def test_two_reviews_of_one_task_at_once_give_one_resolution_and_one_conflict(wo
 def test_ids_beyond_postgresqls_integer_are_not_found_rather_than_a_database_error(worklist, big):
     url, _ = worklist
     with opened(url) as store:
-        for call in (task_detail, counter_view, get_run_summary, snapshot_photo, lambda store, i: submit_count(store, i, 1, "x")):
+        for call in (task_detail, counter_view, get_run_summary, snapshot_photo, lambda store, i: submit_count(store, i, 1, person("x"))):
             with pytest.raises(NotFound):
                 call(store, big)
 

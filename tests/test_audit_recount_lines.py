@@ -20,6 +20,7 @@ from bintally.audit.store import database_url, known_revisions
 from bintally.data.records import SkuLine
 from bintally.errors import ConfigError
 from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.people_helpers import person
 from tests.lined import THREE_LINES, TWO_LINES, lined_run, lined_snapshot, query, record_lines_of, totals_snapshot
 
 TOTALS_ONLY = "00452"
@@ -112,11 +113,11 @@ def test_the_record_lines_are_stored_with_their_snapshot_once(lined, tiny_artifa
 def test_a_lined_task_is_counted_per_line_and_its_total_is_their_sum(lined):
     url, store, tasks = lined
     two, three = tasks[f"bin-{TWO_LINES}"]["id"], tasks[f"bin-{THREE_LINES}"]["id"]
-    outcome = submit_count(store, two, None, "ann", lines={A: 2, B: 1})
+    outcome = submit_count(store, two, None, person("ann"), lines={A: 2, B: 1})
     assert (outcome.status, outcome.count_index) == ("in_review", 0)
     assert query(url, "SELECT counted_qty FROM count_observations WHERE task_id = :t", t=two) == [(3,)]
     assert count_lines(url, two) == [(0, A, 2), (0, B, 1)]
-    assert submit_count(store, three, 4, "ann", lines={C: 1, A: 2, B: 1}).status == "in_review"  # qty given too: their sum
+    assert submit_count(store, three, 4, person("ann"), lines={C: 1, A: 2, B: 1}).status == "in_review"  # qty given too: their sum
     detail = task_detail(store, two)
     assert detail["counts"][0]["lines"] == {A: 2, B: 1}
     assert [(r["sku"], r["record_qty"], r["count"], r["recount"], r["final_qty"]) for r in detail["lines"]] == [
@@ -126,28 +127,28 @@ def test_a_lined_task_is_counted_per_line_and_its_total_is_their_sum(lined):
 def test_a_line_off_the_record_asks_for_a_recount_even_when_the_total_is_right(lined, tiny_artifact, counter):
     url, store, tasks = lined
     task = tasks[f"bin-{TWO_LINES}"]["id"]
-    assert submit_count(store, task, None, "ann", lines={A: 3, B: 0}).status == "recount_requested"  # 3 items, as recorded
+    assert submit_count(store, task, None, person("ann"), lines={A: 3, B: 0}).status == "recount_requested"  # 3 items, as recorded
     assert counter_view(store, task)["count_index"] == 1
-    assert submit_count(store, task, None, "cy", lines={A: 3, B: 0}, count_index=1).status == "in_review"
+    assert submit_count(store, task, None, person("cy"), lines={A: 3, B: 0}, count_index=1).status == "in_review"
     assert count_lines(url, task) == [(0, A, 3), (0, B, 0), (1, A, 3), (1, B, 0)]
 
     # tolerance 1: a line off by one is within it, a line off by two is not
     run = lined_run(url, tiny_artifact.path, [lined_snapshot(TWO_LINES), lined_snapshot(THREE_LINES)], counter, name="tolerant", tolerance=1)
     tolerant = {t["bin_id"]: t["id"] for t in list_tasks(store, run_id=run.run_id)}
-    assert submit_count(store, tolerant[f"bin-{TWO_LINES}"], None, "ann", lines={A: 3, B: 0}).status == "in_review"
-    assert submit_count(store, tolerant[f"bin-{THREE_LINES}"], None, "ann", lines={C: 1, A: 0, B: 3}).status == "recount_requested"
+    assert submit_count(store, tolerant[f"bin-{TWO_LINES}"], None, person("ann"), lines={A: 3, B: 0}).status == "in_review"
+    assert submit_count(store, tolerant[f"bin-{THREE_LINES}"], None, person("ann"), lines={C: 1, A: 0, B: 3}).status == "recount_requested"
 
 
 def test_a_found_sku_is_an_extra_line_against_a_record_of_zero(lined):
     url, store, tasks = lined
     task = tasks[f"bin-{THREE_LINES}"]["id"]
-    outcome = submit_count(store, task, None, "ann", lines={C: 1, A: 2, B: 1}, found={FOUND: 1})
+    outcome = submit_count(store, task, None, person("ann"), lines={C: 1, A: 2, B: 1}, found={FOUND: 1})
     assert outcome.status == "recount_requested"  # 5 items against a record of 4, and a line the record does not have
     assert query(url, "SELECT counted_qty FROM count_observations WHERE task_id = :t", t=task) == [(5,)]
-    submit_count(store, task, None, "cy", lines={C: 1, A: 2, B: 1}, found={FOUND: 1}, count_index=1)
+    submit_count(store, task, None, person("cy"), lines={C: 1, A: 2, B: 1}, found={FOUND: 1}, count_index=1)
     with pytest.raises(ConfigError, match="neither on the record nor found by a count"):
-        review(store, task, True, "bo", reason="found", final_lines={C: 1, A: 2, B: 1, "B0TYPO": 1})
-    resolution = review(store, task, True, "bo", reason="found", final_lines={C: 1, A: 2, B: 1, FOUND: 1})
+        review(store, task, True, person("bo"), reason="found", final_lines={C: 1, A: 2, B: 1, "B0TYPO": 1})
+    resolution = review(store, task, True, person("bo"), reason="found", final_lines={C: 1, A: 2, B: 1, FOUND: 1})
     assert (resolution.final_qty, resolution.record_qty, resolution.variance, resolution.outcome) == (5, 4, 1, "record_wrong")
     assert query(url, "SELECT r.sku, r.record_qty, r.final_qty, r.variance FROM resolution_lines r JOIN resolutions s "
                       "ON s.id = r.resolution_id WHERE s.task_id = :t ORDER BY r.id", t=task) == [
@@ -174,7 +175,7 @@ def test_bad_line_counts_are_refused_and_record_nothing(lined, count, words):
     url, store, tasks = lined
     before = written(url)
     with pytest.raises(ConfigError) as refused:
-        submit_count(store, tasks[f"bin-{TWO_LINES}"]["id"], count.get("qty"), "ann", **{k: v for k, v in count.items() if k != "qty"})
+        submit_count(store, tasks[f"bin-{TWO_LINES}"]["id"], count.get("qty"), person("ann"), **{k: v for k, v in count.items() if k != "qty"})
     assert words in str(refused.value) and "\n" not in str(refused.value)
     assert written(url) == before and list_tasks(store, status="requested")[0]["status"] == "requested"
 
@@ -183,24 +184,24 @@ def test_a_totals_only_task_keeps_its_flow_and_takes_no_lines(lined):
     url, store, tasks = lined
     task = tasks[f"bin-{TOTALS_ONLY}"]
     with pytest.raises(ConfigError, match="no SKU lines on its record"):
-        submit_count(store, task["id"], None, "ann", lines={A: 1})
+        submit_count(store, task["id"], None, person("ann"), lines={A: 1})
     assert counter_view(store, task["id"])["lines"] == []
-    assert submit_count(store, task["id"], task["record_qty"] + 1, "ann").status == "recount_requested"
-    submit_count(store, task["id"], task["record_qty"] + 1, "cy", count_index=1)
+    assert submit_count(store, task["id"], task["record_qty"] + 1, person("ann")).status == "recount_requested"
+    submit_count(store, task["id"], task["record_qty"] + 1, person("cy"), count_index=1)
     with pytest.raises(ConfigError, match="final quantity \\(final\\) alone"):
-        review(store, task["id"], True, "bo", final_lines={A: 1})
-    resolution = review(store, task["id"], True, "bo", final=task["record_qty"] + 1, reason="found")
+        review(store, task["id"], True, person("bo"), final_lines={A: 1})
+    resolution = review(store, task["id"], True, person("bo"), final=task["record_qty"] + 1, reason="found")
     assert resolution.lines == [] and written(url)["count_lines"] == 0 and written(url)["resolution_lines"] == 0
 
 
 def test_a_retried_lined_count_is_recorded_once(lined):
     url, store, tasks = lined
     task = tasks[f"bin-{TWO_LINES}"]["id"]
-    first = submit_count(store, task, None, "ann", idempotency_key="lined-1", lines={A: 2, B: 2})
-    again = submit_count(store, task, None, "ann", idempotency_key="lined-1", lines={A: 2, B: 2})
+    first = submit_count(store, task, None, person("ann"), idempotency_key="lined-1", lines={A: 2, B: 2})
+    again = submit_count(store, task, None, person("ann"), idempotency_key="lined-1", lines={A: 2, B: 2})
     assert again.replayed and (again.status, again.count_index) == (first.status, first.count_index) == ("recount_requested", 0)
     with pytest.raises(Conflict, match="already used"):
-        submit_count(store, task, None, "ann", idempotency_key="lined-1", lines={A: 3, B: 1})  # the same total, other lines
+        submit_count(store, task, None, person("ann"), idempotency_key="lined-1", lines={A: 3, B: 1})  # the same total, other lines
     assert count_lines(url, task) == [(0, A, 2), (0, B, 2)]
 
 
@@ -213,7 +214,7 @@ def test_two_lined_counts_at_once_give_one_count_and_one_conflict(lined):
     def count(i: int) -> None:
         barrier.wait(timeout=30)
         try:
-            results[i] = submit_count(stores[i], task, None, f"person-{i}", lines={C: i, A: 2, B: 1})
+            results[i] = submit_count(stores[i], task, None, person(f"person-{i}"), lines={C: i, A: 2, B: 1})
         except Conflict as e:
             results[i] = e
 
@@ -235,8 +236,8 @@ def test_two_lined_counts_at_once_give_one_count_and_one_conflict(lined):
 def test_a_lined_review_needs_final_lines_and_records_each_lines_variance(lined):
     url, store, tasks = lined
     task = tasks[f"bin-{TWO_LINES}"]["id"]
-    submit_count(store, task, None, "ann", lines={A: 3, B: 0})
-    submit_count(store, task, None, "cy", lines={A: 3, B: 0}, count_index=1)
+    submit_count(store, task, None, person("ann"), lines={A: 3, B: 0})
+    submit_count(store, task, None, person("cy"), lines={A: 3, B: 0}, count_index=1)
     for kwargs, words in ((dict(), "give each SKU's final quantity (final_lines)"),
                           (dict(final=3), "give each SKU's final quantity (final_lines)"),
                           (dict(final_lines={A: 3}), "missing B00ABVSMQC"),
@@ -244,9 +245,9 @@ def test_a_lined_review_needs_final_lines_and_records_each_lines_variance(lined)
                           (dict(final_lines={A: 3, B: -1}), "must be from 0"),
                           (dict(final_lines={A: 3, B: 0}), "give a reason")):  # the total agrees, two lines do not
         with pytest.raises(ConfigError, match=words.replace("(", "\\(").replace(")", "\\)")):
-            review(store, task, True, "bo", **kwargs)
+            review(store, task, True, person("bo"), **kwargs)
     assert written(url)["resolutions"] == 0
-    resolution = review(store, task, True, "bo", reason="misplaced", final_lines={A: 3, B: 0})
+    resolution = review(store, task, True, person("bo"), reason="misplaced", final_lines={A: 3, B: 0})
     assert (resolution.final_qty, resolution.record_qty, resolution.variance, resolution.outcome) == (3, 3, 0, "record_wrong")
     detail = task_detail(store, task)
     assert [(r["sku"], r["record_qty"], r["count"], r["recount"], r["final_qty"], r["variance"]) for r in detail["lines"]] == [
@@ -259,10 +260,10 @@ def test_a_lined_review_needs_final_lines_and_records_each_lines_variance(lined)
 def test_approved_lined_recounts_are_labels_per_line_and_in_total(lined, tmp_path):
     url, store, tasks = lined
     two, totals = tasks[f"bin-{TWO_LINES}"], tasks[f"bin-{TOTALS_ONLY}"]
-    submit_count(store, two["id"], None, "ann", lines={A: 2, B: 1})
-    review(store, two["id"], True, "bo", final_lines={A: 2, B: 1})
-    submit_count(store, totals["id"], totals["record_qty"], "ann")
-    review(store, totals["id"], True, "bo", final=totals["record_qty"])
+    submit_count(store, two["id"], None, person("ann"), lines={A: 2, B: 1})
+    review(store, two["id"], True, person("bo"), final_lines={A: 2, B: 1})
+    submit_count(store, totals["id"], totals["record_qty"], person("ann"))
+    review(store, totals["id"], True, person("bo"), final=totals["record_qty"])
     assert {label["bin_id"]: label["count"] for label in approved_labels(store)} == {
         f"bin-{TWO_LINES}": 3, f"bin-{TOTALS_ONLY}": totals["record_qty"]}  # the bin total, as before
     assert [(r["bin_id"], r["sku"], r["final_qty"], r["record_qty"], r["variance"], r["task_id"]) for r in approved_line_labels(store)] == [
@@ -287,8 +288,8 @@ def test_line_labels_and_the_export_are_spreadsheet_safe(sqlite_url, tiny_artifa
     store = open_store(sqlite_url)
     task = list_tasks(store)[0]["id"]
     final = {line.sku: line.qty for line in hostile}
-    submit_count(store, task, None, "ann", lines=final)
-    review(store, task, True, "bo", final_lines=final)
+    submit_count(store, task, None, person("ann"), lines=final)
+    review(store, task, True, person("bo"), final_lines=final)
     run_cli("audit", "labels", "--lines", "--out", tmp_path / "lines.csv", "--db", sqlite_url)
     rows = list(csv.DictReader((tmp_path / "lines.csv").open()))
     assert [(r["bin_id"], r["sku"]) for r in rows] == [("'+bin", "'=HYPERLINK(\"http://x\")"), ("'+bin", "'@SUM(A1)"), ("'+bin", "'-B0DASH")]
@@ -354,7 +355,7 @@ def test_count_and_review_per_line_on_the_command_line(sqlite_lined):
 def test_the_blind_view_lists_the_skus_to_count_and_never_a_recorded_quantity(sqlite_lined):
     url, store, tasks = sqlite_lined
     task = tasks[f"bin-{THREE_LINES}"]["id"]
-    submit_count(store, task, None, "ann", lines={C: 1, A: 5, B: 1})
+    submit_count(store, task, None, person("ann"), lines={C: 1, A: 5, B: 1})
     shown = run_cli("audit", "show", task, "--blind", "--db", url)
     view = json.loads(shown.stdout)
     expected = record_lines_of(THREE_LINES)
@@ -392,7 +393,7 @@ def test_lines_for_a_totals_only_task_and_bad_final_lines_on_the_command_line(sq
     totals = run_cli("audit", "count", tasks[f"bin-{TOTALS_ONLY}"]["id"], "--line", f"{A}=1", "--by", "ann", "--db", url)
     assert_one_line_error(totals, "no SKU lines on its record")
     task = tasks[f"bin-{TWO_LINES}"]["id"]
-    submit_count(store, task, None, "ann", lines={A: 2, B: 1})
+    submit_count(store, task, None, person("ann"), lines={A: 2, B: 1})
     for extra, words in ((["--final-line", f"{A}=2"], "missing B00ABVSMQC"),
                          (["--final-line", f"{A}=2", "--final-line", f"{B}=1", "--final-line", f"{FOUND}=1"], "neither on the record"),
                          (["--final-line", f"{A}=x"], "not a whole number")):
@@ -449,7 +450,7 @@ def test_a_store_of_schema_0001_with_data_is_upgraded_and_stays_readable(url):
         assert detail["resolution"]["lines"] == []
         assert [(label["bin_id"], label["count"]) for label in approved_labels(store)] == [("old-1", 4)]
         assert approved_line_labels(store) == [] and counter_view(store, tasks[1])["lines"] == []
-        assert submit_count(store, tasks[1], 2, "cy").status == "in_review"  # the old flow goes on, by total
-        assert review(store, tasks[1], True, "bo", final=2).lines == []
+        assert submit_count(store, tasks[1], 2, person("cy")).status == "in_review"  # the old flow goes on, by total
+        assert review(store, tasks[1], True, person("bo"), final=2).lines == []
     finally:
         store.close()

@@ -22,6 +22,7 @@ from pandas.api.types import is_numeric_dtype
 from bintally.io import FORMULA_STARTS, csv_text, formula_like, spreadsheet_original, spreadsheet_safe, write_csv
 from bintally.paths import SAMPLE_DIR
 from tests.cli_helpers import run_cli
+from tests.people_helpers import person
 from tests.servers import API_KEY, AUTH
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bintally"
@@ -128,8 +129,8 @@ def hostile_store(tiny_artifact, tmp_path_factory):
     try:
         for task in list_tasks(store):
             i = HOSTILE_BINS.index(task["bin_id"])
-            submit_count(store, task["id"], task["record_qty"], HOSTILE_NAMES[i], comment="=1+1")
-            review(store, task["id"], True, HOSTILE_NAMES[-1 - i], final=task["record_qty"], reason="other", comment="@x")
+            submit_count(store, task["id"], task["record_qty"], person(HOSTILE_NAMES[i]), comment="=1+1")
+            review(store, task["id"], True, person(HOSTILE_NAMES[-1 - i]), final=task["record_qty"], reason="other", comment="@x")
     finally:
         store.close()
     return url, folder

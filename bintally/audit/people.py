@@ -25,6 +25,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from bintally.audit.errors import Conflict, NotFound
 from bintally.audit.schema import AuditEvent, DashboardSession, StoreSetting, Token, User, utcnow
 from bintally.audit.store import Store
 from bintally.errors import ConfigError
@@ -172,8 +173,6 @@ def has_users(store: Store) -> bool:
 def get_user(session, name: str) -> User:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
-        from bintally.audit.workflow import NotFound
-
         raise NotFound(f"no user {name!r}")
     return user
 
@@ -184,8 +183,6 @@ def add_user(store: Store, name: str, roles, by: Principal) -> str:
     name, stored = check_user_name(name), check_roles(roles)
     with store.session() as session:
         if session.scalar(select(User).where(User.name == name)) is not None:
-            from bintally.audit.workflow import Conflict
-
             raise Conflict(f"user {name!r} exists: give another name, or `bintally audit token rotate {name}` for a new token")
         user = User(name=name, roles=stored, created_by=by.name)
         session.add(user)

@@ -23,6 +23,7 @@ import numpy as np
 from sqlalchemy import and_, func, or_, select, update
 
 from bintally.audit.config import AuditConfig
+from bintally.audit.people import Principal, local_owner, record_event, require
 from bintally.audit.schema import AuditRun, RunShard, Score, Snapshot, SnapshotLine, Task, utcnow
 from bintally.audit.scoring import score_bins
 from bintally.audit.snapshots import PhotoReader, SnapshotIn, read_source
@@ -96,9 +97,11 @@ def default_name(source: str, model_version: str, settings: dict) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, counter=None, store: Store | None = None,
-              uploads: dict | None = None, shard: tuple[int, int] | None = None) -> AuditResult:
+def audit_run(config: AuditConfig, actor: Principal | None = None, snapshots: list[SnapshotIn] | None = None, counter=None,
+              store: Store | None = None, uploads: dict | None = None, shard: tuple[int, int] | None = None) -> AuditResult:
     """Score this process's shard of the snapshots and, when every shard is done, write the worklist.
+
+    `actor` (an auditor) creates the run; None: the local owner of the store, named by config.created_by.
 
     `snapshots` (else read from config.data), `counter` (else loaded from config.model) and `store` (else opened
     at config.db) let the server reuse what it already holds; `uploads` maps sha256 -> bytes of uploaded photos.
@@ -106,6 +109,7 @@ def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, co
     from bintally.inference import Counter
 
     config.validate()
+    actor = require(actor or local_owner(config.created_by), "auditor")
     rank, world = shard or shard_of_environment()
     reader = PhotoReader(config.source_policy(), uploads)
     snapshots = snapshots if snapshots is not None else read_source(config.data, config.lines)
@@ -116,7 +120,7 @@ def audit_run(config: AuditConfig, snapshots: list[SnapshotIn] | None = None, co
     store = store or open_store(config.db)
     try:
         settings = run_settings(config, snapshots, counter.artifact.temperature)
-        run, reused = find_or_create_run(store, config, counter.artifact, settings, world)
+        run, reused = find_or_create_run(store, config, counter.artifact, settings, world, actor)
         mine = snapshots[rank::world]
         result = AuditResult(run.id, run.name, run.status, len(mine), 0, [], reused)
         if run.status == "scoring":
@@ -140,7 +144,8 @@ def warn_about_records_without_class(space, snapshots: list[SnapshotIn]) -> None
             "audit with a model that has an overflow class (--overflow class) to rank them", outside, space.description)
 
 
-def find_or_create_run(store: Store, config: AuditConfig, artifact, settings: dict, world: int) -> tuple[AuditRun, bool]:
+def find_or_create_run(store: Store, config: AuditConfig, artifact, settings: dict, world: int,
+                       actor: Principal) -> tuple[AuditRun, bool]:
     """The run of this name (checked to be the same audit), else a new one; (run, existed)."""
     from sqlalchemy.exc import IntegrityError
 
@@ -154,8 +159,10 @@ def find_or_create_run(store: Store, config: AuditConfig, artifact, settings: di
         try:
             with store.session() as session:
                 run = AuditRun(name=name, model_name=artifact.name, model_version=artifact.version, source=str(config.data),
-                               settings=settings, world_size=world, status="scoring", created_by=config.created_by)
+                               settings=settings, world_size=world, status="scoring", created_by=actor.name)
                 session.add(run)
+                session.flush()
+                record_event(session, actor, "run.create", f"run {run.id}", {"name": name, "model": artifact.version})
             return run, False
         except IntegrityError:
             continue

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from bintally.audit.schema import AuditRun, CountLine, CountObservation, Resolution, ResolutionLine, Snapshot, SnapshotLine, Task, utcnow
+from bintally.audit.errors import Conflict, NotFound
+from bintally.audit.people import SEPARATE_APPROVAL, SEPARATE_RECOUNT, Forbidden, Principal, record_event, require, setting
+from bintally.audit.schema import AuditRun, CountLine, CountObservation, Resolution, ResolutionLine, Snapshot, SnapshotLine, Task, User, utcnow
 from bintally.audit.store import Store
 from bintally.data.records import MAX_LINES
 from bintally.errors import ConfigError
@@ -39,14 +41,6 @@ OUTCOMES = ("record_correct", "record_wrong", "bin_changed", "image_unusable")
 REASONS = ("lost", "found", "damaged", "misplaced", "data_entry", "other")
 MAX_QTY = 10**6
 MAX_SKU = 200  # characters of a SKU, as snapshot_lines stores it
-
-
-class NotFound(ConfigError):
-    """An unknown task or run (HTTP 404)."""
-
-
-class Conflict(ConfigError):
-    """A transition the task's state does not allow, or lost to a concurrent writer (HTTP 409)."""
 
 
 class WrongCount(Conflict):
@@ -177,17 +171,19 @@ def transition(session, task: Task, new_status: str, **values) -> None:
         raise Conflict(f"task {task.id} was changed by someone else at the same time; reload it and try again")
 
 
-def submit_count(store: Store, task_id: int, qty: int | None, by: str, comment: str | None = None,
-                 idempotency_key: str | None = None, count_index: int = 0, lines: dict | None = None,
+def submit_count(store: Store, task_id: int, qty: int | None, actor: Principal, comment: str | None = None,
+                 count_index: int = 0, idempotency_key: str | None = None, lines: dict | None = None,
                  found: dict | None = None) -> CountOutcome:
-    """Record a blind count of the task's bin; a first count off the record by more than the run's tolerance asks for a recount.
+    """Record `actor`'s blind count of the task's bin; a first count off the record by more than the run's tolerance asks
+    for a recount (by someone else, while the store separates them).
 
     `count_index` says which count this is (0 the count, 1 the recount): two people sending the same count at
     once both say 0, and the second is refused instead of silently becoming the recount. A task whose record
     has SKU lines takes `lines` ({SKU: quantity}, every recorded SKU) and `found` (SKUs off the record); `qty`
     may then be left out (it is their sum).
     """
-    qty, by, comment = check_qty(qty) if qty is not None else None, check_person(by), check_comment(comment)
+    require(acting(actor), "counter")
+    qty, comment = check_qty(qty) if qty is not None else None, check_comment(comment)
     lines = check_line_counts(lines, "lines") if lines is not None else None
     found = check_line_counts(found, "found", low=1) if found is not None else None
     if qty is None and lines is None:
@@ -201,21 +197,76 @@ def submit_count(store: Store, task_id: int, qty: int | None, by: str, comment: 
             if idempotency_key is not None:
                 earlier = session.scalar(select(CountObservation).where(CountObservation.idempotency_key == idempotency_key))
                 if earlier is not None:
-                    return replay(session, earlier, task_id, qty, None if lines is None else lines | (found or {}))
-            task = get_task(session, task_id)
-            index = countable_index(task, count_index)
-            recorded = record_lines(session, task.snapshot_id)
-            total, counted = line_total(task.id, recorded, qty, lines, found)
-            session.add(CountObservation(task_id=task.id, count_index=index, counted_qty=total, counted_by=by, comment=comment,
-                                         idempotency_key=idempotency_key, lines=[CountLine(sku=s, counted_qty=q) for s, q in counted.items()]))
-            session.flush()  # the unique (task, count index) refuses a second writer here
-            record = session.scalar(select(Snapshot.record_qty).where(Snapshot.id == task.snapshot_id))
-            tolerance = session.scalar(select(AuditRun.settings).where(AuditRun.id == task.run_id)).get("tolerance", 0)
-            status = "recount_requested" if index == 0 and off_record(total, record, counted, recorded, tolerance) else "in_review"
-            transition(session, task, status)
-            return CountOutcome(task.id, index, status)
+                    return replay(session, earlier, task_id, qty, None if lines is None else lines | (found or {}), actor)
+            return write_count(session, get_task(session, task_id), count_index, qty, lines, found, comment, idempotency_key, actor)
     except IntegrityError:
         raise Conflict(f"task {task_id} was counted by someone else at the same time; reload it and try again") from None
+
+
+def write_count(session, task: Task, count_index: int, qty, lines, found, comment, idempotency_key, actor: Principal) -> CountOutcome:
+    """The count, the task's next state and its event, in the caller's transaction (the checks see what the write sees)."""
+    check_may_count(task, actor)
+    index = countable_index(task, count_index)
+    check_recounter(session, task, index, actor)
+    recorded = record_lines(session, task.snapshot_id)
+    total, counted = line_total(task.id, recorded, qty, lines, found)
+    session.add(CountObservation(task_id=task.id, count_index=index, counted_qty=total, counted_by=actor.name, comment=comment,
+                                 idempotency_key=idempotency_key, lines=[CountLine(sku=s, counted_qty=q) for s, q in counted.items()]))
+    session.flush()  # the unique (task, count index) refuses a second writer here
+    record = session.scalar(select(Snapshot.record_qty).where(Snapshot.id == task.snapshot_id))
+    tolerance = session.scalar(select(AuditRun.settings).where(AuditRun.id == task.run_id)).get("tolerance", 0)
+    status = "recount_requested" if index == 0 and off_record(total, record, counted, recorded, tolerance) else "in_review"
+    handed_back = status == "recount_requested" and task.assignee == actor.name and setting(session, SEPARATE_RECOUNT)
+    transition(session, task, status, **({"assignee": None} if handed_back else {}))  # the recount is someone else's
+    record_event(session, actor, "task.count", f"task {task.id}", {"count_index": index, "status": status})
+    return CountOutcome(task.id, index, status)
+
+
+def acting(actor) -> Principal:
+    """`actor` when it is a Principal: a name typed by a caller never stands for a person here."""
+    if not isinstance(actor, Principal):
+        raise TypeError(f"the workflow takes the acting Principal, not {type(actor).__name__}")
+    return actor
+
+
+def check_may_count(task: Task, actor: Principal) -> None:
+    """A task assigned to someone else is theirs to count."""
+    if task.assignee is not None and task.assignee != actor.name:
+        raise Forbidden(f"task {task.id} is assigned to {task.assignee}: {actor.name} may not count it "
+                        f"(a reviewer or auditor reassigns it with `bintally audit assign {task.id} --to NAME`)")
+
+
+def check_counter_may_see(store: Store, task_id: int, actor: Principal) -> None:
+    """Forbidden unless `actor` may see the task's blind view: a reviewer or auditor any task; a counter a task that
+    waits for a count and is assigned to them or to nobody."""
+    if actor.has("reviewer") or actor.has("auditor"):
+        return
+    require(actor, "counter")
+    with store.session() as session:
+        task = get_task(session, task_id)
+        if task.status not in COUNTABLE:
+            raise Forbidden(f"task {task.id} is {task.status}: a counter sees only tasks that wait for a count")
+        check_may_count(task, actor)
+
+
+def first_counter(session, task_id: int) -> str | None:
+    return session.scalar(select(CountObservation.counted_by).where(CountObservation.task_id == task_id,
+                                                                    CountObservation.count_index == 0))
+
+
+def check_recounter(session, task: Task, index: int, actor: Principal) -> None:
+    """Separation of duties: a recount is someone else's than the first count (unless the store allows it)."""
+    if index == 1 and first_counter(session, task.id) == actor.name and setting(session, SEPARATE_RECOUNT):
+        raise Forbidden(f"{actor.name} counted task {task.id} first: its recount is someone else's (separation of duties; "
+                        f"an admin may turn it off: `bintally audit settings set {SEPARATE_RECOUNT} false`)")
+
+
+def check_reviewer(session, task: Task, actor: Principal) -> None:
+    """Separation of duties: no one reviews a task they counted (unless the store allows it)."""
+    counters = set(session.scalars(select(CountObservation.counted_by).where(CountObservation.task_id == task.id)))
+    if actor.name in counters and setting(session, SEPARATE_APPROVAL):
+        raise Forbidden(f"{actor.name} counted task {task.id}: someone else reviews it (separation of duties; "
+                        f"an admin may turn it off: `bintally audit settings set {SEPARATE_APPROVAL} false`)")
 
 
 def countable_index(task: Task, count_index: int) -> int:
@@ -230,31 +281,48 @@ def countable_index(task: Task, count_index: int) -> int:
     return index
 
 
-def replay(session, earlier: CountObservation, task_id: int, qty: int | None, counted: dict[str, int] | None) -> CountOutcome:
+def replay(session, earlier: CountObservation, task_id: int, qty: int | None, counted: dict[str, int] | None,
+           actor: Principal) -> CountOutcome:
     earlier_lines = {line.sku: line.counted_qty for line in earlier.lines}
-    same = earlier.task_id == task_id and (qty is None or earlier.counted_qty == qty) and (counted or {}) == earlier_lines
+    same = (earlier.task_id == task_id and earlier.counted_by == actor.name and (qty is None or earlier.counted_qty == qty)
+            and (counted or {}) == earlier_lines)
     if not same:
         raise Conflict("this idempotency key was already used for another count; use a new key for a new count")
     task = get_task(session, task_id)
     return CountOutcome(task.id, earlier.count_index, task.status, replayed=True)
 
 
-def assign(store: Store, task_id: int, assignee: str | None) -> str:
-    """Give an open task to a person (None: to nobody); the task's status."""
+def assign(store: Store, task_id: int, assignee: str | None, actor: Principal) -> str:
+    """Give an open task to a person (None: to nobody); the task's status. On a store with users, the assignee is an
+    enabled user who counts; a recount is not given to the task's first counter while the store separates them."""
+    require(acting(actor), "reviewer", "auditor")
     assignee = check_person(assignee, "assignee") if assignee is not None else None
     with store.session() as session:
         task = get_task(session, task_id)
         if task.status in ("approved", "rejected"):
             raise Conflict(f"task {task_id} is {task.status}: a closed task is not assigned")
+        if assignee is not None:
+            check_assignee(session, task, assignee)
         transition(session, task, task.status, assignee=assignee)
+        record_event(session, actor, "task.assign", f"task {task.id}", {"assignee": assignee})
         return task.status
 
 
-def review(store: Store, task_id: int, approve: bool, by: str, final: int | None = None, reason: str | None = None,
+def check_assignee(session, task: Task, assignee: str) -> None:
+    if session.scalar(select(User.id).limit(1)) is not None:
+        user = session.scalar(select(User).where(User.name == assignee))
+        if user is None or user.disabled_at is not None or "counter" not in user.roles.split(","):
+            raise ConfigError(f"assignee {assignee!r}: not an enabled user with the role counter (see `bintally audit user list`)")
+    if task.status == "recount_requested" and first_counter(session, task.id) == assignee and setting(session, SEPARATE_RECOUNT):
+        raise Forbidden(f"{assignee} counted task {task.id} first: its recount goes to someone else (separation of duties)")
+
+
+def review(store: Store, task_id: int, approve: bool, actor: Principal, final: int | None = None, reason: str | None = None,
            outcome: str | None = None, comment: str | None = None, final_lines: dict | None = None) -> Resolution:
-    """Approve (with the final quantity, or for a lined task each SKU's in `final_lines`) or reject the counts of a
-    task in review; the resolution is written once."""
-    by, comment = check_person(by), check_comment(comment)
+    """`actor`'s approval (with the final quantity, or for a lined task each SKU's in `final_lines`) or rejection of
+    the counts of a task in review, by someone who did not count it (while the store separates them); written once."""
+    require(acting(actor), "reviewer")
+    by, comment = actor.name, check_comment(comment)
     final = check_qty(final, "final") if final is not None else None
     final_lines = check_line_counts(final_lines, "final_lines") if final_lines is not None else None
     if reason is not None and reason not in REASONS:
@@ -267,6 +335,7 @@ def review(store: Store, task_id: int, approve: bool, by: str, final: int | None
             if task.status != "in_review":
                 raise Conflict(f"task {task_id} is {task.status}: only a task in_review can be reviewed"
                                + (" (count it first)" if task.status in COUNTABLE else " (it is closed)"))
+            check_reviewer(session, task, actor)
             record = session.scalar(select(Snapshot.record_qty).where(Snapshot.id == task.snapshot_id))
             final, lines = final_of(session, task, approve, final, final_lines)
             variance = final - record if final is not None else None
@@ -283,6 +352,7 @@ def review(store: Store, task_id: int, approve: bool, by: str, final: int | None
             session.add(resolution)
             session.flush()
             transition(session, task, "approved" if approve else "rejected")
+            record_event(session, actor, "task.review", f"task {task.id}", {"decision": resolution.decision, "final_qty": final})
             return resolution
     except IntegrityError:
         raise Conflict(f"task {task_id} was reviewed by someone else at the same time") from None

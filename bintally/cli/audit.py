@@ -11,6 +11,7 @@ import typer
 from bintally.audit.config import AuditConfig
 from bintally.audit.fit_scorer import FitScorerConfig
 from bintally.cli.app import HELP, Opt, app, command, echo_err, echo_stopped, show_progress
+from bintally.cli.identity import TokenFileOpt, cli_principal, store_as
 from bintally.cli.options import settings_options
 from bintally.cli.strict import exclusive
 from bintally.text import whole_number
@@ -23,6 +24,8 @@ DbOpt = Annotated[Optional[str], Opt("--db", envvar="BINTALLY_AUDIT_DB",
                                      help="Audit store: a SQLite file path or a PostgreSQL URL (postgresql+psycopg://...). "
                                           "Default: ./audit.db.")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print JSON instead of a table.")]
+ByOpt = Annotated[Optional[str], Opt("--by", help="Who does it, on a SQLite store without a token (default: your login "
+                                                 "name); with a token, its user.")]
 STATUS_NAMES = Literal["requested", "recount_requested", "in_review", "approved", "rejected"]
 
 
@@ -55,7 +58,7 @@ def line_quantities(values: list[str] | None, option: str) -> dict[str, int] | N
 
 @command(audit_app, "run")
 @settings_options(AuditConfig)
-def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False):
+def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False, token_file: TokenFileOpt = None):
     """Score every bin snapshot and write a recount worklist ranked by how likely the record is wrong.
 
     Under torchrun (or any launcher setting RANK and WORLD_SIZE) each process scores its share into the same store.
@@ -64,8 +67,9 @@ def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False):
 
     show_progress(settings["progress"])
     config = AuditConfig(**settings, db=db)
+    actor = run_actor(config, token_file)
     try:
-        result = audit_run(config)
+        result = audit_run(config, actor)
     except KeyboardInterrupt:
         echo_stopped("stopped; the bins scored so far are kept in the audit store (one batch at most is lost), "
                      "and the same command goes on with the rest")
@@ -90,6 +94,25 @@ def run_cmd(settings: dict, db: DbOpt = None, json_out: JsonOpt = False):
     if nothing_read:
         echo_err(f"no photo of the source could be read ({len(result.unreadable)} skipped): nothing was scored")
         raise typer.Exit(1)
+
+
+def run_actor(config: AuditConfig, token_file):
+    """Who creates the run (an auditor): the local owner (--by) of a SQLite store without a token, else the token's
+    user, or the owner of a PostgreSQL store that has no users yet (the store is opened only for these)."""
+    from bintally.audit import database_url, open_store
+    from bintally.audit.config import default_user
+    from bintally.audit.people import local_owner, require
+    from bintally.cli.identity import read_token
+
+    config.validate()
+    by = None if config.created_by == default_user() else config.created_by  # with a token, --by left out signs as its user
+    if read_token(token_file) is None and database_url(config.db).startswith("sqlite"):
+        return require(local_owner(config.created_by), "auditor")
+    store = open_store(config.db)
+    try:
+        return require(cli_principal(store, by, token_file), "auditor")
+    finally:
+        store.close()
 
 
 @command(audit_app, "fit-scorer")
@@ -129,12 +152,12 @@ def list_cmd(
     limit: Annotated[Optional[int], Opt(min=1, help="At most this many tasks.")] = None,
     db: DbOpt = None,
     json_out: JsonOpt = False,
+    token_file: TokenFileOpt = None,
 ):
-    """The runs (--runs) or the recount tasks, most suspicious first: record, prediction, score, status."""
-    from bintally.audit import list_runs, list_tasks, open_store
+    """The runs (--runs) or the recount tasks, most suspicious first: record, prediction, score, status (a reviewer or auditor)."""
+    from bintally.audit import list_runs, list_tasks
 
-    store = open_store(db, create=False)
-    try:
+    with store_as(db, None, token_file, "reviewer", "auditor") as (store, _):
         if runs:
             rows = list_runs(store)
             if json_out:
@@ -145,8 +168,6 @@ def list_cmd(
                            f"{m['control']}  counted {m['counted']}  confirmed errors {m['confirmed_errors']}")
             return
         rows = list_tasks(store, positive_id(run, "run") if run is not None else None, status, limit, assignee)
-    finally:
-        store.close()
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -166,16 +187,19 @@ def show_cmd(
     blind: Annotated[bool, Opt("--blind", help="Only what a counter may see (no record, no prediction, no earlier count; "
                                                "a lined record's SKUs without their quantities).")] = False,
     db: DbOpt = None,
+    token_file: TokenFileOpt = None,
 ):
     """One task as JSON: the reviewer's view (record, prediction, explanation, counts, per-line record, counts and final,
-    resolution) or the counter's blind view."""
-    from bintally.audit import counter_view, open_store, task_detail
+    resolution; a reviewer or auditor) or the counter's blind view (a counter sees tasks that wait for a count, assigned
+    to them or to nobody)."""
+    from bintally.audit import counter_view, task_detail
+    from bintally.audit.workflow import check_counter_may_see
 
-    store = open_store(db, create=False)
-    try:
-        view = counter_view(store, positive_id(task, "task")) if blind else task_detail(store, positive_id(task, "task"))
-    finally:
-        store.close()
+    task = positive_id(task, "task")
+    with store_as(db, None, token_file, *(() if blind else ("reviewer", "auditor"))) as (store, principal):
+        if blind:
+            check_counter_may_see(store, task, principal)
+        view = counter_view(store, task) if blind else task_detail(store, task)
     typer.echo(json.dumps(view, indent=2))
 
 
@@ -185,23 +209,22 @@ def assign_cmd(
     task: Annotated[int, typer.Argument(help="Task id.")],
     to: Annotated[Optional[str], Opt("--to", help="Who counts it (leave out with --nobody).")] = None,
     nobody: Annotated[bool, Opt("--nobody", help="Take the task back from whoever has it.")] = False,
+    by: ByOpt = None,
     db: DbOpt = None,
+    token_file: TokenFileOpt = None,
 ):
-    """Give an open task to a counter (their worklist: `bintally audit list --assignee NAME`)."""
-    from bintally.audit import assign, open_store
+    """Give an open task to a counter (their worklist: `bintally audit list --assignee NAME`; a reviewer or auditor)."""
+    from bintally.audit import assign
 
-    store = open_store(db, create=False)
-    try:
-        status = assign(store, positive_id(task, "task"), to)
-    finally:
-        store.close()
+    with store_as(db, by, token_file) as (store, principal):
+        status = assign(store, positive_id(task, "task"), to, principal)
     typer.echo(f"task {task} ({status}) is now " + (f"assigned to {to.strip()}" if to else "assigned to nobody"))
 
 
 @command(audit_app, "count")
 def count_cmd(
     task: Annotated[int, typer.Argument(help="Task id.")],
-    by: Annotated[str, Opt("--by", help="Who counted.")],
+    by: ByOpt = None,
     qty: Annotated[Optional[int], Opt("--qty", min=0, help="How many items the counter found in the bin (with --line: their sum, "
                                                            "or leave it out).")] = None,
     line: Annotated[Optional[list[str]], Opt("--line", metavar="SKU=QTY", help="SKU=QTY: how many of a recorded SKU are in the bin (repeatable; a "
@@ -211,10 +234,11 @@ def count_cmd(
     recount: Annotated[bool, Opt("--recount", help="This is the recount the task asks for (a second, independent count).")] = False,
     comment: Annotated[Optional[str], Opt(help="A note on the count.")] = None,
     db: DbOpt = None,
+    token_file: TokenFileOpt = None,
 ):
-    """Record a blind count, by total (--qty) or per SKU line (--line); a first count that differs from the record
-    (in total or on any line, beyond the run's tolerance) asks for a recount."""
-    from bintally.audit import open_store, submit_count
+    """Record a blind count (a counter), by total (--qty) or per SKU line (--line); a first count that differs from the
+    record (in total or on any line, beyond the run's tolerance) asks for a recount, by someone else."""
+    from bintally.audit import submit_count
     from bintally.audit.workflow import Conflict, WrongCount
 
     lines, found_lines = line_quantities(line, "--line"), line_quantities(found, "--found")
@@ -223,13 +247,12 @@ def count_cmd(
                                  "SKU too", param_hint="--found")
     if qty is None and lines is None:
         raise typer.BadParameter("say how many items are in the bin: --qty N, or --line SKU=QTY for each SKU line", param_hint="--qty")
-    store = open_store(db, create=False)
-    try:
-        outcome = submit_count(store, positive_id(task, "task"), qty, by, comment, count_index=int(recount), lines=lines, found=found_lines)
-    except WrongCount as e:
-        raise Conflict(f"{e}; {'pass --recount' if e.expected == 1 else 'leave out --recount'}") from None
-    finally:
-        store.close()
+    with store_as(db, by, token_file) as (store, principal):
+        try:
+            outcome = submit_count(store, positive_id(task, "task"), qty, principal, comment, count_index=int(recount), lines=lines,
+                                   found=found_lines)
+        except WrongCount as e:
+            raise Conflict(f"{e}; {'pass --recount' if e.expected == 1 else 'leave out --recount'}") from None
     which = "count" if outcome.count_index == 0 else "recount"
     after = {"recount_requested": "it differs from the record: a recount is requested",
              "in_review": "the task waits for a review"}[outcome.status]
@@ -255,21 +278,18 @@ def review_cmd(
                       Opt(help="Why the record was wrong (needed when the final quantity differs from it).")] = None,
     outcome: Annotated[Optional[Literal["record_correct", "record_wrong", "bin_changed", "image_unusable"]],
                        Opt(help="Default: record_correct when the final quantity equals the record, else record_wrong.")] = None,
-    by: Annotated[str, Opt("--by", help="Who reviews (and approves).")] = "",
+    by: ByOpt = None,
     comment: Annotated[Optional[str], Opt(help="A note on the decision.")] = None,
     db: DbOpt = None,
+    token_file: TokenFileOpt = None,
 ):
-    """Approve or reject a counted task; approved record_correct/record_wrong resolutions become training labels."""
-    from bintally.audit import open_store, review
+    """Approve or reject a task someone else counted (a reviewer); approved record_correct/record_wrong resolutions
+    become training labels."""
+    from bintally.audit import review
 
-    if not by.strip():
-        raise typer.BadParameter("say who reviews", param_hint="--by")
     final_lines = line_quantities(final_line, "--final-line")
-    store = open_store(db, create=False)
-    try:
-        resolution = review(store, positive_id(task, "task"), approve, by, final, reason, outcome, comment, final_lines=final_lines)
-    finally:
-        store.close()
+    with store_as(db, by, token_file) as (store, principal):
+        resolution = review(store, positive_id(task, "task"), approve, principal, final, reason, outcome, comment, final_lines=final_lines)
     if resolution.decision == "approved":
         off = [f"{line.sku} {line.variance:+d}" for line in resolution.lines if line.variance]
         typer.echo(f"task {task}: approved, final quantity {resolution.final_qty} against a record of {resolution.record_qty} "
@@ -286,9 +306,10 @@ def export_cmd(
     format: Annotated[Optional[Literal["csv", "parquet"]], Opt("--format", help="Default: from the file's suffix.")] = None,
     overwrite: Annotated[bool, Opt(help="Replace an existing file.")] = False,
     db: DbOpt = None,
+    token_file: TokenFileOpt = None,
 ):
-    """Write a run's tasks with scores, both counts and the resolution, one row per task."""
-    from bintally.audit import export_run, open_store
+    """Write a run's tasks with scores, both counts and the resolution, one row per task (an auditor)."""
+    from bintally.audit import export_run
     from bintally.errors import DataError
 
     suffix = out.suffix.lstrip(".").lower()
@@ -296,11 +317,8 @@ def export_cmd(
         raise typer.BadParameter(f"--format {format} contradicts the .{suffix} file given to --out: give one of them", param_hint="--format")
     if out.exists() and not overwrite:
         raise DataError(out, "exists: pass --overwrite to replace it")
-    store = open_store(db, create=False)
-    try:
+    with store_as(db, None, token_file, "auditor") as (store, _):
         written = export_run(store, positive_id(run, "run"), out, format)
-    finally:
-        store.close()
     typer.echo(f"wrote {written}")
 
 
@@ -311,19 +329,18 @@ def labels_cmd(
                                                "(bin_id,image,sku,final_qty,record_qty,variance,task_id,approved_at).")] = False,
     overwrite: Annotated[bool, Opt(help="Replace an existing file.")] = False,
     db: DbOpt = None,
+    token_file: TokenFileOpt = None,
 ):
-    """Approved recounts as training labels: a path,count CSV for `bintally data index` (or, with --lines, per SKU line)."""
-    from bintally.audit import open_store, write_labels, write_line_labels
+    """Approved recounts as training labels: a path,count CSV for `bintally data index` (or, with --lines, per SKU line;
+    an auditor)."""
+    from bintally.audit import write_labels, write_line_labels
 
-    store = open_store(db, create=False)
-    try:
+    with store_as(db, None, token_file, "auditor") as (store, _):
         if lines:
             written, n = write_line_labels(store, out, overwrite)
             typer.echo(f"wrote {n} SKU line label(s) to {written}" + ("" if n else " (no approved per-line recounts yet)"))
             return
         written, n, skipped = write_labels(store, out, overwrite)
-    finally:
-        store.close()
     for image in skipped:
         echo_err(f"left out {image}: not a local file (fetch it, then index it with its count)")
     typer.echo(f"wrote {n} label(s) to {written}" + ("" if n else " (no approved recounts yet)"))
