@@ -3,15 +3,21 @@
     POST /v1/audit-runs                 multipart: csv (totals or SKU lines) or records (JSON) + photos -> score, worklist
     GET  /v1/audit-runs[/{id}]          runs with their metrics
     GET  /v1/audit-runs/{id}/tasks      a run's worklist (reviewer view), ?status= to filter
+    GET  /v1/tasks                      the blind views of the tasks the caller may count now, ?run_id= to filter
     GET  /v1/tasks/{id}                 the counter's blind view: bin and photo (and a lined record's SKUs with their
                                         sizes), never a recorded quantity, the prediction or the explanation
     GET  /v1/tasks/{id}/review          the reviewer's view: record, prediction, probabilities, explanation, counts,
                                         per-line record, count, recount and final, resolution
-    POST /v1/tasks/{id}/counts          {"qty"?, "lines"?: {sku: qty}, "found"?: {sku: qty}, "by", "comment"?,
+    POST /v1/tasks/{id}/counts          {"qty"?, "lines"?: {sku: qty}, "found"?: {sku: qty}, "comment"?,
                                         "count_index"?} (+ Idempotency-Key header); a lined task takes "lines"
-    POST /v1/tasks/{id}/review          {"approve", "final"?, "final_lines"?: {sku: qty}, "reason"?, "outcome"?, "by", "comment"?}
+    POST /v1/tasks/{id}/review          {"approve", "final"?, "final_lines"?: {sku: qty}, "reason"?, "outcome"?, "comment"?}
     GET  /v1/labels/export              approved recounts as CSV (?lines=1: one row per SKU line)
     GET  /v1/snapshots/{id}/image       the photo: uploaded bytes from the store, else fetched under the allowlist
+
+Each route checks its caller first (bintally.serving.auth: a user's token or dashboard session and one of the route's
+roles, docs/serving.md "Users, roles and tokens"); the names on runs, counts and reviews are the caller's ("by" and
+"created_by" in a body only with --audit-auth open). A counter's answers never hold a recorded quantity, the prediction
+or a server path; the reviewer's name the photo by URL and file name, never by its path.
 
 The store calls are synchronous (SQLAlchemy) and run in threads. Every refusal is JSON {"error": ...}: 404 for an
 unknown run, task or snapshot (and for every route when the server has no --audit-db), 409 for a transition the
