@@ -67,13 +67,14 @@ def protocol_server(serve_session, tiny_artifact):
 @pytest.fixture(scope="session")
 def audit_server(serve_session, tiny_artifact, tmp_path_factory):
     """The tiny model on PyTorch with the API key, a fresh SQLite audit store (`.audit_db`) and --file-root at the
-    bundled sample's photos (so file:// snapshots inside it are served and others refused)."""
+    bundled sample's photos (so file:// snapshots inside it are served and others refused). `--audit-auth open`: the
+    API key guards the audit API and names come from the requests (users and roles: tests/test_audit_permissions.py)."""
     from bintally.paths import SAMPLE_DIR
     from bintally.serving.config import ServeConfig
 
     db = tmp_path_factory.mktemp("audit-db") / "audit.db"
     server = serve_session(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, api_key=API_KEY, audit_db=str(db),
-                                       file_root=str(SAMPLE_DIR / "bin-images")).validate())
+                                       audit_auth="open", file_root=str(SAMPLE_DIR / "bin-images")).validate())
     server.audit_db = db
     return server
 

@@ -279,7 +279,8 @@ def test_a_nul_the_server_passes_to_postgresql_is_a_400_and_the_task_is_unchange
 
     data = photos_csv(tmp_path)
     assert run_cli(*audit_args(tiny_artifact.path, data, fresh_pg_db, "--budget", "0.5")).returncode == 0
-    server = serve(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, api_key=API_KEY, audit_db=fresh_pg_db).validate())
+    server = serve(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, api_key=API_KEY, audit_db=fresh_pg_db,
+                         audit_auth="open").validate())
     for body in ({"qty": 1, "by": "ann\u0000"}, {"qty": 1, "by": "ann", "comment": "shelf \u0000 two"}):
         answer = httpx.post(f"{server.url}/v1/tasks/1/counts", json=body, headers=AUTH, timeout=30)
         assert answer.status_code == 400, answer.text

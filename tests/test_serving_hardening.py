@@ -79,7 +79,7 @@ def open_server(serve_module, tiny_artifact, tmp_path_factory):
     from bintally.serving.config import ServeConfig
 
     db = tmp_path_factory.mktemp("hardening") / "audit.db"
-    return serve_module(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, audit_db=str(db),
+    return serve_module(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, audit_db=str(db), audit_auth="open",
                                     allowed_origins=(ALLOWED,)).validate())
 
 
@@ -367,7 +367,7 @@ def test_control_characters_in_any_text_field_are_400_naming_it(open_server, rob
 def pg_server(serve, tiny_artifact, fresh_pg_db):
     from bintally.serving.config import ServeConfig
 
-    return serve(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, audit_db=fresh_pg_db).validate())
+    return serve(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, audit_db=fresh_pg_db, audit_auth="open").validate())
 
 
 def test_nul_bytes_on_postgresql_are_400_never_503(pg_server):

@@ -276,7 +276,7 @@ def server(serve, tiny_artifact, photos, tmp_path):
     good, _ = photos
     os.symlink("fifo.jpg", good[0].with_name("link-to-fifo.jpg"))
     config = ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, api_key=API_KEY, file_root=str(good[0].parent),
-                         audit_db=str(tmp_path / "audit.db"), max_body_bytes=2_000_000).validate()
+                         audit_db=str(tmp_path / "audit.db"), audit_auth="open", max_body_bytes=2_000_000).validate()
     return serve(config)
 
 

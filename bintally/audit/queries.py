@@ -115,8 +115,52 @@ def counter_view(store: Store, task_id: int) -> dict:
         snapshot = session.get(Snapshot, task.snapshot_id)
         lines = [{"sku": line.sku} | {k: getattr(line, k) for k in LINE_SIZE} for line in record_lines(session, snapshot.id)]
         return {"id": task.id, "run_id": task.run_id, "bin_id": snapshot.bin_id, "snapshot_id": snapshot.id,
-                "status": task.status, "count_index": COUNTABLE.get(task.status), "accepts_count": task.status in COUNTABLE,
+                "status": task.status, "assignee": task.assignee, "count_index": COUNTABLE.get(task.status), "accepts_count": task.status in COUNTABLE,
                 "lines": lines}
+
+
+def countable_by(session, task: Task, name: str | None) -> bool:
+    """May `name` count `task` now: it waits for a count, is open or assigned to them, and (a recount, when the store
+    separates count and recount) they did not count it first. None: anyone (no users)."""
+    from bintally.audit.people import SEPARATE_RECOUNT, setting
+
+    if task.status not in COUNTABLE:
+        return False
+    if name is None:
+        return True
+    if task.assignee not in (None, name):
+        return False
+    return task.status != "recount_requested" or not setting(session, SEPARATE_RECOUNT) or name not in counted_by(session, task.id)
+
+
+def counted_by(session, task_id: int) -> set[str]:
+    return set(session.scalars(select(CountObservation.counted_by).where(CountObservation.task_id == task_id)))
+
+
+def counter_tasks(store: Store, name: str | None, run_id: int | None = None) -> list[dict]:
+    """The counter views of the tasks `name` may count now (`countable_by`), in worklist order."""
+    with store.session() as session:
+        if run_id is not None:
+            get_run(session, run_id)
+        query = select(Task.id).where(Task.status.in_(list(COUNTABLE))).order_by(Task.run_id, Task.selected_by.desc(), Task.rank)
+        if run_id is not None:
+            query = query.where(Task.run_id == run_id)
+        ids = [i for i in session.scalars(query) if countable_by(session, session.get(Task, i), name)]
+    return [counter_view(store, task_id) for task_id in ids]
+
+
+def counter_may_see(store: Store, task_id: int, name: str) -> bool:
+    """A counter sees the blind view of a task they may count now or have counted."""
+    with store.session() as session:
+        task = get_task(session, task_id)
+        return countable_by(session, task, name) or name in counted_by(session, task.id)
+
+
+def counter_may_see_photo(store: Store, snapshot_id: int, name: str) -> bool:
+    """A counter sees the photo of a snapshot only while one of its tasks is theirs to count."""
+    with store.session() as session:
+        tasks = session.scalars(select(Task).where(Task.snapshot_id == snapshot_id)) if 0 < snapshot_id < 2**31 else []
+        return any(countable_by(session, task, name) for task in tasks)
 
 
 def task_detail(store: Store, task_id: int) -> dict:

@@ -24,7 +24,8 @@ from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError, error_response
 from bintally.serving.rest import rest_router
-from bintally.serving.security import ApiKey, BodyLimit, Failures, OneOfEach, RequestContext, SameOrigin, SecurityHeaders
+from bintally.serving.security import (AUDIT_API_PREFIXES, ApiKey, BodyLimit, Failures, OneOfEach, RequestContext, SameOrigin,
+                                      SecurityHeaders)
 from bintally.serving.v2 import v2_router
 from bintally.serving.web import web_router
 from bintally.serving.workers import end_with_supervisor, graceful_stop_s
@@ -81,13 +82,18 @@ def create_app(config: ServeConfig, plane: DataPlane | None = None, load_on_star
     add_routes(app, plane, config, audit)
     # added last = outermost: RequestContext, SecurityHeaders, Failures, OneOfEach, SameOrigin, ApiKey, then BodyLimit
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=plane.metrics)
-    app.add_middleware(ApiKey, key=config.api_key, metrics=plane.metrics)
+    app.add_middleware(ApiKey, key=config.api_key, metrics=plane.metrics, user_prefixes=user_prefixes(config))
     app.add_middleware(SameOrigin, allowed_origins=config.allowed_origins, metrics=plane.metrics)
     app.add_middleware(OneOfEach, metrics=plane.metrics)
     app.add_middleware(Failures)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestContext, metrics=plane.metrics)
     return app
+
+
+def user_prefixes(config: ServeConfig) -> tuple[str, ...]:
+    """The paths a user's token guards instead of the API key: the audit API, when it has users."""
+    return AUDIT_API_PREFIXES if config.audit_db and config.audit_auth == "users" else ()
 
 
 def life_cycle(plane: DataPlane, audit: AuditService, hook: ShutdownHook, load_on_startup: bool):

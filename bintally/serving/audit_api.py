@@ -3,15 +3,21 @@
     POST /v1/audit-runs                 multipart: csv (totals or SKU lines) or records (JSON) + photos -> score, worklist
     GET  /v1/audit-runs[/{id}]          runs with their metrics
     GET  /v1/audit-runs/{id}/tasks      a run's worklist (reviewer view), ?status= to filter
+    GET  /v1/tasks                      the blind views of the tasks the caller may count now, ?run_id= to filter
     GET  /v1/tasks/{id}                 the counter's blind view: bin and photo (and a lined record's SKUs with their
                                         sizes), never a recorded quantity, the prediction or the explanation
     GET  /v1/tasks/{id}/review          the reviewer's view: record, prediction, probabilities, explanation, counts,
                                         per-line record, count, recount and final, resolution
-    POST /v1/tasks/{id}/counts          {"qty"?, "lines"?: {sku: qty}, "found"?: {sku: qty}, "by", "comment"?,
+    POST /v1/tasks/{id}/counts          {"qty"?, "lines"?: {sku: qty}, "found"?: {sku: qty}, "comment"?,
                                         "count_index"?} (+ Idempotency-Key header); a lined task takes "lines"
-    POST /v1/tasks/{id}/review          {"approve", "final"?, "final_lines"?: {sku: qty}, "reason"?, "outcome"?, "by", "comment"?}
+    POST /v1/tasks/{id}/review          {"approve", "final"?, "final_lines"?: {sku: qty}, "reason"?, "outcome"?, "comment"?}
     GET  /v1/labels/export              approved recounts as CSV (?lines=1: one row per SKU line)
     GET  /v1/snapshots/{id}/image       the photo: uploaded bytes from the store, else fetched under the allowlist
+
+Each route checks its caller first (bintally.serving.auth: a user's token or dashboard session and one of the route's
+roles, docs/serving.md "Users, roles and tokens"); the names on runs, counts and reviews are the caller's ("by" and
+"created_by" in a body only with --audit-auth open). A counter's answers never hold a recorded quantity, the prediction
+or a server path; the reviewer's name the photo by URL and file name, never by its path.
 
 The store calls are synchronous (SQLAlchemy) and run in threads. Every refusal is JSON {"error": ...}: 404 for an
 unknown run, task or snapshot (and for every route when the server has no --audit-db), 409 for a transition the
@@ -34,7 +40,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BeforeValidator
 from starlette.datastructures import UploadFile
 
+from bintally.audit import people
 from bintally.errors import ConfigError, DataError
+from bintally.serving import auth
 from bintally.serving.bodies import json_object, media_type, read_form, text_field
 from bintally.serving.config import AUDIT_DB_HELP, ServeConfig
 from bintally.serving.dataplane import DataPlane
@@ -47,7 +55,7 @@ MAX_PHOTOS = 10_000  # photos in one create-run request (the body limit, --max-b
 MAX_COMMENT = 2000
 RUN_FIELDS = ("csv", "records", "photos", "name", "score", "budget", "threshold", "control", "tolerance", "created_by", "lines")
 SOURCES = "a 'csv' file (bin_id,image,record_qty[,captured_at], or SKU lines bin_id,image,sku,qty[,...]) or a 'records' JSON file"
-COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "count_index", "accepts_count", "lines")  # nothing else, ever
+COUNTER_FIELDS = ("id", "run_id", "bin_id", "snapshot_id", "status", "assignee", "count_index", "accepts_count", "lines")  # nothing else, ever
 COUNTER_LINE_FIELDS = ("sku", "length_in", "width_in", "height_in", "weight_lb")  # a line to count: never its recorded quantity
 COUNT_KEYS = {"qty", "lines", "found", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "final_lines", "reason", "outcome", "by", "comment"}
@@ -102,6 +110,10 @@ class AuditService:
             return await asyncio.to_thread(fn, store, *args, **kwargs)
         except StoreError as e:
             raise refused_by_database(e) or unavailable(str(e)) from None
+        except people.Unauthorized as e:
+            raise auth.unauthorized(str(e)) from None
+        except people.Forbidden as e:
+            raise auth.forbidden(str(e)) from None
         except NotFound as e:
             raise fail(404, str(e)) from None
         except Conflict as e:
@@ -297,8 +309,30 @@ def form_number(fields: dict, key: str, kind):
         raise fail(400, f"{key} must be {'a whole number' if kind is int else 'a number'}, got {value[:40]!r}") from None
 
 
-def with_image_url(row: dict) -> dict:
-    return row | {"image_url": f"/v1/snapshots/{row['snapshot_id']}/image"}
+def image_url(row: dict) -> str:
+    return f"/v1/snapshots/{row['snapshot_id']}/image"
+
+
+def blind_view(view: dict) -> dict:
+    """A task as a counter may see it: COUNTER_FIELDS and each line's COUNTER_LINE_FIELDS, and the photo's URL."""
+    lines = [{k: line[k] for k in COUNTER_LINE_FIELDS if k in line} for line in view.get("lines", [])]
+    return {k: view[k] for k in COUNTER_FIELDS if k in view} | {"lines": lines, "image_url": image_url(view)}
+
+
+def reviewer_row(row: dict) -> dict:
+    """A task as a reviewer sees it, its photo by URL and name: never the server's path of the file."""
+    return {k: v for k, v in row.items() if k != "image"} | {"image_url": image_url(row), "image_name": image_name(row["image"])}
+
+
+def image_name(uri: str) -> str:
+    """How a reviewer knows a photo: its URI when remote (s3://, https://), the file's name alone when local, else "uploaded"."""
+    from bintally.audit.snapshots import UPLOAD_SCHEME
+
+    if uri.startswith(UPLOAD_SCHEME):
+        return "uploaded"
+    if uri.startswith(("s3://", "https://", "http://")):
+        return uri
+    return uri.replace("\\", "/").rstrip("/").rpartition("/")[2]
 
 
 # ---------------------------------------------------------------- creating a run
@@ -332,7 +366,7 @@ def records_document(form: RunForm):
         raise fail(e.status, e.message) from None
 
 
-def run_config(form: RunForm, config: ServeConfig):
+def run_config(form: RunForm, config: ServeConfig, who: people.Principal):
     """The AuditConfig of a create-run request: its form fields, the server's model, backend and allowlists."""
     from bintally.audit.config import AuditConfig
 
@@ -342,7 +376,7 @@ def run_config(form: RunForm, config: ServeConfig):
     audit = AuditConfig(model=str(config.model), data=form.csv_name, name=(fields.get("name") or "").strip() or None,
                         score=(fields.get("score") or AuditConfig.score).strip(), lines=(fields.get("lines") or "use").strip(),
                         **{k: v for k, v in settings.items() if v is not None}, backend=config.backend,
-                        created_by=(fields.get("created_by") or "").strip() or "api", **asdict(config.source_policy()), progress=False)
+                        created_by=who.name, **asdict(config.source_policy()), progress=False)
     try:
         return audit.validate()
     except ConfigError as e:
@@ -356,13 +390,13 @@ def used_uploads(snapshots: list) -> set[str]:
     return {s.image[len(UPLOAD_SCHEME):] for s in snapshots if s.image.startswith(UPLOAD_SCHEME)}
 
 
-def score_run(store, audit, snapshots: list, form: RunForm, counter) -> tuple:
+def score_run(store, audit, snapshots: list, form: RunForm, counter, who: people.Principal) -> tuple:
     """(result, run summary, unreadable photos) of scoring the run; the photos it uses are kept in the store."""
     from bintally.audit import queries
     from bintally.audit.run import audit_run
     from bintally.audit.uploads import save_photos, unreadable_photos
 
-    result = audit_run(audit, snapshots=snapshots, counter=counter, store=store, uploads=form.photos, shard=(0, 1))
+    result = audit_run(audit, snapshots=snapshots, counter=counter, store=store, uploads=form.photos, shard=(0, 1), actor=who)
     save_photos(store, {digest: form.photos[digest] for digest in used_uploads(snapshots)})
     return result, queries.get_run_summary(store, result.run_id), unreadable_photos(store, result.run_id)
 
@@ -380,8 +414,9 @@ def created_run(form: RunForm, snapshots: list, result, summary: dict, problems:
     return JSONResponse(body, status_code=200 if result.reused else 201)
 
 
-async def snapshot_photo(service: AuditService, snapshot_id: int) -> tuple[bytes, str]:
-    """(bytes, media type) of a snapshot's photo: uploaded bytes from the store, else fetched under the allowlist."""
+async def snapshot_photo(service: AuditService, snapshot_id: int, detailed: bool) -> tuple[bytes, str]:
+    """(bytes, media type) of a snapshot's photo: uploaded bytes from the store, else fetched under the allowlist. Why one
+    cannot be served names its URI only when `detailed` (a reviewer's request: a counter never learns a server path)."""
     from bintally.audit import queries
     from bintally.audit.snapshots import UPLOAD_SCHEME, is_uri
     from bintally.audit.uploads import media_type_of
@@ -395,9 +430,9 @@ async def snapshot_photo(service: AuditService, snapshot_id: int) -> tuple[bytes
         target = uri if is_uri(uri) else Path(uri).as_uri()  # a path (a CLI run): served only under --file-root
         data = await service.plane.fetch_uri(target)
     except ValueError:
-        raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served ({uri!r} is not a URI or absolute path)") from None
+        raise photo_refused(snapshot_id, f"{uri!r} is not a URI or absolute path", detailed) from None
     except RequestError as e:
-        raise fail(404, f"the photo of snapshot {snapshot_id} cannot be served: {e.message}") from None
+        raise photo_refused(snapshot_id, e.message, detailed) from None
     return data, media_type_of(data)
 
 
@@ -415,6 +450,13 @@ def row_id(value) -> int:
 
 
 RowId = Annotated[int, BeforeValidator(row_id)]
+
+
+def photo_refused(snapshot_id: int, why: str, detailed: bool) -> RequestError:
+    if not detailed:
+        log.info("the photo of snapshot %d cannot be served to a counter: %s", snapshot_id, why)
+        return fail(404, f"the photo of snapshot {snapshot_id} cannot be served: ask a reviewer")
+    return fail(404, f"the photo of snapshot {snapshot_id} cannot be served: {why}")
 
 
 # ---------------------------------------------------------------- the router
@@ -451,86 +493,111 @@ def add_run_routes(router: APIRouter, service: AuditService) -> None:
 
     plane = service.plane
 
-    @router.post("/v1/audit-runs", status_code=201, summary="Score uploaded bin snapshots and write the recount worklist",
+    @router.post("/v1/audit-runs", status_code=201, summary="Score uploaded bin snapshots and write the recount worklist (auditor)",
                  openapi_extra=CREATE_RUN_BODY)
     async def create_run(request: Request):
         """201 with the run and its metrics; 200 when the same run (name, snapshots, settings) already existed."""
-        service.require()
+        who = await auth.principal(service, request, "auditor")
         plane.require_loaded()
         form = await read_run_form(request)
+        who = auth.signed(who, form.fields, "created_by", default="api")
         snapshots = form_snapshots(form)
-        audit = run_config(form, service.config)
+        audit = run_config(form, service.config, who)
         if audit.lines == "ignore":
             snapshots = totals_only(snapshots)
         async with service.run_gate:
-            result, summary, problems = await service.call(score_run, audit, snapshots, form, plane.counter)
+            result, summary, problems = await service.call(score_run, audit, snapshots, form, plane.counter, who)
         return created_run(form, snapshots, result, summary, problems)
 
-    @router.get("/v1/audit-runs", summary="Every audit run with its metrics")
-    async def runs():
+    @router.get("/v1/audit-runs", summary="Every audit run with its metrics (auditor, reviewer)")
+    async def runs(request: Request):
+        await auth.principal(service, request, "auditor", "reviewer")
         return {"runs": await service.call(queries.list_runs)}
 
-    @router.get("/v1/audit-runs/{run_id}", summary="One audit run with its metrics")
-    async def run(run_id: RowId):
+    @router.get("/v1/audit-runs/{run_id}", summary="One audit run with its metrics (auditor, reviewer)")
+    async def run(run_id: RowId, request: Request):
+        await auth.principal(service, request, "auditor", "reviewer")
         return await service.call(queries.get_run_summary, run_id)
 
-    @router.get("/v1/audit-runs/{run_id}/tasks", summary="A run's recount worklist (reviewer view: record, prediction, score)")
-    async def tasks(run_id: RowId, status: str | None = None):
+    @router.get("/v1/audit-runs/{run_id}/tasks", summary="A run's recount worklist: record, prediction, score (reviewer, auditor)")
+    async def tasks(run_id: RowId, request: Request, status: str | None = None):
+        await auth.principal(service, request, "reviewer", "auditor")
         rows = await service.call(queries.list_tasks, run_id, status)
-        return {"run_id": run_id, "status": status, "tasks": [with_image_url(r) for r in rows]}
+        return {"run_id": run_id, "status": status, "tasks": [reviewer_row(r) for r in rows]}
 
 
 def add_task_routes(router: APIRouter, service: AuditService) -> None:
-    from bintally.audit import queries, workflow
+    from bintally.audit import queries
 
-    @router.get("/v1/tasks/{task_id}", summary="The counter's blind view of a task: the bin and its photo only")
-    async def counter_task(task_id: RowId):
-        view = await service.call(queries.counter_view, task_id)
-        view["lines"] = [{k: line[k] for k in COUNTER_LINE_FIELDS if k in line} for line in view.get("lines", [])]
-        return with_image_url({k: view[k] for k in COUNTER_FIELDS if k in view})
+    @router.get("/v1/tasks", summary="The tasks the caller may count now, blind: open or assigned to them (counter)")
+    async def counter_tasks(request: Request, run_id: RowId | None = None):
+        who = await auth.principal(service, request, "counter")
+        rows = await service.call(queries.counter_tasks, who.name if auth.users_mode(service) else None, run_id)
+        return {"tasks": [blind_view(row) for row in rows]}
+
+    @router.get("/v1/tasks/{task_id}", summary="The counter's blind view of a task: the bin, its SKUs and its photo only")
+    async def counter_task(task_id: RowId, request: Request):
+        who = await auth.principal(service, request, "counter", "reviewer", "auditor")
+        if not auth.sees_records(who) and not await service.call(queries.counter_may_see, task_id, who.name):
+            raise auth.forbidden(f"task {task_id} is not yours to count (assigned to someone else, or closed)")
+        return blind_view(await service.call(queries.counter_view, task_id))
 
     @router.get("/v1/tasks/{task_id}/review", summary="The reviewer's view of a task: record, prediction, counts, resolution")
-    async def reviewer_task(task_id: RowId):
-        return with_image_url(await service.call(queries.task_detail, task_id))
+    async def reviewer_task(task_id: RowId, request: Request):
+        await auth.principal(service, request, "reviewer", "auditor")
+        return reviewer_row(await service.call(queries.task_detail, task_id))
 
-    @router.post("/v1/tasks/{task_id}/counts", summary="Submit a blind count (Idempotency-Key: a retry gets the first answer)")
+    add_write_routes(router, service)
+
+
+def add_write_routes(router: APIRouter, service: AuditService) -> None:
+    from bintally.audit import queries, workflow
+
+    @router.post("/v1/tasks/{task_id}/counts", summary="Submit a blind count (counter; Idempotency-Key: a retry gets the first answer)")
     async def count(task_id: RowId, request: Request):
-        """{"qty": N, "by": NAME, "comment"?: TEXT, "count_index"?: 0 | 1}: count_index (default 0) is the count the
-        client means, as GET /v1/tasks/{id} said; a count that lost a race to another is refused (409), never stored
-        as the recount. A task whose record has SKU lines (GET /v1/tasks/{id} lists them) takes "lines": {SKU: N}
-        for every one of them and "found": {SKU: N} for SKUs off the record; "qty", if given, must be their sum."""
-        service.require()
-        doc = await json_fields(request, COUNT_KEYS, ("by",))
-        qty, by, comment = whole_number(doc, "qty"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
+        """{"qty": N, "comment"?: TEXT, "count_index"?: 0 | 1} ("by": NAME only with --audit-auth open): count_index
+        (default 0) is the count the client means, as GET /v1/tasks/{id} said; a count that lost a race to another is
+        refused (409), never stored as the recount. A task whose record has SKU lines (GET /v1/tasks/{id} lists them)
+        takes "lines": {SKU: N} for every one of them and "found": {SKU: N} for SKUs off the record; "qty", if given,
+        must be their sum."""
+        who = await auth.principal(service, request, "counter")
+        doc = await json_fields(request, COUNT_KEYS, required_names(who, "by"))
+        who, qty, comment = auth.signed(who, doc, "by"), whole_number(doc, "qty"), text(doc, "comment", MAX_COMMENT)
         key = request.headers.get("idempotency-key")
         if key is not None:
             text_field(key, "the Idempotency-Key header")
-        outcome = await service.call(workflow.submit_count, task_id, qty, by, comment, key, doc.get("count_index", 0),
-                                     lines=doc.get("lines"), found=doc.get("found"))
+        outcome = await service.call(workflow.submit_count, task_id, qty, who, comment=comment, idempotency_key=key,
+                                     count_index=doc.get("count_index", 0), lines=doc.get("lines"), found=doc.get("found"))
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
         return JSONResponse({"task_id": outcome.task_id, "count_index": outcome.count_index, "status": outcome.status},
                             headers=headers)
 
-    @router.post("/v1/tasks/{task_id}/review", summary="Approve (with the final quantity, or final_lines per SKU) or reject a task in review")
+    @router.post("/v1/tasks/{task_id}/review", summary="Approve (with the final quantity, or final_lines per SKU) or reject a task in review (reviewer)")
     async def review(task_id: RowId, request: Request):
-        service.require()
-        doc = await json_fields(request, REVIEW_KEYS, ("approve", "by"))
+        who = await auth.principal(service, request, "reviewer")
+        doc = await json_fields(request, REVIEW_KEYS, ("approve", *required_names(who, "by")))
         if not isinstance(doc["approve"], bool):
             raise fail(400, "approve must be true or false")
-        final, by, comment = whole_number(doc, "final"), text(doc, "by"), text(doc, "comment", MAX_COMMENT)
+        who, final, comment = auth.signed(who, doc, "by"), whole_number(doc, "final"), text(doc, "comment", MAX_COMMENT)
         reason, outcome = text(doc, "reason", 40), text(doc, "outcome", 40)
-        resolution = await service.call(workflow.review, task_id, doc["approve"], by, final, reason, outcome, comment,
-                                        final_lines=doc.get("final_lines"))
+        resolution = await service.call(workflow.review, task_id, doc["approve"], who, final=final, reason=reason,
+                                        outcome=outcome, comment=comment, final_lines=doc.get("final_lines"))
         return {"task_id": task_id, "status": resolution.decision, "resolution": queries.resolution_row(resolution)}
+
+
+def required_names(who, key: str) -> tuple[str, ...]:
+    """The body must name its signer in open mode only (users mode takes the name from the token)."""
+    return (key,) if who.kind == "open" else ()
 
 
 def add_output_routes(router: APIRouter, service: AuditService) -> None:
     from bintally.audit import queries
 
     @router.get("/v1/labels/export", summary="Approved recounts as CSV (image, bin_id, count, record_qty, approved_at, task_id); "
-                "?lines=1: per SKU line (bin_id, image, sku, final_qty, record_qty, variance, task_id, approved_at)",
+                "?lines=1: per SKU line (bin_id, image, sku, final_qty, record_qty, variance, task_id, approved_at) (auditor)",
                 response_class=Response, responses={200: {"content": {"text/csv": {}}}})
-    async def labels(lines: bool = False):
+    async def labels(request: Request, lines: bool = False):
+        await auth.principal(service, request, "auditor")
         if lines:
             body = await service.call(lambda store: queries.line_labels_csv(queries.approved_line_labels(store)))
         else:
@@ -539,8 +606,11 @@ def add_output_routes(router: APIRouter, service: AuditService) -> None:
         return Response(body, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
-    @router.get("/v1/snapshots/{snapshot_id}/image", summary="A snapshot's photo", response_class=Response,
-                responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-    async def image(snapshot_id: RowId):
-        data, media = await snapshot_photo(service, snapshot_id)
+    @router.get("/v1/snapshots/{snapshot_id}/image", summary="A snapshot's photo (reviewer, auditor; a counter: of a task they may count)",
+                response_class=Response, responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
+    async def image(snapshot_id: RowId, request: Request):
+        who = await auth.principal(service, request, "counter", "reviewer", "auditor")
+        if not auth.sees_records(who) and not await service.call(queries.counter_may_see_photo, snapshot_id, who.name):
+            raise auth.forbidden(f"snapshot {snapshot_id} is not the photo of a task you may count")
+        data, media = await snapshot_photo(service, snapshot_id, detailed=auth.sees_records(who))
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})

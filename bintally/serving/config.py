@@ -27,6 +27,7 @@ SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PORT = 8080
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 AUDIT_DB_HELP = "a SQLite file path or a PostgreSQL URL (postgresql+psycopg://user:pass@host/db)"
+AUDIT_AUTH = ("users", "open")
 
 
 def default_port() -> int:
@@ -86,6 +87,10 @@ class ServeConfig:
     audit_db: str | None = setting(None, flag=("--audit-db",), default_text="none",
                                    help=f"The audit store, {AUDIT_DB_HELP}: turns on the audit API (/v1/audit-runs, /v1/tasks, ...) "
                                         "and the dashboard at /audit.")
+    audit_auth: str = setting("users", choices=AUDIT_AUTH,
+                              help="users: every audit route needs a user's token (Authorization: Bearer btk_...) or dashboard "
+                                   "session, and checks its roles; open: no users, names come from the request (one trusted "
+                                   "person only: anyone who reaches the server can sign as anyone).")
 
     def __post_init__(self):
         self.allow_s3_buckets = tuple(self.allow_s3_buckets)

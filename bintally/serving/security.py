@@ -100,14 +100,17 @@ class RequestContext:
 
 
 class ApiKey:
-    """With a key configured, every path but health, /metrics and the page needs `Authorization: Bearer KEY`."""
+    """With a key configured, every path but health, /metrics, the pages and `user_prefixes` needs
+    `Authorization: Bearer KEY`. `user_prefixes`: the audit API when users sign in to it (`--audit-auth users`), where
+    the bearer is a user's token, checked by the route (bintally.serving.auth), not this key."""
 
-    def __init__(self, app, key: str | None, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, key: str | None, metrics: Metrics, user_prefixes: tuple[str, ...] = ()):
+        self.app, self.metrics, self.user_prefixes = app, metrics, user_prefixes
         self.key = key.encode() if key else None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.key is None or is_open(scope["method"], scope["path"]):
+        if (scope["type"] != "http" or self.key is None or is_open(scope["method"], scope["path"])
+                or is_user_path(scope["path"], self.user_prefixes)):
             return await self.app(scope, receive, send)
         given = header(scope, b"authorization") or ""
         scheme, _, token = given.partition(" ")
@@ -116,6 +119,11 @@ class ApiKey:
         self.metrics.reject("unauthorized")
         message = "wrong API key" if given else "missing API key: send the header 'Authorization: Bearer <key>'"
         await send_json(send, 401, error_body(message), {"WWW-Authenticate": 'Bearer realm="bintally"'})
+
+
+def is_user_path(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Is `path` one of `prefixes` or below one (/v1/tasks, /v1/tasks/3; not /v1/tasksX)?"""
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
 class BodyTooLarge(RequestError):
