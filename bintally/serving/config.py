@@ -26,6 +26,7 @@ SAGEMAKER_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PORT = 8080
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+AUDIT_AUTH = ("users", "open")
 AUDIT_DB_HELP = "a SQLite file path or a PostgreSQL URL (postgresql+psycopg://user:pass@host/db)"
 
 
@@ -86,6 +87,9 @@ class ServeConfig:
     audit_db: str | None = setting(None, flag=("--audit-db",), default_text="none",
                                    help=f"The audit store, {AUDIT_DB_HELP}: turns on the audit API (/v1/audit-runs, /v1/tasks, ...) "
                                         "and the dashboard at /audit.")
+    audit_auth: str = setting("users", choices=AUDIT_AUTH,
+                              help="users: every audit route and the dashboard need a user's token or dashboard login "
+                                   "(`bintally audit user add`); open: no users, the audit routes need only the API key.")
 
     def __post_init__(self):
         self.allow_s3_buckets = tuple(self.allow_s3_buckets)
