@@ -300,6 +300,8 @@ def test_a_counter_counts_blind_and_cannot_review(server, browser, tokens, run_t
 
 @needs_chromium
 def test_a_reviewer_approves(server, browser, tokens, run_tasks):
+    from selenium.webdriver.support.ui import Select
+
     task = run_tasks[0]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         csrf = login(client, tokens["carl2"]).json()["csrf"]
@@ -316,8 +318,10 @@ def test_a_reviewer_approves(server, browser, tokens, run_tasks):
     row.find_element("css selector", "a.review-link").click()
     wait_ready(browser, "review", task["id"])
     assert not browser.find_elements("id", "review-by")
+    Select(browser.find_element("id", "review-reason")).select_by_value("data_entry")
     browser.find_element("id", "review-approve").click()
-    wait_ready(browser, "run", task["run_id"])
+    wait(browser, lambda d: d.find_element("id", "error").text or d.find_element("tag name", "body").get_attribute("data-ready") == f"run:{task['run_id']}")
+    assert browser.find_element("id", "error").text == ""
     assert browser.find_element("css selector", f'tr.task-row[data-task-id="{task["id"]}"]').get_attribute("data-status") == "approved"
     resolution = page_fetch(browser, "GET", f"/v1/tasks/{task['id']}/review")
     assert resolution["status"] == 200 and '"reviewed_by": "rita"' in resolution["text"].replace('":"', '": "')
