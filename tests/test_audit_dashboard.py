@@ -34,8 +34,17 @@ return {attributes: out, text: document.body.innerText, html: document.getElemen
 
 
 @pytest.fixture(scope="module")
-def server(audit_server):
-    return audit_server
+def server(serve_module, tiny_artifact, tmp_path_factory):
+    """The audit server with --audit-auth open (no users: the API key, and names typed in the forms, as before users
+    existed); tests/test_dashboard_roles.py drives the dashboard with users."""
+    from bintally.paths import SAMPLE_DIR
+    from bintally.serving.config import ServeConfig
+
+    db = tmp_path_factory.mktemp("dashboard-db") / "audit.db"
+    server = serve_module(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, api_key=API_KEY, audit_db=str(db),
+                                      audit_auth="open", file_root=str(SAMPLE_DIR / "bin-images")).validate())
+    server.audit_db = db
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from bintally.serving.bodies import json_object, media_type, read_form, text_fie
 from bintally.serving.config import AUDIT_DB_HELP, ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError
+from bintally.serving.sessions import session_router
 from bintally.serving.web import page_response, page_settings
 
 log = logging.getLogger("bintally.serving")
@@ -479,8 +480,10 @@ def audit_router(service: AuditService) -> APIRouter:
 
     @router.get("/audit", response_class=HTMLResponse, summary="The audit dashboard: runs, worklists, blind counts, reviews")
     async def page():
-        return page_response(PAGE, page_settings(service.plane, service.config) | {"auditEnabled": service.enabled})
+        return page_response(PAGE, page_settings(service.plane, service.config) | {"auditEnabled": service.enabled,
+                                                                                   "auditAuth": service.config.audit_auth})
 
+    router.include_router(session_router(service))
     add_run_routes(router, service)
     add_task_routes(router, service)
     add_output_routes(router, service)

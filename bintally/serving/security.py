@@ -32,7 +32,8 @@ log = logging.getLogger("bintally.serving")
 
 REQUEST_ID_HEADER = "x-request-id"
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-OPEN_PATHS = ("/ping", "/metrics", "/v2/health/live", "/v2/health/ready")  # never need the API key
+OPEN_PATHS = ("/ping", "/metrics", "/v2/health/live", "/v2/health/ready", "/v1/session")  # never need the API key
+# (/v1/session: the dashboard login, which checks a user's token itself)
 OPEN_GET_PREFIXES = ("/static/", "/samples/")  # the web page's own files and the bundled public sample photos
 OPEN_GET_PATHS = ("/", "/favicon.ico", "/samples", "/audit")  # the web pages themselves (their API calls need the key)
 CLIENT_GONE = 499  # the code an inference request is counted with when its client went away before the answer
@@ -329,7 +330,7 @@ DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.j
             "connect-src 'self'; worker-src blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 API_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"  # JSON, CSV, photos: nothing in them may run
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
-AUDIT_API_PREFIXES = ("/v1/audit-runs", "/v1/tasks", "/v1/labels", "/v1/snapshots")  # answers a cache must never keep
+AUDIT_API_PREFIXES = ("/v1/audit-runs", "/v1/tasks", "/v1/labels", "/v1/snapshots", "/v1/session")  # answers a cache must never keep
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                     (b"x-frame-options", b"DENY"), (b"cross-origin-resource-policy", b"same-origin"))
 

@@ -11,6 +11,8 @@ let blobUrls = [];
 let observer = null;
 let renderSerial = 0;
 let flash = "";  // a message for the next view (e.g. "task 3 approved"), shown once
+const usersMode = config.auditAuth === "users";
+let auth = null;  // {user, roles, csrf} once logged in (or, with --audit-auth open, every role); null: log in first
 
 // ---------------------------------------------------------------- small helpers
 function el(tag, attrs, ...children) {
@@ -55,10 +57,12 @@ function authHeaders(extra) {
   if (config.apiKeyRequired && key) h["Authorization"] = "Bearer " + key;
   return h;
 }
+function has(role) { return !!auth && auth.roles.includes(role); }
 
 async function api(path, options) {
   options = options || {};
   const init = { method: options.method || "GET", headers: authHeaders(options.headers) };
+  if (init.method !== "GET" && auth && auth.csrf) init.headers["X-CSRF-Token"] = auth.csrf;  // the session's, on every change
   if (options.json !== undefined) { init.body = JSON.stringify(options.json); init.headers["Content-Type"] = "application/json"; }
   else if (options.body !== undefined) init.body = options.body;
   const response = await fetch(path, init);
@@ -66,7 +70,7 @@ async function api(path, options) {
   try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (!response.ok) {
     const why = body && body.error ? body.error : `HTTP ${response.status}`;
-    const error = new Error(response.status === 401 ? `${why} — enter the API key above` : why);
+    const error = new Error(response.status === 401 && !usersMode ? `${why} — enter the API key above` : why);
     error.status = response.status;
     throw error;
   }
@@ -129,17 +133,121 @@ async function route() {
       showError("The audit API is off: start the server with --audit-db URL.");
       return;
     }
+    if (!auth && !(await loadSession(serial))) return;
+    showWho();
     if ((m = hash.match(/^#\/runs\/(\d+)$/))) await runView(Number(m[1]), serial);
     else if ((m = hash.match(/^#\/tasks\/(\d+)\/count$/))) await countView(Number(m[1]), serial);
     else if ((m = hash.match(/^#\/tasks\/(\d+)\/review$/))) await reviewView(Number(m[1]), serial);
+    else if (hash === "#/mine" || !(has("reviewer") || has("auditor"))) await mineView(serial);
     else await runsView(serial);
   } catch (e) {
     if (serial !== renderSerial) return;
+    if (e.status === 401 && usersMode) { auth = null; showWho(); $("view").replaceChildren(); loginView(e.message); return; }
     showError(e.message);
     document.body.dataset.ready = "error";
   }
 }
 window.addEventListener("hashchange", route);
+
+// ---------------------------------------------------------------- who is logged in: login, session, logout
+async function loadSession(serial) {
+  // the session of the cookie (a reload), the open mode's every role, or the login form; nothing else is fetched first
+  try {
+    const { body } = await api("/v1/session");
+    if (serial !== renderSerial) return false;
+    auth = body;
+    return true;
+  } catch (e) {
+    if (e.status !== 401) throw e;
+    if (serial === renderSerial) loginView("");
+    return false;
+  }
+}
+
+function loginView(message) {
+  setView("login");
+  showWho();
+  const token = el("input", { id: "login-token", type: "password", autocomplete: "off", required: true, spellcheck: "false",
+    placeholder: "btk_…", "aria-describedby": "login-help" });
+  const form = el("form", { id: "login-form", autocomplete: "off" },
+    el("div", { class: "field" }, el("label", { for: "login-token", text: "Your token" }), token),
+    el("p", { class: "muted", id: "login-help", text: "The token your administrator gave you (bintally audit user add / token rotate). " +
+      "It is sent once; the page keeps only a session cookie, which logging out ends." }),
+    el("div", { class: "actions" }, el("button", { id: "login-submit", type: "submit", text: "Log in" })));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    showError("");
+    $("login-submit").disabled = true;
+    try {
+      const { body } = await api("/v1/session", { method: "POST", json: { token: token.value.trim() } });
+      token.value = "";
+      auth = body;
+      route();
+    } catch (err) {
+      token.value = "";
+      showError(`Could not log in: ${err.message}`);
+      $("login-submit").disabled = false;
+    }
+  });
+  $("view").replaceChildren(el("section", { id: "login-view" }, el("h2", { text: "Log in" }), form));
+  if (message) showError(message);
+  token.focus();
+  ready();
+}
+
+function showWho() {
+  $("nav-mine").hidden = !has("counter");
+  $("nav-runs").hidden = !(has("reviewer") || has("auditor"));
+  $("who").hidden = !(usersMode && auth);
+  $("who-name").textContent = usersMode && auth ? `${auth.user} (${auth.roles.join(", ")})` : "";
+}
+
+async function logout() {
+  showError("");
+  try { await api("/v1/session", { method: "DELETE" }); }
+  catch (e) { if (e.status !== 401) { showError(`Could not log out: ${e.message}`); return; } }
+  auth = null;
+  forgetImages();
+  $("view").replaceChildren();
+  if (location.hash && location.hash !== "#/runs") location.hash = "#/runs";  // the next login starts on its own first view
+  else route();
+}
+$("logout").addEventListener("click", logout);
+
+function notAllowed(role) {
+  setView("forbidden");
+  $("view").replaceChildren(el("section", { id: "forbidden-view" },
+    el("p", { text: `This view needs the role ${role}; you hold ${auth.roles.join(", ")}.` })));
+  ready();
+}
+
+// ---------------------------------------------------------------- the counter's list: tasks open to them, blind
+async function mineView(serial) {
+  if (!has("counter")) return notAllowed("counter");
+  setView("mine");
+  const { body } = await api("/v1/session/tasks");
+  if (serial !== renderSerial) return;
+  const tasks = body.tasks || [];
+  const rows = tasks.map((t) => {
+    const img = el("img", { class: "thumb", alt: `bin ${t.bin_id}` });
+    lazyImage(img, t.image_url);
+    return el("tr", { class: "mine-row", "data-task-id": t.id, "data-bin-id": t.bin_id, "data-status": t.status },
+      el("td", {}, img), el("td", { text: t.bin_id }), el("td", {}, el("span", { class: `badge ${t.status}`, text: t.status })),
+      el("td", { class: "muted", text: t.assignee ? "assigned to you" : "open" }),
+      el("td", {}, el("a", { class: "count-link", href: `#/tasks/${t.id}/count`, text: t.count_index === 1 ? "recount" : "count" })));
+  });
+  $("view").append(el("section", { id: "mine-section", "data-count": tasks.length },
+    el("h2", { text: "Bins to count" }),
+    tasks.length ? el("table", { id: "mine" }, el("thead", {}, el("tr", {}, ...["photo", "bin", "status", "", ""].map((h) => el("th", { text: h })))),
+      el("tbody", {}, rows))
+      : el("p", { class: "muted", id: "no-tasks", text: "Nothing to count now." })));
+  ready();
+}
+
+async function optional(promise) {
+  // a part of a view the user's roles may not reach: null on 403 (the server decides; the page only hides)
+  try { return (await promise).body; } catch (e) { if (e.status === 403) return null; throw e; }
+}
 
 // ---------------------------------------------------------------- runs: list and create form
 function errorsPer100(metrics, group) { return fmt(metrics.by_selection[group].errors_per_100_counts, 1); }
@@ -166,11 +274,11 @@ async function runsView(serial) {
          el("input", { id: "run-control", name: "control", type: "number", min: 0, max: 1, step: "any", placeholder: "0.02" })),
       el("div", {}, el("label", { for: "run-tolerance", text: "Tolerance before a recount" }),
          el("input", { id: "run-tolerance", name: "tolerance", type: "number", min: 0, step: 1, placeholder: "0" })),
-      el("div", {}, el("label", { for: "run-by", text: "Created by" }),
+      usersMode ? null : el("div", {}, el("label", { for: "run-by", text: "Created by" }),
          el("input", { id: "run-by", name: "created_by", type: "text", maxlength: 100, value: personName() }))),
     el("div", { class: "actions" }, el("button", { id: "create-submit", type: "submit", text: "Score and create the worklist" })));
   form.addEventListener("submit", (e) => { e.preventDefault(); createRun(form, result); });
-  view.append(el("section", { id: "create-section" }, el("h2", { text: "New audit run" }), form, result));
+  if (has("auditor")) view.append(el("section", { id: "create-section" }, el("h2", { text: "New audit run" }), form, result));
   const runsSection = el("section", { id: "runs-section" }, el("h2", { text: "Runs" }));
   view.append(runsSection);
   await listRuns(runsSection, serial);
@@ -178,12 +286,13 @@ async function runsView(serial) {
 }
 
 async function listRuns(runsSection, serial) {
-  const { body } = await api("/v1/audit-runs");
+  const body = await optional(api("/v1/audit-runs"));
   if (serial !== renderSerial) return;
-  const runs = body.runs || [];
+  const runs = body ? body.runs || [] : [];
   runsSection.replaceChildren(el("h2", { text: "Runs" }));
   runsSection.dataset.count = String(runs.length);
-  if (!runs.length) runsSection.append(el("p", { class: "muted", id: "no-runs", text: "No audit runs yet: create one above." }));
+  if (!body) runsSection.append(el("p", { class: "muted", id: "no-runs", text: "Your roles do not list the runs." }));
+  else if (!runs.length) runsSection.append(el("p", { class: "muted", id: "no-runs", text: "No audit runs yet." }));
   else {
     const rows = runs.slice().reverse().map((r) => el("tr", { class: "run-row", "data-run-id": r.id, "data-status": r.status },
       el("td", {}, el("a", { href: `#/runs/${r.id}`, class: "run-link", text: r.name })),
@@ -206,7 +315,7 @@ async function createRun(form, result) {
   result.replaceChildren();
   delete result.dataset.runId;
   setStatus("uploading and scoring…");
-  const by = $("run-by").value.trim();
+  const by = usersMode ? "" : $("run-by").value.trim();
   if (by) rememberName(by);
   try {
     const { status, body } = await api("/v1/audit-runs", { method: "POST", body: new FormData(form) });
@@ -252,10 +361,22 @@ function probBars(probabilities, record) {
 async function runView(runId, serial) {
   setView("run", runId);
   const view = $("view");
-  const [{ body: run }, { body: list }] = await Promise.all([api(`/v1/audit-runs/${runId}`), api(`/v1/audit-runs/${runId}/tasks`)]);
+  if (!(has("reviewer") || has("auditor"))) return notAllowed("reviewer or auditor");
+  const [run, list] = await Promise.all([optional(api(`/v1/audit-runs/${runId}`)),
+    has("reviewer") ? optional(api(`/v1/audit-runs/${runId}/tasks`)) : null]);
   if (serial !== renderSerial) return;
+  const worklist = list ? worklistSection(list.tasks || [], run ? Object.keys(run.metrics.statuses) : []) : null;
+  $("view").append(run ? runSummary(run) : el("section", { id: "summary" }, el("h2", { text: `Run ${runId}` })));
+  if (worklist) $("view").append(worklist.section);
+  if (has("auditor")) $("view").append(el("section", { id: "export-section" },
+    el("a", { id: "labels-link", href: "#", text: "download approved labels (CSV)", onclick: downloadLabels })));
+  if (worklist) worklist.draw();
+  ready();
+}
+
+function runSummary(run) {
   const m = run.metrics;
-  const summary = el("section", { id: "summary", "data-run-id": run.id },
+  return el("section", { id: "summary", "data-run-id": run.id },
     el("h2", { text: `Run ${run.name}` }),
     el("p", { class: "muted", text: `model ${run.model.name} ${run.model.version} · ${run.status} · by ${run.created_by} · ${run.created_at || ""}` +
       (run.settings.budget !== null && run.settings.budget !== undefined ? ` · budget ${run.settings.budget}` : ` · threshold ${run.settings.threshold}`) +
@@ -268,10 +389,15 @@ async function runView(runId, serial) {
       metric("m-errors-control", "errors / 100 counts, control", m.by_selection.control.errors_per_100_counts),
       metric("m-missed", "estimated missed errors", m.estimated_missed_errors)),
     el("p", { class: "muted", id: "m-statuses", text: Object.entries(m.statuses).map(([k, v]) => `${k} ${v}`).join(" · ") }));
+}
+
+function worklistSection(list, statuses) {
+  // the reviewer's worklist: record, prediction, score and probabilities; count links only for a counter too
+  const shown = statuses.length ? statuses : [...new Set(list.map((t) => t.status))];
   const select = el("select", { id: "status-filter", "aria-label": "show tasks with status" },
-    el("option", { value: "", text: "every status" }), ...Object.keys(m.statuses).map((s) => el("option", { value: s, text: s })));
+    el("option", { value: "", text: "every status" }), ...shown.map((s) => el("option", { value: s, text: s })));
   const tbody = el("tbody", {});
-  const tasks = (list.tasks || []).slice().sort((a, b) => b.score - a.score || a.rank - b.rank);
+  const tasks = list.slice().sort((a, b) => b.score - a.score || a.rank - b.rank);
   const draw = () => {
     forgetImages();
     tbody.replaceChildren();
@@ -287,7 +413,7 @@ async function runView(runId, serial) {
         el("td", {}, probBars(t.probabilities, t.record_qty)),
         el("td", { class: "explanation task-explanation", text: t.explanation || "" }),
         el("td", {}, el("span", { class: `badge task-status ${t.status}`, text: t.status })),
-        el("td", {}, COUNTABLE.includes(t.status) ? [el("a", { class: "count-link", href: `#/tasks/${t.id}/count`, text: "count" }), " · "] : null,
+        el("td", {}, has("counter") && COUNTABLE.includes(t.status) ? [el("a", { class: "count-link", href: `#/tasks/${t.id}/count`, text: "count" }), " · "] : null,
           el("a", { class: "review-link", href: `#/tasks/${t.id}/review`, text: "review" }))));
     }
   };
@@ -295,13 +421,11 @@ async function runView(runId, serial) {
   const table = el("table", { id: "worklist" },
     el("thead", {}, el("tr", {}, ...["rank", "photo", "bin", "record", "predicted", "expected", "score", "P(count)", "why flagged", "status", ""]
       .map((h, i) => el("th", { class: [0, 3, 4, 5, 6].includes(i) ? "num" : "", text: h })))), tbody);
-  view.append(summary, el("section", { id: "worklist-section" },
+  const section = el("section", { id: "worklist-section" },
     el("h2", { text: "Worklist (most suspicious first)" }),
-    el("div", { class: "actions" }, select, el("a", { href: "#/runs", text: "all runs" }),
-       el("a", { id: "labels-link", href: "#", text: "download approved labels (CSV)", onclick: downloadLabels })),
-    tasks.length ? table : el("p", { class: "muted", text: "No tasks in this run." })));
-  draw();
-  ready();
+    el("div", { class: "actions" }, select, el("a", { href: "#/runs", text: "all runs" })),
+    tasks.length ? table : el("p", { class: "muted", text: "No tasks in this run." }));
+  return { section, draw };
 }
 
 async function downloadLabels(e) {
@@ -375,6 +499,7 @@ function lineCounts() {
 }
 
 async function countView(taskId, serial) {
+  if (!has("counter")) return notAllowed("counter");
   setView("count", taskId);
   // only the blind view of the task is fetched here: bin id, photo, status, the SKUs to count; never a recorded quantity or the prediction
   const { body: task } = await api(`/v1/tasks/${taskId}`);
@@ -388,7 +513,7 @@ async function countView(taskId, serial) {
     perLine ? lineCountFields(task)
             : el("div", { class: "field" }, el("label", { for: "count-qty", text: "How many items are in the bin?" }),
                  el("input", { id: "count-qty", type: "number", min: 0, step: 1, required: true, inputmode: "numeric" })),
-    el("div", { class: "field" }, el("label", { for: "count-by", text: "Counted by" }),
+    usersMode ? null : el("div", { class: "field" }, el("label", { for: "count-by", text: "Counted by" }),
        el("input", { id: "count-by", type: "text", required: true, maxlength: 100, value: personName() })),
     el("div", { class: "field" }, el("label", { for: "count-comment", text: "Comment (optional)" }),
        el("textarea", { id: "count-comment", rows: 2, maxlength: 2000 })),
@@ -405,19 +530,19 @@ async function countView(taskId, serial) {
       if (qty === null) { showError("Enter the number of items as a whole number."); return; }
       counted = { qty };
     }
-    const by = $("count-by").value.trim();
-    rememberName(by);
+    const by = usersMode ? null : $("count-by").value.trim();  // with users, the name comes from the session
+    if (by) rememberName(by);
     $("count-submit").disabled = true;
     try {
       const comment = $("count-comment").value.trim();
       const { body } = await api(`/v1/tasks/${taskId}/counts`, { method: "POST", headers: { "Idempotency-Key": idempotencyKey },
-        json: Object.assign(counted, { by, count_index: task.count_index }, comment ? { comment } : {}) });
+        json: Object.assign(counted, by ? { by } : {}, { count_index: task.count_index }, comment ? { comment } : {}) });
       $("count-state").textContent = body.status;
       $("count-state").className = `badge ${body.status}`;
       result.dataset.status = body.status;
       result.replaceChildren(el("div", { class: "notice", id: "count-notice" },
         body.status === "recount_requested" ? "Count saved. A second blind count of this bin is asked for." : "Count saved. Thank you.",
-        " ", el("a", { id: "back-to-run", href: `#/runs/${task.run_id}`, text: "back to the worklist" })));
+        " ", el("a", { id: "back-to-run", href: has("reviewer") ? `#/runs/${task.run_id}` : "#/mine", text: "back to the worklist" })));
     } catch (err) {
       showError(`Could not record the count: ${err.message}`);
       $("count-submit").disabled = false;
@@ -489,6 +614,7 @@ function finalSum() {
 }
 
 async function reviewView(taskId, serial) {
+  if (!has("reviewer")) return notAllowed("reviewer");
   setView("review", taskId);
   const { body: t } = await api(`/v1/tasks/${taskId}/review`);
   if (serial !== renderSerial) return;
@@ -516,7 +642,7 @@ async function reviewView(taskId, serial) {
          el("select", { id: "review-outcome" }, el("option", { value: "", text: "from the final quantity" }), OUTCOMES.map((o) => el("option", { value: o, text: o })))),
       el("div", {}, el("label", { for: "review-reason", text: "Reason (when the record was wrong)" }),
          el("select", { id: "review-reason" }, el("option", { value: "", text: "—" }), REASONS.map((r) => el("option", { value: r, text: r })))),
-      el("div", {}, el("label", { for: "review-by", text: "Reviewed by" }),
+      usersMode ? null : el("div", {}, el("label", { for: "review-by", text: "Reviewed by" }),
          el("input", { id: "review-by", type: "text", maxlength: 100, value: personName() }))),
     el("div", { class: "field", style: "margin-top:10px" }, el("label", { for: "review-comment", text: "Comment (optional)" }),
        el("textarea", { id: "review-comment", rows: 2, maxlength: 2000 })),
@@ -527,8 +653,8 @@ async function reviewView(taskId, serial) {
   const submit = async (approve) => {
     showError("");
     const finalText = $("review-final").value.trim();
-    const by = $("review-by").value.trim();
-    const doc = { approve, by };
+    const by = usersMode ? "" : $("review-by").value.trim();
+    const doc = by ? { approve, by } : { approve };
     if (perLine) {
       const finals = finalLines();
       if (finals === null) { showError("Enter every SKU's final quantity as a whole number."); return; }
