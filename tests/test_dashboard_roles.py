@@ -175,17 +175,17 @@ def test_failed_logins_are_throttled_per_address(serve, users_config, tokens):
 
 def test_the_counters_task_list_is_blind(server, tokens, run_tasks):
     with httpx.Client(base_url=server.url, timeout=60) as client:
-        assert client.get("/v1/session/tasks").status_code == 401
+        assert client.get("/v1/tasks").status_code == 401
         login(client, tokens["carl"])
-        answer = client.get("/v1/session/tasks")
+        answer = client.get("/v1/tasks")
         assert answer.status_code == 200
         tasks = answer.json()["tasks"]
         assert sorted(t["bin_id"] for t in tasks) == ["BIN-A", "BIN-B", "BIN-C"]
-        assert set(tasks[0]) == {"id", "run_id", "bin_id", "snapshot_id", "status", "assignee", "count_index", "image_url"}
+        assert set(tasks[0]) == {"id", "run_id", "bin_id", "snapshot_id", "status", "assignee", "count_index", "accepts_count", "lines", "image_url"}
         assert str(WRONG_RECORD) not in answer.text
     with httpx.Client(base_url=server.url, timeout=60) as client:
         login(client, tokens["rita"])
-        refused = client.get("/v1/session/tasks")
+        refused = client.get("/v1/tasks")
         assert refused.status_code == 403 and "counter" in refused.json()["error"]
 
 
@@ -293,7 +293,7 @@ def test_a_counter_counts_blind_and_cannot_review(server, browser, tokens, run_t
     assert worklist["status"] == 403 and str(WRONG_RECORD) not in worklist["text"]
 
     log_out(browser)
-    for method, path, body in (("GET", "/v1/session", None), ("GET", "/v1/session/tasks", None), ("GET", f"/v1/tasks/{task['id']}", None),
+    for method, path, body in (("GET", "/v1/session", None), ("GET", "/v1/tasks", None), ("GET", f"/v1/tasks/{task['id']}", None),
                                ("POST", f"/v1/tasks/{run_tasks[2]['id']}/counts", {"qty": 1})):
         assert page_fetch(browser, method, path, body)["status"] == 401, path
 

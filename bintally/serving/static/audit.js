@@ -225,7 +225,7 @@ function notAllowed(role) {
 async function mineView(serial) {
   if (!has("counter")) return notAllowed("counter");
   setView("mine");
-  const { body } = await api("/v1/session/tasks");
+  const { body } = await api("/v1/tasks");
   if (serial !== renderSerial) return;
   const tasks = body.tasks || [];
   const rows = tasks.map((t) => {
