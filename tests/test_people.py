@@ -90,7 +90,7 @@ def test_only_hashes_are_stored_and_each_command_checks_its_role(worklist, tmp_p
     files = people(url, tmp_path)
     stored = query(url, "SELECT lookup, salt, digest FROM tokens")
     for token in tokens_of(files):
-        assert all(token not in str(row) and token.split("_")[2] not in str(row) for row in stored)
+        assert all(token not in str(row) and token.split("_", 2)[2] not in str(row) for row in stored)
     first, second = tasks[0], tasks[1]
 
     refused = {("bo", "count", first["id"], "--qty", "1"): "needs the role counter",

@@ -29,7 +29,7 @@ def server(serve_module, tiny_artifact, tmp_path_factory):
     from bintally.serving.config import ServeConfig
 
     db = tmp_path_factory.mktemp("redteam") / "audit.db"
-    return serve_module(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, audit_db=str(db),
+    return serve_module(ServeConfig(model=str(tiny_artifact.path), backend="torch", threads=1, audit_db=str(db), audit_auth="open",
                                     file_root=str(SAMPLE_DIR / "bin-images")).validate())
 
 

@@ -29,7 +29,7 @@ from bintally.audit.errors import Conflict, NotFound
 from bintally.audit.schema import AuditEvent, DashboardSession, StoreSetting, Token, User, utcnow
 from bintally.audit.store import Store
 from bintally.errors import ConfigError
-from bintally.text import check_text
+from bintally.text import check_text, identifier_problem
 
 ROLES = ("counter", "reviewer", "auditor", "admin")
 ALL_ROLES = frozenset(ROLES)
@@ -37,7 +37,7 @@ TOKEN_ENV = "BINTALLY_TOKEN"
 TOKEN_PREFIX = "btk_"
 TOKEN_PATTERN = re.compile(r"btk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # ~16 MB and tens of ms per check: a stolen hash is slow to attack
-USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+USER_NAME = re.compile(r"[^\W_][\w.@-]{0,99}")  # letters of any script (José, 李), digits, . _ @ -
 SESSION_HOURS = 12
 SESSION_COOKIE = "bintally_session"  # HttpOnly, SameSite=Strict, Path=/, Secure behind https
 CSRF_HEADER = "X-CSRF-Token"  # the session's CSRF token, required on the dashboard's state-changing requests
@@ -89,6 +89,9 @@ def local_owner(name: str | None = None) -> Principal:
 
 def check_user_name(name: str) -> str:
     name = check_text(name.strip(), "user name")
+    problem = identifier_problem(name)
+    if problem:
+        raise ConfigError(f"user name {name!r} {problem}")
     if not USER_NAME.fullmatch(name):
         raise ConfigError(f"user name {name!r}: use 1-100 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
     return name
