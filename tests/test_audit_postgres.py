@@ -22,8 +22,8 @@ from bintally.audit.store import known_revisions
 from bintally.errors import ConfigError
 from bintally.paths import SAMPLE_DIR
 from tests.conftest import copy_bucket
-from tests.people_helpers import person
 from tests.lined import query
+from tests.people_helpers import person
 
 TABLES = {"snapshots", "photos", "audit_runs", "run_shards", "scores", "tasks", "count_observations", "resolutions"}
 PHOTOS = 16

@@ -20,8 +20,8 @@ from bintally.audit.store import database_url, known_revisions
 from bintally.data.records import SkuLine
 from bintally.errors import ConfigError
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.people_helpers import person
 from tests.lined import THREE_LINES, TWO_LINES, lined_run, lined_snapshot, query, record_lines_of, totals_snapshot
+from tests.people_helpers import person
 
 TOTALS_ONLY = "00452"
 A, B = "B008LT0NUO", "B00ABVSMQC"  # the record of 00450: A x2, B x1

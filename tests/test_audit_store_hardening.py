@@ -18,7 +18,7 @@ import pytest
 
 from bintally.audit import open_store
 from bintally.audit.schema import Snapshot, utcnow
-from bintally.audit.store import BadValue, StoreError, StoreGone
+from bintally.audit.store import BadValue, StoreError
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.test_audit import PHOTOS, record_of, rows, rows_or_zero, write_csv
 
@@ -275,7 +275,7 @@ def test_a_nul_the_server_passes_to_postgresql_is_a_400_and_the_task_is_unchange
     import httpx
 
     from bintally.serving.config import ServeConfig
-    from tests.servers import AUTH, API_KEY
+    from tests.servers import API_KEY, AUTH
 
     data = photos_csv(tmp_path)
     assert run_cli(*audit_args(tiny_artifact.path, data, fresh_pg_db, "--budget", "0.5")).returncode == 0

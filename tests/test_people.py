@@ -4,6 +4,7 @@ under two racing sessions), and tokens kept out of errors, the event log and exp
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 
@@ -205,6 +206,15 @@ def test_separation_of_duties_holds_by_default_and_an_admin_may_lift_it(worklist
 
 
 @pytest.mark.parametrize("both_read_first", [False, True], ids=["released-together", "both-read-first"])
+
+def count_as_recorded(store, task: dict, by, index: int):
+    return submit_count(store, task["id"], task["record_qty"], by, count_index=index)
+
+
+def approve_as_recorded(store, task: dict, by):
+    return review(store, task["id"], True, by, final=task["record_qty"])
+
+
 def test_one_person_racing_to_count_and_approve_never_approves_their_own_count(worklist, tmp_path, both_read_first, monkeypatch):
     """Two sessions of one person (who counts and reviews) released together: the count and the approval of the same task,
     or a recount and the approval. The approval never stands: it finds the task not yet in review, or the count."""
@@ -218,8 +228,8 @@ def test_one_person_racing_to_count_and_approve_never_approves_their_own_count(w
             setup = open_store(url)
             submit_count(setup, task["id"], task["record_qty"] + 1, ann)
             setup.close()
-        count = (lambda s, t=task, index=i % 2: submit_count(s, t["id"], t["record_qty"], dee, count_index=index))
-        approve = (lambda s, t=task: review(s, t["id"], True, dee, final=t["record_qty"]))
+        count = functools.partial(count_as_recorded, task=task, by=dee, index=i % 2)
+        approve = functools.partial(approve_as_recorded, task=task, by=dee)
         results = race(url, [count, approve], both_read_first, monkeypatch)
         assert not isinstance(results[0], Exception), results
         assert isinstance(results[1], (Conflict, Forbidden)) and "\n" not in str(results[1]), results

@@ -7,15 +7,14 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from bintally.audit.scoring import PROBABILITY_SCORES, SCORES
+from bintally.audit.snapshots import MAX_RECORD
 from bintally.errors import ConfigError
 from bintally.models.artifact import MODEL_HELP
 from bintally.progress import PROGRESS_HELP
-from bintally.audit.snapshots import MAX_RECORD
 from bintally.settings import Backend, check_settings, setting
 from bintally.sources import SourcePolicy
 from bintally.sources.policy import DEFAULT_MAX_BYTES
 from bintally.text import TextError, check_text
-
 
 TEXT_SETTINGS = ("name", "created_by", "data", "model", "file_root", "allow_s3_buckets", "allow_https_hosts")
 

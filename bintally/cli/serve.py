@@ -15,7 +15,6 @@ from bintally.io import read_regular
 from bintally.serving.config import API_KEY_ENV, ServeConfig
 from bintally.sources.policy import DEFAULT_MAX_BYTES
 
-
 MAX_KEY_FILE_BYTES = 64_000  # a key is one line; a bigger file is not a key file
 
 

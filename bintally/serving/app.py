@@ -24,8 +24,7 @@ from bintally.serving.config import ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError, error_response
 from bintally.serving.rest import rest_router
-from bintally.serving.security import (AUDIT_API_PREFIXES, ApiKey, BodyLimit, Failures, OneOfEach, RequestContext, SameOrigin,
-                                      SecurityHeaders)
+from bintally.serving.security import AUDIT_API_PREFIXES, ApiKey, BodyLimit, Failures, OneOfEach, RequestContext, SameOrigin, SecurityHeaders
 from bintally.serving.v2 import v2_router
 from bintally.serving.web import web_router
 from bintally.serving.workers import end_with_supervisor, graceful_stop_s

@@ -26,8 +26,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from bintally.audit import people
-from bintally.serving.bodies import json_object, media_type
 from bintally.serving import auth
+from bintally.serving.bodies import json_object, media_type
 from bintally.serving.errors import RequestError
 from bintally.serving.security import SAFE_METHODS
 
