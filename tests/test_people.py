@@ -205,8 +205,6 @@ def test_separation_of_duties_holds_by_default_and_an_admin_may_lift_it(worklist
     assert query(url, "SELECT action, detail FROM audit_events WHERE action = 'setting.set'")[0][0] == "setting.set"
 
 
-@pytest.mark.parametrize("both_read_first", [False, True], ids=["released-together", "both-read-first"])
-
 def count_as_recorded(store, task: dict, by, index: int):
     return submit_count(store, task["id"], task["record_qty"], by, count_index=index)
 
@@ -215,6 +213,7 @@ def approve_as_recorded(store, task: dict, by):
     return review(store, task["id"], True, by, final=task["record_qty"])
 
 
+@pytest.mark.parametrize("both_read_first", [False, True], ids=["released-together", "both-read-first"])
 def test_one_person_racing_to_count_and_approve_never_approves_their_own_count(worklist, tmp_path, both_read_first, monkeypatch):
     """Two sessions of one person (who counts and reviews) released together: the count and the approval of the same task,
     or a recount and the approval. The approval never stands: it finds the task not yet in review, or the count."""
