@@ -149,6 +149,11 @@ def matrix(runs) -> list[tuple[str, str, dict, dict[str, int]]]:
     ]
 
 
+def token_secret(token: str) -> str:
+    """The secret part of btk_<lookup>_<secret> (which may itself hold '_'); another key as it is."""
+    return token.split("_", 2)[2] if token.startswith("btk_") else token
+
+
 def test_every_route_answers_each_role_and_each_bad_identity_as_documented(world, store, tokens, runs, caplog):
     caplog.set_level(logging.DEBUG)
     identities = {role: tokens[name] for role, name in ROLE_USERS.items()}
@@ -168,12 +173,12 @@ def test_every_route_answers_each_role_and_each_bad_identity_as_documented(world
                 assert set(answer.json()) == {"error"} and fingerprint(store) == before, f"{method} {path} as {who} changed the store"
     every_token = [t for t in tokens.values()] + [API_KEY]
     for token in every_token:
-        secret = token.rpartition("_")[2]
+        secret = token_secret(token)
         assert not any(secret.encode() in body for body in bodies), "a token in an answer"
         assert secret not in caplog.text, "a token in the server's log"
     with store.session() as session:
         logged = " ".join(str(row) for row in session.execute(text("SELECT * FROM audit_events")).all())
-    assert not any(t.rpartition("_")[2] in logged for t in every_token), "a token in the event log"
+    assert not any(token_secret(t) in logged for t in every_token), "a token in the event log"
 
 
 def test_a_rotated_token_and_a_disabled_user_stop_at_once(world, store, tokens, runs):
