@@ -21,6 +21,7 @@ from bintally.data import build_manifest, read_manifest, split_manifest, write_m
 from bintally.data.split import SplitConfig
 from bintally.errors import DataError
 from bintally.paths import SAMPLE_DIR
+from bintally.training import PRESETS
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import copy_bucket, make_artifact
 
@@ -181,6 +182,59 @@ def test_int8_export_records_accuracy_and_speed(tiny_artifact, small_data, tmp_p
     assert info["parity"]["fp32"]["count_agreement"] == 1.0 and info["parity"]["int8"]["count_agreement"] == float(np.mean(parity))
     results, _ = Counter.load(out, backend="onnx").count_paths(photos(3), progress=False)
     assert len(results) == 3
+
+
+@pytest.fixture(scope="module")
+def spatial_run(tiny_manifest, tmp_path_factory) -> Path:
+    """`--preset best`'s model in small: frozen EfficientNet-Lite0 (ImageNet weights) cut at stride 16, the conv head with
+    its ordinal output over counts 0-5, trained for 3 epochs on the tiny split at 96 px."""
+    from bintally.training import train
+    from tests.training_helpers import tiny_config
+
+    out = tmp_path_factory.mktemp("spatial") / "run"
+    best = {k: v for k, v in PRESETS["best"].items() if k not in ("folds", "epochs", "batch_size", "image_size")}
+    train(tiny_config(tiny_manifest, out, **best, backbone="efficientnet_lite0", pretrained=True, image_size=96, epochs=3))
+    return out
+
+
+@pytest.mark.slow
+def test_int8_export_of_a_spatial_head_counts_as_pytorch(spatial_run, tiny_manifest, tmp_path):
+    """The int8 export of the spatial head: pre-processed and quantised (its conv head included) with 8-bit weights (7-bit
+    ones kept only 80% of its counts), and on real photos its counts and probabilities stay close to PyTorch's."""
+    import onnx
+
+    from bintally.data.images import decode_image
+    from bintally.inference import Counter
+    from bintally.inference.backends import TorchBackend
+    from bintally.models.artifact import read_artifact
+
+    source = read_artifact(spatial_run)
+    assert source.model.features == "stride16" and source.model.head == "ordinal" and not source.labels.overflow
+    out = tmp_path / "int8"
+    result = run_cli("export", "--model", spatial_run, "--quantize", "int8", "--out", out, "--data", tiny_manifest, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    exported = read_artifact(out)
+    quantization, parity = exported.export["quantization"], exported.export["parity"]
+    assert quantization["pre_process"] is True  # ONNX Runtime's symbolic shape inference fails on this head's ReduceMax
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    quantized_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith("DequantizeLinear_Output")]
+    assert len(quantized_convs) == sum(n.op_type == "Conv" for n in graph.node)  # the head's three convolutions too
+    assert {"ReduceMax", "Gemm"} <= {n.op_type for n in graph.node}
+    assert parity["fp32"]["count_agreement"] == 1.0 and parity["int8"]["photos"] == 56
+    trials = quantization["calibration_count_agreement"]
+    assert quantization["reduce_range"] is False and trials["8-bit"] > trials["7-bit"]
+    assert parity["int8"]["count_agreement"] >= 0.9 and parity["int8"]["max_abs_diff"] < 0.1
+    paths = photos(40, 700)
+    counter = Counter.load(out, backend="onnx")
+    images = np.stack([counter.preprocess(decode_image(p)) for p in paths])
+    torch_probs, int8_probs = TorchBackend(source).probabilities(images), counter.probabilities(images)
+    decode = lambda p: source.labels.decode(p, source.decoding)  # noqa: E731
+
+    assert np.mean(decode(torch_probs) == decode(int8_probs)) >= 0.8  # flat probabilities: small changes move the median
+    assert np.abs(torch_probs - int8_probs).max() < 0.06 and np.abs(torch_probs - int8_probs).mean() < 0.01
+    np.testing.assert_allclose(int8_probs.sum(1), 1, atol=1e-4)
+    counts = photo_counts(counter, paths)
+    assert np.array_equal(counts, source.labels.count_of(decode(int8_probs)))
 
 
 # ---------------------------------------------------------------- safetensors
