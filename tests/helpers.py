@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import socket
@@ -64,3 +65,12 @@ def png_bomb(width: int, height: int) -> bytes:
     struct.pack_into(">II", data, ihdr + 8, width, height)
     struct.pack_into(">I", data, ihdr + 8 + 13, zlib.crc32(bytes(data[ihdr + 4: ihdr + 8 + 13])))
     return bytes(data)
+
+
+def snapshot_csv(rows: list[tuple]) -> str:
+    """A totals CSV (bin_id,image,record_qty) of `rows`, as an audit source or upload."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["bin_id", "image", "record_qty"])
+    writer.writerows(rows)
+    return out.getvalue()

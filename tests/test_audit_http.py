@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bintally.paths import SAMPLE_DIR
+from tests.helpers import snapshot_csv
 from tests.servers import API_KEY, AUTH
 from tests.serving_threads import sample_photo
 
@@ -34,14 +35,6 @@ def server(audit_server):
 def http(server):
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as client:
         yield client
-
-
-def snapshot_csv(rows: list[tuple]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["bin_id", "image", "record_qty"])
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def run_files(csv_text: str, photos: list[str], extra: dict | None = None) -> list:

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import logging
 import re
@@ -30,6 +28,7 @@ import pytest
 
 from bintally.paths import SAMPLE_DIR
 from tests.browser import headless_chromium, needs_chromium
+from tests.helpers import snapshot_csv
 from tests.servers import AUTH
 from tests.serving_threads import metric_value
 
@@ -39,14 +38,6 @@ ALLOWED = "https://bins.example.com"  # the public address of a proxy in front (
 JPEG = (SAMPLE_DIR / "bin-images" / "00450.jpg").read_bytes()
 BOUNDARY = "b0undary"
 CONTROL_CHARACTERS = ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\u2028"]
-
-
-def snapshot_csv(rows: list[tuple]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["bin_id", "image", "record_qty"])
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def run_upload(rows: list[tuple] | None = None, photo_name: str = "00450.jpg") -> list:

@@ -43,10 +43,11 @@ from starlette.datastructures import UploadFile
 from bintally.audit import people
 from bintally.errors import ConfigError, DataError
 from bintally.serving import auth
-from bintally.serving.bodies import json_object, media_type, read_form, text_field
+from bintally.serving.bodies import json_fields, media_type, read_form, text_field
 from bintally.serving.config import AUDIT_DB_HELP, ServeConfig
 from bintally.serving.dataplane import DataPlane
 from bintally.serving.errors import RequestError
+from bintally.serving.errors import uncounted as fail
 from bintally.serving.sessions import session_router
 from bintally.serving.web import page_response, page_settings
 
@@ -61,11 +62,6 @@ COUNTER_LINE_FIELDS = ("sku", "length_in", "width_in", "height_in", "weight_lb")
 COUNT_KEYS = {"qty", "lines", "found", "by", "comment", "count_index"}
 REVIEW_KEYS = {"approve", "final", "final_lines", "reason", "outcome", "by", "comment"}
 OFF = f"the audit API is off: start the server with --audit-db ({AUDIT_DB_HELP})"
-
-
-def fail(status: int, message: str, headers: dict | None = None) -> RequestError:
-    """A refusal of the audit API: not an inference request, so not counted in the inference metrics."""
-    return RequestError(status, message, headers, counted=False)
 
 
 class AuditService:
@@ -164,25 +160,6 @@ def dbapi_data_error(e: BaseException) -> bool:
 
 
 # ---------------------------------------------------------------- request bodies
-
-
-async def json_fields(request: Request, allowed: set[str], required: tuple[str, ...]) -> dict:
-    """The JSON body, sent as application/json (a type no page of another site can send without asking first), every
-    text in it checked for control characters."""
-    if not is_json(media_type(request)):
-        raise fail(415, f"send Content-Type: application/json, not {media_type(request) or 'none'}")
-    doc = json_object(await request.body(), f"expected a JSON object with {', '.join(sorted(allowed))}")
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise fail(400, f"unknown field(s) {', '.join(unknown)}: expected {', '.join(sorted(allowed))}")
-    missing = [k for k in required if doc.get(k) is None]
-    if missing:
-        raise fail(400, f"missing field(s) {', '.join(missing)}")
-    return doc
-
-
-def is_json(kind: str) -> bool:
-    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 def whole_number(doc: dict, key: str) -> int | None:

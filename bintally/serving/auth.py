@@ -17,7 +17,7 @@ from dataclasses import replace
 from starlette.requests import Request
 
 from bintally.audit import people
-from bintally.serving.errors import RequestError
+from bintally.serving.errors import RequestError, uncounted
 from bintally.serving.security import SAFE_METHODS
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="bintally audit"'}
@@ -27,11 +27,11 @@ PERSON_FIELDS = ("by", "created_by")  # body fields that name a person: only ope
 
 
 def unauthorized(message: str) -> RequestError:
-    return RequestError(401, message, CHALLENGE, counted=False)
+    return uncounted(401, message, CHALLENGE)
 
 
 def forbidden(message: str) -> RequestError:
-    return RequestError(403, message, counted=False)
+    return uncounted(403, message)
 
 
 def origin_of(request: Request) -> str:

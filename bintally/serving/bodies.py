@@ -16,7 +16,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from bintally.io import loads_json
-from bintally.serving.errors import RequestError
+from bintally.serving.errors import RequestError, uncounted
 from bintally.text import TextError, check_text
 
 MAX_DATA_URL_HEADER = 200
@@ -123,3 +123,22 @@ def decode_base64(value, where: str) -> bytes:
         return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, f"{where}: not valid base64") from None
+
+
+async def json_fields(request: Request, allowed: set[str], required: tuple[str, ...]) -> dict:
+    """The JSON body, sent as application/json (a type no page of another site can send without asking first), every
+    text in it checked for control characters."""
+    if not is_json(media_type(request)):
+        raise uncounted(415, f"send Content-Type: application/json, not {media_type(request) or 'none'}")
+    doc = json_object(await request.body(), f"expected a JSON object with {', '.join(sorted(allowed))}")
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise uncounted(400, f"unknown field(s) {', '.join(unknown)}: expected {', '.join(sorted(allowed))}")
+    missing = [k for k in required if doc.get(k) is None]
+    if missing:
+        raise uncounted(400, f"missing field(s) {', '.join(missing)}")
+    return doc
+
+
+def is_json(kind: str) -> bool:
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))

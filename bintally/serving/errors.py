@@ -31,6 +31,11 @@ class RequestError(Exception):
         self.reason = reason or REASONS.get(status, "error" if status >= 500 else "bad_input")
 
 
+def uncounted(status: int, message: str, headers: dict | None = None) -> RequestError:
+    """A refusal that is not about inference (the audit API, dashboard sessions): not counted in the inference metrics."""
+    return RequestError(status, message, headers, counted=False)
+
+
 def not_ready_error() -> RequestError:
     return RequestError(503, "the model is not ready (loading, or the server is shutting down)",
                         {"Retry-After": str(RETRY_AFTER_S)}, reason="not_ready")

@@ -29,14 +29,11 @@ from bintally.audit import people
 from bintally.serving import auth
 from bintally.serving.bodies import json_object, media_type
 from bintally.serving.errors import RequestError
+from bintally.serving.errors import uncounted as fail
 from bintally.serving.security import SAFE_METHODS
 
 log = logging.getLogger("bintally.serving")
 MAX_FAILURES, FAILURE_WINDOW_S = 10, 60.0  # failed logins per client address per minute, then 429
-
-
-def fail(status: int, message: str, headers: dict | None = None) -> RequestError:
-    return RequestError(status, message, headers, counted=False)
 
 
 def client_address(request: Request) -> str:
