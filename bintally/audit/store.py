@@ -28,6 +28,7 @@ from sqlalchemy.exc import DataError as SqlDataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bintally.errors import ConfigError
+from bintally.io import kind_of
 
 DB_ENV = "BINTALLY_AUDIT_DB"
 DEFAULT_DB = "audit.db"
@@ -154,17 +155,11 @@ def check_sqlite_file(path: Path, url: str, create: bool) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"cannot open the audit database {path}: it is a folder (give the path of a SQLite file)")
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"cannot open the audit database {path}: it is {special_kind(st.st_mode)}, not a SQLite file")
+        raise ConfigError(f"cannot open the audit database {path}: it is {kind_of(st.st_mode)}, not a SQLite file")
     if st.st_size == 0 and not create:
         raise ConfigError(f"no audit database at {path}: the file is empty ({FIRST_RUN})")
     if st.st_size and first_bytes(path, len(SQLITE_HEADER)) != SQLITE_HEADER:
         raise ConfigError(f"cannot open the audit database {path}: the file is not a SQLite database")
-
-
-def special_kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def first_bytes(path: Path, n: int) -> bytes:
